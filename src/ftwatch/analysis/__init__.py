@@ -1,0 +1,1 @@
+"""Analysis of runs: pre-flight estimate, forecasts, OOM diagnosis and suggested fixes."""

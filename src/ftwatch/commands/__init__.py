@@ -1,0 +1,1 @@
+"""The ftwatch commands, one module each (see ftwatch.cli)."""

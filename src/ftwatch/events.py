@@ -1,0 +1,202 @@
+"""The event schema: the one contract between the training side and every viewer.
+
+Every run writes ``events.jsonl``: one JSON object per line, each with ``v`` (schema version),
+``t`` (unix time, seconds) and ``kind``. The kinds and their fields are documented in
+``docs/events.md``. This module holds the names, the codec and a tolerant incremental reader;
+it imports nothing heavy (no torch, no textual) so every consumer can use it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+SCHEMA_VERSION = 1
+
+#: Categories measured exactly from tensors, on any device.
+TENSOR_CATEGORIES: tuple[str, ...] = ("weights", "lora", "grads", "optimizer", "activations")
+#: Categories derived from the CUDA allocator and NVML (CUDA runs only).
+DEVICE_CATEGORIES: tuple[str, ...] = ("other", "cache", "non_torch", "other_processes", "free")
+#: Every category of the stacked bar, bottom to top.
+CATEGORIES: tuple[str, ...] = TENSOR_CATEGORIES + DEVICE_CATEGORIES
+
+#: Training phases, in the order a run goes through them.
+PHASES: tuple[str, ...] = ("loading_model", "applying_lora", "preparing_trainer", "training")
+#: How a run can end.
+END_STATUSES: tuple[str, ...] = ("finished", "failed", "oom", "stopped")
+
+KINDS: tuple[str, ...] = ("header", "phase", "model", "sample", "step", "warning", "note", "exit")
+
+EVENTS_FILE = "events.jsonl"
+
+
+def encode(kind: str, fields: dict[str, Any], t: float | None = None) -> str:
+    """Encode one event as a JSON line (with the trailing newline)."""
+    record = {"v": SCHEMA_VERSION, "t": round(time.time() if t is None else t, 4), "kind": kind}
+    record.update(fields)
+    return json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default) + "\n"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class EventWriter:
+    """Appends events to a run log; safe to call from several threads.
+
+    Each event is written and flushed at once, so the file is complete up to the last event even
+    if the process is killed (the data sits in the kernel's page cache). The file is private to
+    its owner (mode 0600).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Write one event. Never raises on a closed writer (late sampler ticks are dropped)."""
+        line = encode(kind, fields)
+        with self._lock:
+            if self._closed:
+                return
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close the log; later ``emit`` calls are ignored."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._file.flush()
+                try:
+                    os.fsync(self._file.fileno())
+                except OSError:
+                    pass
+                self._file.close()
+
+
+class SchemaVersionError(ValueError):
+    """The log was written by an incompatible ftwatch schema version."""
+
+
+@dataclass
+class ReadStats:
+    """What a reader skipped, so consumers can report it instead of losing it silently."""
+
+    events: int = 0
+    corrupt_lines: int = 0
+    unknown_kinds: int = 0
+    truncated_tail: bool = False
+    unknown_kind_names: set[str] = field(default_factory=set)
+
+
+class EventDecoder:
+    """Turns chunks of text (a followed file, a pipe) into events.
+
+    Incomplete trailing lines are kept until their newline arrives; lines that are not JSON
+    objects are skipped and counted; kinds from a newer version are skipped and counted; a log
+    of another major schema version raises ``SchemaVersionError``.
+    """
+
+    def __init__(self) -> None:
+        self.stats = ReadStats()
+        self._partial = ""
+
+    def feed(self, chunk: str) -> list[dict[str, Any]]:
+        """Decode the complete lines in ``chunk`` (plus any partial line kept from before)."""
+        data = self._partial + chunk
+        lines = data.split("\n")
+        self._partial = lines.pop()
+        out: list[dict[str, Any]] = []
+        for line in lines:
+            event = self.decode_line(line)
+            if event is not None:
+                out.append(event)
+        return out
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Decode what is left at the end of a finished log (a last line without newline)."""
+        rest, self._partial = self._partial, ""
+        if not rest.strip():
+            return []
+        event = self.decode_line(rest)
+        if event is None:
+            # A killed writer leaves a cut line: report it as such rather than as corruption.
+            self.stats.corrupt_lines -= 1
+            self.stats.truncated_tail = True
+            return []
+        return [event]
+
+    def decode_line(self, line: str) -> dict[str, Any] | None:
+        """Decode one line; ``None`` for blank, corrupt or unknown-kind lines (counted)."""
+        line = line.strip()
+        if not line:
+            return None
+        try:
+            event = json.loads(line)
+        except ValueError:
+            self.stats.corrupt_lines += 1
+            return None
+        if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
+            self.stats.corrupt_lines += 1
+            return None
+        version = event.get("v")
+        if event["kind"] == "header" and isinstance(version, int) and version != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"this log uses event schema v{version}; this ftwatch reads v{SCHEMA_VERSION}"
+            )
+        if event["kind"] not in KINDS:
+            self.stats.unknown_kinds += 1
+            self.stats.unknown_kind_names.add(event["kind"])
+            return None
+        if not isinstance(event.get("t"), (int, float)):
+            self.stats.corrupt_lines += 1
+            return None
+        self.stats.events += 1
+        return event
+
+
+def resolve_log_path(path: str | os.PathLike[str]) -> Path:
+    """A run directory stands for its ``events.jsonl``; a file stands for itself."""
+    p = Path(path)
+    if p.is_dir():
+        for name in (EVENTS_FILE, EVENTS_FILE + ".gz"):
+            if (p / name).exists():
+                return p / name
+        raise FileNotFoundError(f"{p} is a directory without an {EVENTS_FILE}")
+    if not p.exists():
+        raise FileNotFoundError(f"no such file: {p}")
+    return p
+
+
+def open_log(path: Path) -> IO[str]:
+    """Open a run log for reading text, transparently gunzipping ``.gz`` files."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def read_events(path: str | os.PathLike[str], decoder: EventDecoder | None = None) -> Iterator[dict[str, Any]]:
+    """Yield every event of a finished (or still growing) log; ``decoder.stats`` counts the skips."""
+    decoder = decoder or EventDecoder()
+    with open_log(resolve_log_path(path)) as handle:
+        while True:
+            chunk = handle.read(1 << 20)
+            if not chunk:
+                break
+            yield from decoder.feed(chunk)
+    yield from decoder.finish()

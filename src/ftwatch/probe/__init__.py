@@ -1,0 +1,1 @@
+"""Training-side measurement: tensor accounting, device samplers and the Trainer callback."""
