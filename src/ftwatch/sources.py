@@ -1,0 +1,103 @@
+"""Event sources: follow a live run's log, or read a recorded one. Every viewer reads through here.
+
+A live run and an attached run are both a log that is still growing; a replay is a log that has
+stopped. :class:`LogFollower` serves all three: ``poll()`` returns the complete events written
+since the last call and never blocks, so a slow viewer loses nothing (the file is the buffer) and
+can come and go.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ftwatch.events import EVENTS_FILE, EventDecoder, open_log, resolve_log_path
+
+
+class LogFollower:
+    """Incrementally reads a run log that may still be growing (or may not exist yet)."""
+
+    def __init__(self, path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            self.path = self.path / EVENTS_FILE
+        self.decoder = EventDecoder()
+        self.chunk_size = chunk_size
+        self._handle: Any = None
+
+    def poll(self, max_bytes: int | None = None) -> list[dict[str, Any]]:
+        """Events completed since the last poll (empty if none, or if the file is not there yet)."""
+        if self._handle is None:
+            if not self.path.exists():
+                return []
+            self._handle = open_log(resolve_log_path(self.path))
+        events: list[dict[str, Any]] = []
+        budget = max_bytes
+        while True:
+            size = self.chunk_size if budget is None else min(self.chunk_size, budget)
+            chunk = self._handle.read(size)
+            if not chunk:
+                break
+            events.extend(self.decoder.feed(chunk))
+            if budget is not None:
+                budget -= len(chunk)
+                if budget <= 0:
+                    break
+        return events
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Call once the writer is gone: returns a last line that had no newline, if it parses."""
+        return self.poll() + self.decoder.finish()
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class WorkerHandle:
+    """The viewer's grip on a training process it started (or attached to): stop, detach, status."""
+
+    def __init__(self, pid: int, run_dir: Path, process: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.run_dir = Path(run_dir)
+        self.process = process
+
+    def is_alive(self) -> bool:
+        """True while the training process runs."""
+        if self.process is not None:
+            return self.process.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def returncode(self) -> int | None:
+        """The exit code when we started the process and it ended; else ``None``."""
+        return self.process.poll() if self.process is not None else None
+
+    def request_stop(self) -> None:
+        """Ask the worker to stop cleanly at the next step boundary (SIGINT)."""
+        self._signal(signal.SIGINT)
+
+    def terminate(self) -> None:
+        """Ask the worker to stop now (SIGTERM: it still writes its exit event)."""
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def reattach_hint(self) -> str:
+        """How a user gets back to this run."""
+        return f"training continues (pid {self.pid}); follow it with: ftwatch attach {self.pid}  " \
+               f"(log: {self.run_dir / EVENTS_FILE})"
