@@ -16,11 +16,12 @@ from __future__ import annotations
 import difflib
 import enum
 import os
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ftwatch.units import parse_size
 

@@ -8,6 +8,7 @@ it imports nothing heavy (no torch, no textual) so every consumer can use it.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -32,7 +33,7 @@ PHASES: tuple[str, ...] = ("loading_model", "applying_lora", "preparing_trainer"
 #: How a run can end.
 END_STATUSES: tuple[str, ...] = ("finished", "failed", "oom", "stopped")
 
-KINDS: tuple[str, ...] = ("header", "phase", "model", "sample", "step", "warning", "note", "exit")
+KINDS: tuple[str, ...] = ("header", "phase", "model", "sample", "snapshot", "warning", "note", "exit")
 
 EVENTS_FILE = "events.jsonl"
 
@@ -82,10 +83,8 @@ class EventWriter:
             if not self._closed:
                 self._closed = True
                 self._file.flush()
-                try:
+                with contextlib.suppress(OSError):
                     os.fsync(self._file.fileno())
-                except OSError:
-                    pass
                 self._file.close()
 
 

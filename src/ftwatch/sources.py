@@ -8,6 +8,7 @@ can come and go.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -92,10 +93,8 @@ class WorkerHandle:
         self._signal(signal.SIGTERM)
 
     def _signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def reattach_hint(self) -> str:
         """How a user gets back to this run."""

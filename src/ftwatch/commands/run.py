@@ -1,0 +1,170 @@
+"""``ftwatch run CONFIG``: start the fine-tune in a subprocess and watch it.
+
+The worker runs in its own session and writes its own run log, so closing this viewer (or losing
+the SSH link) never stops training. With a terminal the dashboard shows; with ``--headless`` (or
+when stdout is not a terminal) progress lines are printed, and ``--json`` prints the run summary
+alone on stdout at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from ftwatch.config import load_config
+from ftwatch.events import EVENTS_FILE, EventWriter
+from ftwatch.probe_paths import new_run_dir
+from ftwatch.report import ProgressPrinter, summary_text
+from ftwatch.sources import LogFollower, WorkerHandle
+from ftwatch.state import RunState
+
+HELP = "start a LoRA fine-tune from a TOML config and watch its memory"
+
+EXIT_CODES = {"finished": 0, "failed": 1, "oom": 1, "stopped": 130}
+POLL_SECONDS = 0.1
+WORKER_LOG = "worker.log"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ftwatch run``."""
+    parser.add_argument("config", help="the run's TOML config (see examples/tiny-lora.toml)")
+    parser.add_argument("--headless", action="store_true", help="print progress lines instead of the dashboard")
+    parser.add_argument("--json", action="store_true",
+                        help="print the run summary as one JSON object on stdout (progress goes to stderr)")
+    parser.add_argument("--detach", action="store_true", help="start training without a viewer and print its PID")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Validate the config, start the worker, and follow it until it ends (or the user detaches)."""
+    cfg = load_config(args.config)
+    run_dir = new_run_dir(cfg.monitor.log_dir, cfg.name)
+    shutil.copyfile(cfg.path, run_dir / "config.toml")
+    handle = start_worker(cfg.path, run_dir)
+    if args.detach:
+        print(f"started {cfg.name}: pid {handle.pid}, run directory {run_dir}")
+        print(f"watch it with: ftwatch attach {handle.pid}   (or ftwatch replay {run_dir})")
+        return 0
+    if not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty():
+        dashboard = _load_dashboard()
+        if dashboard is not None:
+            return _watch_in_dashboard(dashboard, run_dir, handle, cfg.name)
+    out = sys.stderr if args.json else sys.stdout
+    state, stats = follow_headless(run_dir, handle, out, every=cfg.monitor.print_every)
+    if _is_config_error(state):
+        print(f"ftwatch run: {state.exit['message']}", file=sys.stderr)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return 2
+    if args.json:
+        sys.stdout.write(json.dumps(state.summary(), indent=2) + "\n")
+    else:
+        out.write(summary_text(state, stats))
+        out.write(f"run log: {run_dir / EVENTS_FILE}\n")
+    return EXIT_CODES.get(state.status, 1)
+
+
+def start_worker(config_path: Path, run_dir: Path) -> WorkerHandle:
+    """Start the training worker in its own session, its output going to ``worker.log``."""
+    log_fd = os.open(run_dir / WORKER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ftwatch.worker", "--config", str(config_path.resolve()),
+             "--run-dir", str(run_dir.resolve())],
+            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env,
+        )
+    finally:
+        os.close(log_fd)
+    return WorkerHandle(process.pid, run_dir, process)
+
+
+def follow_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int | None = None) -> tuple[RunState, Any]:
+    """Follow the run log until the worker ends, printing progress; Ctrl-C asks for a clean stop."""
+    follower = LogFollower(run_dir / EVENTS_FILE)
+    state = RunState()
+    printer = ProgressPrinter(out, every=every)
+    interrupts = 0
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        handle.request_stop()
+        message = "stopping at the next step boundary (Ctrl-C again to stop now)" if interrupts == 1 \
+            else "stopping now"
+        out.write(f"ftwatch: {message}\n")
+        out.flush()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        while True:
+            alive = handle.is_alive()
+            for event in follower.poll():
+                state.apply(event)
+                printer.handle(state, event)
+            if not alive:
+                break
+            time.sleep(POLL_SECONDS)
+        for event in follower.finish():
+            state.apply(event)
+            printer.handle(state, event)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        follower.close()
+    if state.exit is None:
+        record_vanished_worker(run_dir, handle, state)
+        printer.handle(state, state.exit)
+    return state, follower.decoder.stats
+
+
+def record_vanished_worker(run_dir: Path, handle: WorkerHandle, state: RunState) -> None:
+    """The worker ended without an exit event (killed): record that in its log, marked as ours."""
+    code = handle.returncode()
+    how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    message = f"the training process ended without an exit event ({how})"
+    fields = {"status": "failed", "step": state.step, "error_type": "WorkerVanished", "message": message,
+              "by": "monitor"}
+    writer = EventWriter(run_dir / EVENTS_FILE)
+    writer.emit("exit", **fields)
+    writer.close()
+    state.apply({"v": 1, "t": time.time(), "kind": "exit", **fields})
+
+
+def _is_config_error(state: RunState) -> bool:
+    return bool(state.exit) and state.exit.get("error_type") == "ConfigError" and not state.header
+
+
+def _load_dashboard() -> Any:
+    try:
+        from ftwatch.tui.app import run_dashboard
+    except ImportError:
+        return None
+    return run_dashboard
+
+
+def _watch_in_dashboard(run_dashboard: Any, run_dir: Path, handle: WorkerHandle, name: str) -> int:
+    ending = run_dashboard(run_dir / EVENTS_FILE, handle, title=name)
+    if ending == "detached":
+        print(handle.reattach_hint())
+        return 0
+    if ending == "stopped":
+        deadline = time.time() + 30
+        while handle.is_alive() and time.time() < deadline:
+            time.sleep(0.1)
+    state = RunState()
+    follower = LogFollower(run_dir / EVENTS_FILE)
+    state.apply_all(follower.poll() + follower.finish())
+    follower.close()
+    print(summary_text(state, follower.decoder.stats), end="", file=_stdout())
+    return EXIT_CODES.get(state.status, 0 if state.status == "running" else 1)
+
+
+def _stdout() -> TextIO:
+    return sys.stdout

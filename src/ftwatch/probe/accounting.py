@@ -1,0 +1,168 @@
+"""Exact tensor accounting: bytes of weights, adapters, gradients, optimizer state and activations.
+
+Every figure is the real storage of live tensors (``untyped_storage().nbytes()``), each storage
+counted once, so tied embeddings count once and quantized weights count by what they occupy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+def _storage(t: torch.Tensor) -> tuple[int, int] | None:
+    """``(key, nbytes)`` of a tensor's storage; ``None`` for meta/storage-less tensors."""
+    if t.device.type == "meta":
+        return None
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without a plain storage
+        return None
+    return storage.data_ptr(), storage.nbytes()
+
+
+def unique_storage_bytes(tensors: Iterable[torch.Tensor], exclude: set[int] | None = None) -> int:
+    """Sum the storages behind ``tensors``, each once, skipping storages whose key is in ``exclude``."""
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        info = _storage(t)
+        if info is None:
+            continue
+        key, nbytes = info
+        if key in seen or (exclude is not None and key in exclude):
+            continue
+        seen.add(key)
+        total += nbytes
+    return total
+
+
+def storage_keys(tensors: Iterable[torch.Tensor]) -> set[int]:
+    """The storage keys of ``tensors`` (to exclude parameters from activations)."""
+    keys = set()
+    for t in tensors:
+        info = _storage(t)
+        if info is not None:
+            keys.add(info[0])
+    return keys
+
+
+def model_bytes(model: torch.nn.Module, base_only: bool = False) -> dict[str, int]:
+    """``weights`` (frozen parameters + buffers) and ``lora`` (trainable parameters) of a model.
+
+    A storage shared by a trainable and a frozen tensor is counted as trainable, once. With
+    ``base_only`` (a freshly loaded model, before adapters exist) every parameter is a weight.
+    """
+    params = list(model.parameters())
+    trainable = [] if base_only else [p for p in params if p.requires_grad]
+    trainable_keys = storage_keys(trainable)
+    frozen = [p for p in params if base_only or not p.requires_grad] + list(model.buffers())
+    return {
+        "weights": unique_storage_bytes(frozen, exclude=trainable_keys),
+        "lora": unique_storage_bytes(trainable),
+    }
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """``(total, trainable)`` parameter counts, each parameter object once."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = p.numel()
+        # bitsandbytes 4-bit packs two values per byte: count the logical parameters
+        quant_state = getattr(p, "quant_state", None)
+        if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+            n = int(torch.Size(quant_state.shape).numel())
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return total, trainable
+
+
+def grad_bytes(params: Iterable[torch.Tensor]) -> int:
+    """Bytes of the gradients currently held by ``params``."""
+    return unique_storage_bytes(p.grad for p in params if p.grad is not None)
+
+
+def optimizer_state_bytes(optimizer: Any) -> int:
+    """Bytes of every tensor in an optimizer's state (moments, step counters, ...)."""
+    inner = unwrap_optimizer(optimizer)
+    tensors: list[torch.Tensor] = []
+    for state in inner.state.values():
+        if isinstance(state, dict):
+            tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+    return unique_storage_bytes(tensors)
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside wrappers such as accelerate's ``AcceleratedOptimizer``."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+class ActivationMeter:
+    """Counts the bytes autograd saves for backward while it is active.
+
+    Uses ``torch.autograd.graph.saved_tensors_hooks``: every tensor saved for backward passes
+    through the pack hook, which records its storage (once) unless it is a parameter's. The
+    tensor itself is returned unchanged, so nothing is copied and nothing is kept alive.
+    """
+
+    def __init__(self) -> None:
+        self.excluded: set[int] = set()
+        self.current = 0
+        self.step_peak = 0
+        self._seen: set[int] = set()
+        self._context: Any = None
+
+    def exclude(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Storages to ignore (the model's parameters)."""
+        self.excluded = storage_keys(tensors)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key not in self._seen and key not in self.excluded:
+                self._seen.add(key)
+                self.current += storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    @staticmethod
+    def _unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    @property
+    def active(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._context is not None
+
+    def start(self) -> None:
+        """Begin counting one forward pass."""
+        if self._context is not None:
+            self.stop()
+        self.current = 0
+        self._seen = set()
+        self._context = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._context.__enter__()
+
+    def stop(self) -> int:
+        """End the forward pass; returns its bytes and updates the step's peak."""
+        if self._context is not None:
+            context, self._context = self._context, None
+            context.__exit__(None, None, None)
+        self._seen = set()
+        self.step_peak = max(self.step_peak, self.current)
+        return self.current
+
+    def reset_step(self) -> None:
+        """Start a new optimizer step (the peak is over its micro-batches)."""
+        self.step_peak = 0

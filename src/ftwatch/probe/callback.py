@@ -1,0 +1,86 @@
+"""``FtwatchCallback``: one line added to a ``Trainer`` gives a script the ftwatch view.
+
+    trainer = Trainer(..., callbacks=[FtwatchCallback()])
+
+Run the script as usual; watch it with ``ftwatch attach`` or replay ``ftwatch-runs/<name>-<time>``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ftwatch.probe.probe import Probe
+
+
+class FtwatchCallback(TrainerCallback):
+    """Measures a ``Trainer`` run with a :class:`Probe` and writes its run log.
+
+    Pass ``probe`` to share one the caller already started (the ``ftwatch run`` worker does, to
+    cover loading); otherwise a probe is created when the Trainer is built, under ``log_dir``.
+    ``stop_requested`` is polled at each step end: when it returns true the Trainer stops at that
+    step boundary.
+    """
+
+    def __init__(self, probe: Probe | None = None, *, name: str | None = None,
+                 log_dir: str | os.PathLike[str] | None = None, sample_hz: float = 10.0,
+                 budget: int | None = None, track_activations: bool = True,
+                 stop_requested: Any = None) -> None:
+        self.probe = probe
+        self._own_probe = probe is None
+        self._probe_kwargs = {"name": name, "log_dir": log_dir, "sample_hz": sample_hz, "budget": budget,
+                              "track_activations": track_activations}
+        self.stop_requested = stop_requested
+
+    def _ensure_probe(self) -> Probe:
+        if self.probe is None:
+            self.probe = Probe.for_script(**self._probe_kwargs)
+        return self.probe
+
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A user's script: start measuring as soon as the Trainer exists."""
+        if self._own_probe:
+            probe = self._ensure_probe()
+            probe.phase("preparing_trainer")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> None:
+        """Attach to the (now placed) model and the optimizer the Trainer built."""
+        probe = self._ensure_probe()
+        if model is not None:
+            probe.attach_model(model, emit_model_event=self._own_probe or probe.model is not model)
+        if optimizer is not None:
+            probe.attach_optimizer(optimizer, hooks=False)
+        if probe.current_phase != "training":
+            probe.phase("training", max_steps=state.max_steps or None)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Reset the per-step peaks."""
+        if self.probe is not None:
+            if state.global_step == 0:
+                self.probe.refresh_model()
+            self.probe.step_begin()
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Gradients exist now (after backward and clipping, before the step zeroes them)."""
+        if self.probe is not None:
+            self.probe.before_optimizer_step()
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """The optimizer state exists now."""
+        if self.probe is not None:
+            self.probe.after_optimizer_step()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Write the step's snapshot; honour a stop request at this step boundary."""
+        if self.probe is not None:
+            self.probe.step_end(state.global_step)
+        if self.stop_requested is not None and self.stop_requested():
+            control.should_training_stop = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A user's script: the run finished (the worker records its own ending)."""
+        if self._own_probe and self.probe is not None:
+            self.probe.finish("finished", step=state.global_step)

@@ -1,0 +1,185 @@
+"""Device samplers: NVML, the CUDA caching allocator and psutil, read in a background thread.
+
+No NVML or no GPU is a normal state: the reader that cannot work is reported once (as a note)
+and left out; the sampler itself never raises into the training process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+
+class ReaderUnavailable(Exception):
+    """A device reader cannot work on this machine (reason in the message)."""
+
+
+class SystemReader:
+    """This process's RSS and CPU share, and the machine's RAM (psutil)."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.process = psutil.Process(pid or os.getpid())
+        self.process.cpu_percent(None)  # prime: the first call always returns 0
+
+    def read(self) -> dict[str, Any]:
+        """One reading: ``rss``, ``sys_used``, ``sys_total``, ``cpu_percent``."""
+        vm = psutil.virtual_memory()
+        return {
+            "rss": self.process.memory_info().rss,
+            "sys_used": vm.total - vm.available,
+            "sys_total": vm.total,
+            "cpu_percent": round(self.process.cpu_percent(None), 1),
+        }
+
+
+class CudaAllocatorReader:
+    """``torch.cuda`` allocator counters for one device."""
+
+    def __init__(self, device_index: int) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ReaderUnavailable("no CUDA device visible to torch")
+        self.torch = torch
+        self.index = device_index
+
+    def read(self) -> dict[str, Any]:
+        """``allocated``, ``reserved``, ``max_allocated`` and the retry/OOM counters."""
+        cuda = self.torch.cuda
+        stats = cuda.memory_stats(self.index)
+        return {
+            "allocated": cuda.memory_allocated(self.index),
+            "reserved": cuda.memory_reserved(self.index),
+            "max_allocated": cuda.max_memory_allocated(self.index),
+            "alloc_retries": stats.get("num_alloc_retries", 0),
+            "ooms": stats.get("num_ooms", 0),
+        }
+
+
+def load_nvml() -> Any:
+    """Import and initialise NVML; raise :class:`ReaderUnavailable` with the reason if it cannot."""
+    try:
+        import pynvml
+    except ImportError as exc:
+        raise ReaderUnavailable(f"nvidia-ml-py is not installed ({exc})") from None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        raise ReaderUnavailable(f"NVML is not available ({exc})") from None
+    return pynvml
+
+
+class NvmlReader:
+    """NVML device totals, this process's usage and the other processes on one GPU."""
+
+    def __init__(self, device_index: int = 0, uuid: str | None = None, pid: int | None = None,
+                 nvml: Any = None) -> None:
+        self.nvml = nvml or load_nvml()
+        self.pid = pid or os.getpid()
+        try:
+            if uuid:
+                self.handle = self.nvml.nvmlDeviceGetHandleByUUID(uuid)
+            else:
+                self.handle = self.nvml.nvmlDeviceGetHandleByIndex(device_index)
+        except self.nvml.NVMLError as exc:
+            raise ReaderUnavailable(f"NVML cannot open GPU {uuid or device_index} ({exc})") from None
+
+    def device_name(self) -> str:
+        """The GPU's marketing name."""
+        name = self.nvml.nvmlDeviceGetName(self.handle)
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    def total(self) -> int:
+        """Device memory in bytes."""
+        return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).total)
+
+    def read(self) -> dict[str, Any]:
+        """``total``, ``used``, ``free``, ``process`` (this pid), ``others`` ([[pid, bytes]]), ``util``."""
+        nvml = self.nvml
+        info = nvml.nvmlDeviceGetMemoryInfo(self.handle)
+        reading: dict[str, Any] = {"total": int(info.total), "used": int(info.used), "free": int(info.free)}
+        try:
+            procs = list(nvml.nvmlDeviceGetComputeRunningProcesses(self.handle))
+        except nvml.NVMLError:
+            procs = None
+        if procs is None:
+            reading["process"] = None
+            reading["others"] = None
+        else:
+            mine = [p for p in procs if p.pid == self.pid]
+            reading["process"] = _proc_bytes(mine[0]) if mine else None
+            # In a container NVML reports host PIDs: then we cannot tell ours from the others.
+            reading["others"] = [[int(p.pid), _proc_bytes(p)] for p in procs if p.pid != self.pid] if mine else None
+        try:
+            reading["util"] = int(nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+        except nvml.NVMLError:
+            reading["util"] = None
+        return reading
+
+
+def _proc_bytes(proc: Any) -> int | None:
+    used = getattr(proc, "usedGpuMemory", None)
+    return int(used) if isinstance(used, int) else None
+
+
+class DeviceSampler:
+    """Reads every available reader ``hz`` times a second and hands each sample to ``emit``.
+
+    ``phase`` is called for the current phase name. A reader that raises is dropped after
+    reporting once through ``note``; the sampler thread is a daemon and never blocks training.
+    """
+
+    def __init__(self, emit: Callable[..., None], note: Callable[[str, str], None], hz: float,
+                 phase: Callable[[], str | None], system: SystemReader,
+                 cuda: CudaAllocatorReader | None = None, nvml: NvmlReader | None = None) -> None:
+        self.emit = emit
+        self.note = note
+        self.interval = 1.0 / hz
+        self.phase = phase
+        self.readers: dict[str, Any] = {"system": system}
+        if cuda is not None:
+            self.readers["cuda"] = cuda
+        if nvml is not None:
+            self.readers["nvml"] = nvml
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ftwatch-sampler", daemon=True)
+
+    def start(self) -> None:
+        """Start sampling in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling and take one last sample."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        self.sample_once()
+
+    def sample_once(self) -> None:
+        """Take and emit one sample now."""
+        fields: dict[str, Any] = {"phase": self.phase()}
+        for name, reader in list(self.readers.items()):
+            try:
+                reading = reader.read()
+            except Exception as exc:  # a broken reader must never reach the training loop
+                del self.readers[name]
+                self.note(f"{name}_reader_failed", f"{name} readings stopped: {exc}")
+                continue
+            if name == "system":
+                fields.update(reading)
+            else:
+                fields[name] = reading
+        self.emit("sample", **fields)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sample_once()
+            except Exception:  # the log may be closed during shutdown
+                return

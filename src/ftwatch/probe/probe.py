@@ -1,0 +1,381 @@
+"""The probe: the training side of ftwatch. It measures, and writes events; it never analyses.
+
+Use it through :class:`ftwatch.FtwatchCallback` with a ``Trainer``, or directly in a hand-written
+loop::
+
+    probe = Probe.for_script("my-run")          # writes ftwatch-runs/my-run-<time>/events.jsonl
+    probe.attach_model(model)
+    probe.attach_optimizer(optimizer)           # grads before, state after each optimizer.step()
+    for step, batch in enumerate(loader, 1):
+        probe.step_begin()
+        loss = model(**batch).loss              # activations are counted in the forward
+        loss.backward()
+        optimizer.step(); optimizer.zero_grad()
+        probe.step_end(step, loss=loss.item())
+    probe.finish("finished")
+"""
+
+from __future__ import annotations
+
+import atexit
+import getpass
+import os
+import platform
+import socket
+import sys
+import threading
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftwatch import __version__
+from ftwatch.categories import derive_device_categories
+from ftwatch.events import EVENTS_FILE, EventWriter
+from ftwatch.probe import accounting
+from ftwatch.probe.devices import (
+    CudaAllocatorReader,
+    DeviceSampler,
+    NvmlReader,
+    ReaderUnavailable,
+    SystemReader,
+)
+from ftwatch.probe_paths import new_run_dir
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA/accelerator OOMs (every form torch has raised) and CPU ``MemoryError``."""
+    if isinstance(exc, MemoryError):
+        return True
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries that shape memory use."""
+    versions: dict[str, str | None] = {"ftwatch": __version__, "python": platform.python_version(),
+                                       "torch": torch.__version__}
+    for name in ("transformers", "peft"):
+        module = sys.modules.get(name)
+        versions[name] = getattr(module, "__version__", None) if module else None
+    return versions
+
+
+class Probe:
+    """Measures one training process and writes its run log."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], *, name: str, model_name: str | None = None,
+                 config_path: str | None = None, sample_hz: float = 10.0, budget: int | None = None,
+                 device: str | None = None, max_steps: int | None = None, track_activations: bool = True,
+                 reset_peak_each_step: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.model_name = model_name
+        self.config_path = config_path
+        self.sample_hz = sample_hz
+        self.budget = budget
+        self.max_steps = max_steps
+        self.track_activations = track_activations
+        self.reset_peak_each_step = reset_peak_each_step
+        self.device = torch.device(device) if device else _default_device()
+        self.writer = EventWriter(self.run_dir / EVENTS_FILE)
+        self.current_phase: str | None = None
+        self.meter = accounting.ActivationMeter()
+        self.model: torch.nn.Module | None = None
+        self.optimizer: Any = None
+        self._model_bytes = {"weights": 0, "lora": 0}
+        self._base_only = False
+        self._trainable: list[torch.nn.Parameter] = []
+        self._grads = 0
+        self._optimizer_bytes = 0
+        self._losses: list[torch.Tensor] = []
+        self._tokens = 0
+        self._seq_len = 0
+        self._hooks: list[Any] = []
+        self._sampler: DeviceSampler | None = None
+        self._nvml: NvmlReader | None = None
+        self._cuda_index: int | None = self.device.index if self.device.type == "cuda" else None
+        self._finished = False
+        self._lock = threading.Lock()
+        self._notes: set[str] = set()
+
+    # -- construction helpers --------------------------------------------------------------------
+    @classmethod
+    def for_script(cls, name: str | None = None, log_dir: str | os.PathLike[str] | None = None,
+                   **kwargs: Any) -> Probe:
+        """A started probe for a user's own script, writing under ``log_dir`` (``FTWATCH_LOG_DIR``,
+        default ``./ftwatch-runs``); it records a failure if the script dies before ``finish``."""
+        name = name or Path(sys.argv[0] or "python").stem or "run"
+        log_dir = log_dir or os.environ.get("FTWATCH_LOG_DIR", "ftwatch-runs")
+        kwargs.setdefault("reset_peak_each_step", False)
+        probe = cls(new_run_dir(log_dir, name), name=name, **kwargs)
+        probe.start()
+        probe.install_exit_hooks()
+        return probe
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Write the header and start the device sampler (call before the model loads)."""
+        system = SystemReader()
+        cuda_reader = None
+        pending_notes: list[tuple[str, str]] = []
+        device_info: dict[str, Any]
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self._cuda_index = index
+            props = torch.cuda.get_device_properties(index)
+            device_info = {"type": "cuda", "index": index, "name": props.name,
+                           "capacity": int(props.total_memory), "capacity_source": "torch"}
+            cuda_reader = CudaAllocatorReader(index)
+            try:
+                uuid_text = str(getattr(props, "uuid", "") or "")
+                self._nvml = NvmlReader(index, uuid=("GPU-" + uuid_text) if uuid_text else None)
+                device_info.update(name=self._nvml.device_name(), capacity=self._nvml.total(),
+                                   capacity_source="nvml")
+            except ReaderUnavailable as exc:
+                self._nvml = None
+                pending_notes.append(("no_nvml", f"{exc}: no per-process or other-process figures"))
+        else:
+            ram = system.read()["sys_total"]
+            device_info = {"type": "cpu", "index": None, "name": platform.processor() or platform.machine(),
+                           "capacity": self.budget or ram, "capacity_source": "budget" if self.budget else "ram"}
+        self.writer.emit(
+            "header", run_id=uuid.uuid4().hex[:12], name=self.name, config_path=self.config_path,
+            pid=os.getpid(), host=socket.gethostname(), user=_user(), versions=library_versions(),
+            model=self.model_name, device=device_info, budget=self.budget, sample_hz=self.sample_hz,
+            max_steps=self.max_steps, rank=int(os.environ.get("RANK", 0)),
+            world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        )
+        for code, message in pending_notes:
+            self.note(code, message)
+        if self.device.type != "cuda":
+            reason = "no CUDA device visible to torch" if not torch.cuda.is_available() else "training on the CPU"
+            self.note("no_gpu", f"{reason}: tensor accounting only, drawn against "
+                                f"{'the budget' if self.budget else 'the RAM'}")
+        self._sampler = DeviceSampler(self.writer.emit, self.note, self.sample_hz, lambda: self.current_phase,
+                                      system, cuda=cuda_reader, nvml=self._nvml)
+        self._sampler.sample_once()
+        self._sampler.start()
+
+    def phase(self, name: str, **fields: Any) -> None:
+        """Enter a phase (``loading_model``, ``applying_lora``, ``preparing_trainer``, ``training``)."""
+        self.current_phase = name
+        self.writer.emit("phase", name=name, **fields)
+
+    def note(self, code: str, message: str) -> None:
+        """Report a fact about the environment, once per code."""
+        if code in self._notes:
+            return
+        self._notes.add(code)
+        self.writer.emit("note", code=code, message=message)
+
+    def warn(self, code: str, level: str, message: str, **fields: Any) -> None:
+        """Write a warning event (the worker's forecaster calls this)."""
+        self.writer.emit("warning", code=code, level=level, message=message, **fields)
+
+    def finish(self, status: str, **fields: Any) -> None:
+        """Stop sampling and write the exit event (once)."""
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        self.remove_hooks()
+        if self._sampler is not None:
+            self._sampler.stop()
+        self.writer.emit("exit", status=status, step=fields.pop("step", None), by="worker", **fields)
+        self.writer.close()
+
+    def finish_with_exception(self, exc: BaseException, step: int | None = None) -> str:
+        """Record an exception as ``oom`` or ``failed``; returns the status written."""
+        status = "oom" if is_out_of_memory(exc) else "failed"
+        message = f"{type(exc).__name__}: {exc}".strip()
+        oom = None
+        if status == "oom":
+            oom = {"phase": self.current_phase, "message": message,
+                   "requested_bytes": _requested_bytes(str(exc)),
+                   "last_categories": self.categories(include_device=True)}
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        self.finish(status, step=step, error_type=type(exc).__name__, message=message,
+                    traceback="".join(tb)[-4000:], oom=oom)
+        return status
+
+    def install_exit_hooks(self) -> None:
+        """For user scripts: record an uncaught exception, or an exit before ``finish``."""
+        previous = sys.excepthook
+
+        def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+            if isinstance(exc, KeyboardInterrupt):
+                self.finish("stopped", message="interrupted")
+            else:
+                self.finish_with_exception(exc)
+            previous(exc_type, exc, tb)
+
+        sys.excepthook = hook
+        atexit.register(lambda: self.finish("failed", message="the script exited before training finished"))
+
+    # -- model and optimizer -----------------------------------------------------------------------
+    def attach_model(self, model: torch.nn.Module, emit_model_event: bool = True, base_only: bool = False) -> None:
+        """Measure a model's weights/adapters and count activations in each of its forwards.
+
+        ``base_only``: the model was just loaded and has no adapters yet, so every parameter is
+        counted as a frozen base weight (a fresh ``from_pretrained`` model requires grad everywhere).
+        """
+        self.remove_hooks()
+        self.model = model
+        self._base_only = base_only
+        self.refresh_model()
+        if self.track_activations:
+            self._hooks.append(model.register_forward_pre_hook(self._forward_pre, with_kwargs=True))
+            self._hooks.append(model.register_forward_hook(self._forward_post))
+        if emit_model_event:
+            total, trainable = accounting.parameter_counts(model)
+            dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+            targets = getattr(getattr(model, "peft_config", {}).get("default", None), "target_modules", None)
+            self.writer.emit("model", params_total=total, params_trainable=trainable, dtype=dtypes,
+                             lora_targets=sorted(targets) if targets else None)
+
+    def refresh_model(self) -> None:
+        """Re-measure parameters (after the model moved to another device, for example)."""
+        if self.model is None:
+            return
+        self._model_bytes = accounting.model_bytes(self.model, base_only=self._base_only)
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.meter.exclude(self.model.parameters())
+
+    def attach_optimizer(self, optimizer: Any, hooks: bool = True) -> None:
+        """Measure gradients before and state after each ``optimizer.step()`` (hand-written loops).
+
+        The Trainer callback passes ``hooks=False`` and calls the two measurements itself.
+        """
+        self.optimizer = accounting.unwrap_optimizer(optimizer)
+        if hooks:
+            self._hooks.append(self.optimizer.register_step_pre_hook(lambda *_: self.before_optimizer_step()))
+            self._hooks.append(self.optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()))
+
+    def remove_hooks(self) -> None:
+        """Detach every hook this probe installed."""
+        if self.meter.active:
+            self.meter.stop()
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    def _forward_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if torch.is_grad_enabled():
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if isinstance(ids, torch.Tensor) and ids.dim() >= 2:
+                self._tokens += ids.shape[0] * ids.shape[1]
+                self._seq_len = max(self._seq_len, int(ids.shape[1]))
+            self.meter.start()
+
+    def _forward_post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
+        if self.meter.active:
+            self.meter.stop()
+            loss = getattr(output, "loss", None)
+            if loss is None and isinstance(output, dict):
+                loss = output.get("loss")
+            if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+                self._losses.append(loss.detach())
+
+    # -- per step ------------------------------------------------------------------------------------
+    def step_begin(self) -> None:
+        """Start an optimizer step: reset the per-step peaks."""
+        self.meter.reset_step()
+        self._losses.clear()
+        self._tokens = 0
+        self._seq_len = 0
+        if self._cuda_index is not None and self.reset_peak_each_step:
+            torch.cuda.reset_peak_memory_stats(self._cuda_index)
+
+    def before_optimizer_step(self) -> None:
+        """Measure the gradients (call after backward, before the optimizer zeroes them)."""
+        self._grads = accounting.grad_bytes(self._trainable)
+
+    def after_optimizer_step(self) -> None:
+        """Measure the optimizer state (call after ``optimizer.step()``)."""
+        if self.optimizer is not None:
+            self._optimizer_bytes = accounting.optimizer_state_bytes(self.optimizer)
+
+    def step_end(self, step: int, loss: float | None = None, lr: float | None = None) -> None:
+        """Write the step's snapshot."""
+        if loss is None and self._losses:
+            loss = float(torch.stack(self._losses).float().mean().item())
+        if lr is None and self.optimizer is not None and self.optimizer.param_groups:
+            lr = float(self.optimizer.param_groups[0].get("lr", 0.0))
+        self.snapshot(step=step, loss=loss, lr=lr, tokens=self._tokens or None, seq_len=self._seq_len or None)
+
+    def categories(self, include_device: bool = False) -> dict[str, int]:
+        """The current breakdown: tensor categories, plus the derived CUDA ones if asked."""
+        cats = {
+            "weights": self._model_bytes["weights"],
+            "lora": self._model_bytes["lora"],
+            "grads": self._grads,
+            "optimizer": self._optimizer_bytes,
+            "activations": self.meter.step_peak,
+        }
+        if include_device and self._cuda_index is not None:
+            cats.update(self._device_categories(cats)[0])
+        return cats
+
+    def _device_categories(self, tensor_cats: dict[str, int]) -> tuple[dict[str, int], dict[str, Any]]:
+        index = self._cuda_index
+        allocated_peak = torch.cuda.max_memory_allocated(index)
+        reserved = torch.cuda.memory_reserved(index)
+        nvml = None
+        if self._nvml is not None:
+            try:
+                nvml = self._nvml.read()
+            except Exception:
+                nvml = None
+        derived = derive_device_categories(
+            tensor_cats, allocated=allocated_peak, reserved=reserved,
+            total=nvml["total"] if nvml else None, used=nvml["used"] if nvml else None,
+            process_used=nvml.get("process") if nvml else None,
+        )
+        return derived, {"allocated_peak": allocated_peak, "reserved": reserved}
+
+    def snapshot(self, step: int | None = None, **fields: Any) -> None:
+        """Write a snapshot of every category now (phase ends pass ``step=None``)."""
+        if step is None and self.model is not None:
+            self.refresh_model()
+        cats = self.categories()
+        extra: dict[str, Any] = {}
+        if self._cuda_index is not None:
+            derived, extra = self._device_categories(cats)
+            cats.update(derived)
+        self.writer.emit("snapshot", phase=self.current_phase, step=step, categories=cats, **extra,
+                         **{k: v for k, v in fields.items() if v is not None})
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return torch.device("cpu")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
+
+
+def _requested_bytes(message: str) -> int | None:
+    """The size a failed CUDA allocation asked for ("Tried to allocate 2.00 GiB"), if stated."""
+    import re
+
+    from ftwatch.units import parse_size
+
+    match = re.search(r"Tried to allocate ([0-9.]+ ?[KMGT]?i?B)", message)
+    if not match:
+        return None
+    try:
+        return parse_size(match.group(1).replace(" ", ""))
+    except ValueError:
+        return None

@@ -1,0 +1,134 @@
+"""Headless output: progress lines while a run goes, and the text report of a finished run.
+
+Reads only :class:`ftwatch.state.RunState`; used by ``run --headless`` and ``replay --headless``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+from ftwatch.events import CATEGORIES
+from ftwatch.state import RunState
+from ftwatch.units import format_bytes, format_duration
+
+SHORT = {"weights": "weights", "lora": "lora", "grads": "grads", "optimizer": "optim",
+         "activations": "activ", "other": "other", "cache": "cache", "non_torch": "ctx",
+         "other_processes": "others", "free": "free"}
+
+
+def breakdown_line(categories: dict[str, int], order: tuple[str, ...] = CATEGORIES) -> str:
+    """``weights 650.0 KiB  lora 16.0 KiB ...`` for the categories present (free left out)."""
+    return "  ".join(f"{SHORT[c]} {format_bytes(categories[c])}" for c in order
+                     if c in categories and c != "free")
+
+
+def capacity_text(state: RunState, used: int) -> str:
+    """``1.2 MiB / 23.5 GiB RAM (0.0%)``."""
+    cap = state.capacity
+    if not cap:
+        return format_bytes(used)
+    source = {"budget": " budget", "ram": " RAM"}.get(state.device.get("capacity_source") or "", "")
+    return f"{format_bytes(used)} / {format_bytes(cap)}{source} ({100.0 * used / cap:.1f}%)"
+
+
+class ProgressPrinter:
+    """Prints a line at each phase change, every ``every`` steps, and for warnings and notes."""
+
+    def __init__(self, out: TextIO, every: int | None = None) -> None:
+        self.out = out
+        self.every = every
+        self._last_step_printed = -1
+
+    def _every(self, state: RunState) -> int:
+        if self.every:
+            return self.every
+        return max(1, (state.max_steps or 100) // 10)
+
+    def _print(self, state: RunState, text: str) -> None:
+        self.out.write(f"[{format_duration(state.elapsed):>7}] {text}\n")
+        self.out.flush()
+
+    def handle(self, state: RunState, event: dict[str, Any]) -> None:
+        """Print what ``event`` (already folded into ``state``) deserves."""
+        kind = event["kind"]
+        if kind == "header":
+            dev = state.device
+            self._print(state, f"run {event.get('name')}  model {event.get('model')}  device "
+                               f"{dev.get('type')} {dev.get('name') or ''} "
+                               f"capacity {format_bytes(state.capacity)} ({dev.get('capacity_source')})")
+        elif kind == "phase":
+            self._print(state, f"phase {event['name']}")
+        elif kind == "model":
+            self._print(state, f"model {event.get('params_total'):,} parameters, "
+                               f"{event.get('params_trainable'):,} trainable")
+        elif kind == "note":
+            self._print(state, f"note: {event.get('message')}")
+        elif kind == "warning":
+            self._print(state, f"WARNING [{event.get('level')}] {event.get('message')}")
+            for s in event.get("suggestions") or []:
+                self.out.write(f"          fix: {suggestion_text(s)}\n")
+        elif kind == "snapshot":
+            self._snapshot(state, event)
+        elif kind == "exit":
+            self._print(state, f"exit {event.get('status')} at step {event.get('step')}"
+                               + (f": {event['message']}" if event.get("message") else ""))
+
+    def _snapshot(self, state: RunState, event: dict[str, Any]) -> None:
+        step = event.get("step")
+        cats = event.get("categories") or {}
+        used = sum(v for k, v in cats.items() if k not in ("other_processes", "free"))
+        if step is None:
+            self._print(state, f"  {event.get('phase')}: {breakdown_line(cats)} | {capacity_text(state, used)}")
+            return
+        if step != 1 and step % self._every(state) != 0:
+            return
+        total = f"/{state.max_steps}" if state.max_steps else ""
+        loss = f" loss {event['loss']:.4f}" if event.get("loss") is not None else ""
+        self._print(state, f"step {step}{total}{loss} | {breakdown_line(cats)} | {capacity_text(state, used)}")
+
+
+def suggestion_text(s: dict[str, Any]) -> str:
+    """``use bfloat16 weights: [model] dtype = "bfloat16" (saves 12.5 GiB)``."""
+    saves = f" (saves {format_bytes(s['saves_bytes'])})" if s.get("saves_bytes") else ""
+    config = f": {s['config']}" if s.get("config") else ""
+    return f"{s.get('change')}{config}{saves}"
+
+
+def summary_text(state: RunState, stats: Any = None) -> str:
+    """The human report of a run: status, peaks by category, phases, warnings, OOM diagnosis."""
+    s = state.summary()
+    lines = [f"{s['status']} after {s['steps']} steps in {format_duration(s['elapsed_seconds'])}"
+             + (f" (loss {s['loss']:.4f})" if s.get("loss") is not None else "")]
+    if s.get("error"):
+        lines.append(f"error: {s['error']}")
+    lines.append(f"model: {s.get('model')}  parameters {_count(s.get('params_total'))}, "
+                 f"trainable {_count(s.get('params_trainable'))}")
+    lines.append(f"device: {s.get('device')}  capacity {format_bytes(s['capacity_bytes'])} "
+                 f"({s.get('capacity_source')})")
+    lines.append("peak by category:")
+    for name, value in s["peak_bytes"].items():
+        share = f" ({100.0 * value / s['capacity_bytes']:.2f}% of capacity)" if s["capacity_bytes"] else ""
+        lines.append(f"  {name:<16}{format_bytes(value):>12}{share}")
+    if s.get("peak_rss_bytes"):
+        lines.append(f"  {'process RSS':<16}{format_bytes(s['peak_rss_bytes']):>12}")
+    lines.append("phases (process memory: peak, added):")
+    for p in s["phases"]:
+        added = p.get("added_bytes")
+        lines.append(f"  {p['name']:<18} peak {format_bytes(p['peak_bytes']):>10}  added "
+                     f"{('+' if (added or 0) >= 0 else '') + format_bytes(added):>11}  "
+                     f"{format_duration(p.get('seconds'))}")
+    for w in s["warnings"]:
+        lines.append(f"warning [{w.get('level')}]: {w.get('message')}")
+    if s.get("oom"):
+        oom = s["oom"]
+        lines.append(f"out of memory during {oom.get('phase')}: requested {format_bytes(oom.get('requested_bytes'))}")
+    for sug in s.get("suggestions") or []:
+        lines.append(f"  fix: {suggestion_text(sug)}")
+    if stats is not None and (stats.corrupt_lines or stats.unknown_kinds or stats.truncated_tail):
+        lines.append(f"log: {stats.corrupt_lines} corrupt lines skipped, {stats.unknown_kinds} events of unknown "
+                     f"kinds skipped" + (", last line cut off" if stats.truncated_tail else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _count(n: int | None) -> str:
+    return f"{n:,}" if isinstance(n, int) else "n/a"

@@ -1,0 +1,229 @@
+"""The training subprocess: load the model, apply LoRA, build a Trainer, train; report each phase.
+
+``ftwatch run`` starts it as ``python -m ftwatch.worker --config C --run-dir D`` in its own session
+(a closed terminal does not reach it) with stdout/stderr going to ``D/worker.log``. It writes its own
+run log, so the record is complete whatever happens to the viewer. Exit codes: 0 finished, 1 failed
+or out of memory, 2 config error, 130 stopped.
+
+SIGINT/SIGTERM ask for a clean stop: during training at the next step boundary, before training at
+once. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_FINISHED, EXIT_FAILED, EXIT_CONFIG, EXIT_STOPPED = 0, 1, 2, 130
+
+
+class StopRequested(BaseException):
+    """Raised by the signal handler to stop outside a step boundary (a BaseException, so library
+    code that catches ``Exception`` cannot swallow it)."""
+
+
+class StopControl:
+    """Turns SIGINT/SIGTERM into a stop at the next step boundary (or at once, outside training)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_training = False
+
+    def install(self) -> None:
+        """Handle SIGINT and SIGTERM; ignore SIGHUP (the terminal is the viewer's, not ours)."""
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.in_training and not self.requested:
+            self.requested = True
+            print(f"ftwatch worker: {signal.Signals(signum).name}: stopping at the next step boundary", flush=True)
+            return
+        raise StopRequested(signal.Signals(signum).name)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def _log(message: str) -> None:
+    print(f"ftwatch worker: {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one fine-tune as described by ``--config``, writing its log into ``--run-dir``."""
+    parser = argparse.ArgumentParser(prog="ftwatch.worker")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--run-dir", required=True)
+    args = parser.parse_args(argv)
+    stop = StopControl()
+    stop.install()
+
+    from ftwatch.config import ConfigError, load_config, validate_library_sections
+    from ftwatch.events import EVENTS_FILE, EventWriter
+
+    run_dir = Path(args.run_dir)
+    try:
+        cfg = load_config(args.config)
+        validate_library_sections(cfg)
+    except ConfigError as exc:
+        print(f"ftwatch worker: {exc}", file=sys.stderr, flush=True)
+        writer = EventWriter(run_dir / EVENTS_FILE)
+        writer.emit("exit", status="failed", error_type="ConfigError", message=str(exc), by="worker")
+        writer.close()
+        return EXIT_CONFIG
+    return Training(cfg, run_dir, stop).run()
+
+
+class Training:
+    """One run through the phases, with the probe measuring all along."""
+
+    def __init__(self, cfg: Any, run_dir: Path, stop: StopControl) -> None:
+        import torch
+
+        from ftwatch.probe.probe import Probe
+
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.stop = stop
+        self.torch = torch
+        use_cpu = bool(cfg.training.get("use_cpu") or cfg.training.get("no_cuda"))
+        self.device = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+        max_steps = cfg.training.get("max_steps")
+        self.probe = Probe(
+            run_dir, name=cfg.name, model_name=cfg.model.name, config_path=str(cfg.path.resolve()),
+            sample_hz=cfg.monitor.sample_hz, budget=cfg.monitor.budget, device=self.device,
+            max_steps=max_steps if isinstance(max_steps, int) and max_steps > 0 else None,
+            track_activations=cfg.monitor.track_activations,
+        )
+        self.step = 0
+
+    def run(self) -> int:
+        """Go through the phases; write the exit event however it ends."""
+        from ftwatch.config import ConfigError
+
+        self.probe.start()
+        try:
+            model, tokenizer = self.load_model()
+            model = self.apply_lora(model)
+            trainer = self.prepare_trainer(model, tokenizer)
+            self.train(trainer)
+        except StopRequested as exc:
+            _log(f"stopped ({exc})")
+            self.probe.finish("stopped", step=self.step, message=f"stopped by {exc}")
+            return EXIT_STOPPED
+        except ConfigError as exc:  # data problems found while tokenizing
+            _log(str(exc))
+            self.probe.finish("failed", step=self.step, error_type="ConfigError", message=str(exc))
+            return EXIT_CONFIG
+        except BaseException as exc:  # noqa: BLE001 - every failure must reach the log
+            status = self.probe.finish_with_exception(exc, step=self.step)
+            _log(f"{status}: {type(exc).__name__}: {exc}")
+            import traceback
+
+            traceback.print_exc()
+            return EXIT_FAILED
+        if self.stop.requested:
+            self.probe.finish("stopped", step=self.step, message="stopped at a step boundary on request")
+            _log(f"stopped at step {self.step}")
+            return EXIT_STOPPED
+        self.probe.finish("finished", step=self.step)
+        _log(f"finished after {self.step} steps")
+        return EXIT_FINISHED
+
+    def load_model(self) -> tuple[Any, Any]:
+        """Phase ``loading_model``: tokenizer and weights through ``from_pretrained``."""
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        m = self.cfg.model
+        self.probe.phase("loading_model")
+        _log(f"loading {m.name} (dtype {m.dtype}) on {self.device}")
+        tokenizer = AutoTokenizer.from_pretrained(m.name, trust_remote_code=m.trust_remote_code)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        kwargs: dict[str, Any] = {"trust_remote_code": m.trust_remote_code}
+        dtype = "auto" if m.dtype == "auto" else getattr(self.torch, m.dtype)
+        dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        kwargs[dtype_key] = dtype
+        if m.device_map is not None:
+            kwargs["device_map"] = m.device_map
+        elif self.device == "cuda":
+            kwargs["device_map"] = {"": self.probe.device.index or 0}
+        if m.attn_implementation:
+            kwargs["attn_implementation"] = m.attn_implementation
+        if m.load_in_4bit or m.load_in_8bit:
+            kwargs["quantization_config"] = self._quantization_config()
+        model = AutoModelForCausalLM.from_pretrained(m.name, **kwargs)
+        self.probe.attach_model(model, emit_model_event=False, base_only=True)
+        self.probe.snapshot()
+        return model, tokenizer
+
+    def _quantization_config(self) -> Any:
+        from transformers import BitsAndBytesConfig
+
+        m = self.cfg.model
+        if m.load_in_4bit:
+            compute = self.torch.bfloat16 if m.dtype in ("auto", "bfloat16") else getattr(self.torch, m.dtype)
+            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+        return BitsAndBytesConfig(load_in_8bit=True)
+
+    def apply_lora(self, model: Any) -> Any:
+        """Phase ``applying_lora``: wrap the model with peft adapters."""
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        from ftwatch.config import build_lora_config
+
+        self.probe.phase("applying_lora")
+        checkpointing = bool(self.cfg.training.get("gradient_checkpointing"))
+        if self.cfg.model.load_in_4bit or self.cfg.model.load_in_8bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+        elif checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, build_lora_config(self.cfg))
+        self.probe.attach_model(model)
+        self.probe.snapshot()
+        return model
+
+    def prepare_trainer(self, model: Any, tokenizer: Any) -> Any:
+        """Phase ``preparing_trainer``: data set, TrainingArguments, Trainer with the callback."""
+        import inspect
+
+        from transformers import Trainer
+
+        from ftwatch.config import build_training_arguments
+        from ftwatch.data import build_dataset, data_collator
+        from ftwatch.probe.callback import FtwatchCallback
+
+        self.probe.phase("preparing_trainer")
+        dataset = build_dataset(tokenizer, self.cfg.data, self.cfg.path)
+        _log(f"{len(dataset)} training examples of up to {self.cfg.data.max_length} tokens")
+        args = build_training_arguments(self.cfg, output_dir=str(self.run_dir / "output"))
+        callback = FtwatchCallback(probe=self.probe, stop_requested=self.stop)
+        kwargs: dict[str, Any] = {"model": model, "args": args, "train_dataset": dataset,
+                                  "data_collator": data_collator(tokenizer, self.cfg.data), "callbacks": [callback]}
+        if "processing_class" in inspect.signature(Trainer.__init__).parameters:
+            kwargs["processing_class"] = tokenizer
+        else:
+            kwargs["tokenizer"] = tokenizer
+        trainer = Trainer(**kwargs)
+        self.probe.snapshot()
+        return trainer
+
+    def train(self, trainer: Any) -> None:
+        """Phase ``training`` (entered by the callback once the optimizer exists)."""
+        self.stop.in_training = True
+        _log("training")
+        try:
+            trainer.train()
+        finally:
+            self.stop.in_training = False
+            self.step = trainer.state.global_step
+
+
+if __name__ == "__main__":
+    sys.exit(main())
