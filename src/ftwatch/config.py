@@ -105,8 +105,22 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+#: Names people often type for a field, by section (difflib cannot guess "rank" -> "r").
+_ALIASES: dict[str, dict[str, str]] = {
+    "lora": {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
+             "target": "target_modules", "modules": "target_modules"},
+    "training": {"batch_size": "per_device_train_batch_size", "per_device_batch_size": "per_device_train_batch_size",
+                 "train_batch_size": "per_device_train_batch_size", "lr": "learning_rate",
+                 "grad_accum": "gradient_accumulation_steps", "steps": "max_steps", "epochs": "num_train_epochs",
+                 "optimizer": "optim", "checkpointing": "gradient_checkpointing"},
+    "model": {"model": "name", "path": "name", "torch_dtype": "dtype"},
+    "data": {"file": "path", "seq_len": "max_length", "max_seq_length": "max_length", "field": "text_field"},
+}
+
+
 def _unknown_key(path: Path, section: str, key: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    alias = _ALIASES.get(section, {}).get(key)
+    close = [alias] if alias in known else difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f' (did you mean "{close[0]}"?)' if close else ""
     where = f"[{section}].{key}" if section else f"[{key}]"
     kind = "unknown key" if section else "unknown section"
@@ -337,7 +351,7 @@ def validate_library_sections(cfg: Config) -> None:
                 raise _unknown_key(cfg.path, section, key, fields)
             hint = hints.get(key)
             if hint is not None and not _matches(value, hint):
-                raise ConfigError(cfg.path, f"[{section}].{key} must be {_describe(hint)}, got {_show(value)}")
+                raise ConfigError(cfg.path, f"[{section}].{key} must be {_describe(hint, value)}, got {_show(value)}")
     try:
         build_lora_config(cfg)
     except (ValueError, TypeError) as exc:
@@ -389,6 +403,9 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is type(None):
         return value is None
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):  # Union[SomeEnum, str]: the string must name a member
+            return any(_matches(value, e) for e in enums)
         return any(_matches(value, a) for a in args)
     if origin is typing.Literal:
         return value in args
@@ -412,10 +429,13 @@ def _matches(value: Any, hint: Any) -> bool:
     return True  # classes the config cannot spell (callables, objects): let the library decide
 
 
-def _describe(hint: Any) -> str:
+def _describe(hint: Any, value: Any = None) -> str:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):
+            return _describe(enums[0], value)
         parts = [_describe(a) for a in args if a is not type(None)]
         return " or ".join(dict.fromkeys(parts))
     if origin is typing.Literal:
@@ -424,7 +444,8 @@ def _describe(hint: Any) -> str:
         return "a list"
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         values = [str(m.value) for m in hint]
-        shown = ", ".join(values[:8]) + (", ..." if len(values) > 8 else "")
-        return f"one of {shown}"
+        close = difflib.get_close_matches(str(value), values, n=3, cutoff=0.5) if value is not None else []
+        shown = ", ".join(close or values[:8]) + ("" if close or len(values) <= 8 else ", ...")
+        return f"one of {shown}" if not close else f"a valid name (closest: {shown})"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
             dict: "a table"}.get(hint, getattr(hint, "__name__", str(hint)))

@@ -69,7 +69,7 @@ class ProgressPrinter:
                 self.out.write(f"          fix: {suggestion_text(s)}\n")
         elif kind == "snapshot":
             self._snapshot(state, event)
-        elif kind == "exit":
+        elif kind == "exit" and event.get("error_type") != "ConfigError":  # the CLI prints those alone
             self._print(state, f"exit {event.get('status')} at step {event.get('step')}"
                                + (f": {event['message']}" if event.get("message") else ""))
 

@@ -1,0 +1,77 @@
+"""Malformed configs: one clear line naming the file and the key, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY_DATA, TINY_MODEL, run_cli
+
+GOOD_MODEL = f'[model]\nname = "{TINY_MODEL}"\n'
+GOOD_DATA = f'[data]\npath = "{TINY_DATA}"\n'
+
+# (file content, words the one error line must contain); {good} parts keep the rest valid
+CASES = {
+    "toml_syntax": ("[model\nname = 1\n", ["TOML syntax error", "line 1"]),
+    "unknown_section": (GOOD_MODEL + GOOD_DATA + "[trainig]\nmax_steps = 1\n",
+                        ["unknown section [trainig]", 'did you mean "training"']),
+    "unknown_model_key": (GOOD_MODEL + 'dtpye = "float32"\n' + GOOD_DATA, ["[model].dtpye", '"dtype"']),
+    "bad_dtype": (GOOD_MODEL + 'dtype = "fp8"\n' + GOOD_DATA, ["[model].dtype", "bfloat16", '"fp8"']),
+    "wrong_type_rank": (GOOD_MODEL + GOOD_DATA + '[lora]\nr = "eight"\n',
+                        ['[lora].r must be a positive integer, got "eight"']),
+    "negative_rank": (GOOD_MODEL + GOOD_DATA + "[lora]\nr = -4\n", ["[lora].r must be a positive integer, got -4"]),
+    "missing_model_path": ('[model]\nname = "./no-such-model"\n' + GOOD_DATA, ["[model].name", "no-such-model"]),
+    "missing_model_section": (GOOD_DATA, ["[model] section is missing"]),
+    "missing_data_file": (GOOD_MODEL + '[data]\npath = "nowhere.jsonl"\n', ["[data].path", "nowhere.jsonl"]),
+    "zero_max_length": (GOOD_MODEL + GOOD_DATA.replace("\n", "\nmax_length = 0\n", 1),
+                        ["[data].max_length must be a positive integer, got 0"]),
+    "bad_budget": (GOOD_MODEL + GOOD_DATA + '[monitor]\nbudget = "lots"\n', ["[monitor].budget", "lots"]),
+    "dropout_out_of_range": (GOOD_MODEL + GOOD_DATA + "[lora]\nlora_dropout = 1.5\n", ["[lora].lora_dropout"]),
+    "both_quantizations": (GOOD_MODEL + "load_in_4bit = true\nload_in_8bit = true\n" + GOOD_DATA,
+                           ["load_in_8bit cannot both be true"]),
+    "section_not_a_table": ('model = "gpt2"\n' + GOOD_DATA, ["[model] must be a table"]),
+    # checked by the worker against the installed peft / transformers classes
+    "unknown_lora_field": (GOOD_MODEL + GOOD_DATA + "[lora]\nrank = 8\n", ['unknown key [lora].rank', '"r"']),
+    "unknown_training_field": (GOOD_MODEL + GOOD_DATA + "[training]\nper_device_batch_size = 8\n",
+                               ["[training].per_device_batch_size", '"per_device_train_batch_size"']),
+    "bad_optimizer_name": (GOOD_MODEL + GOOD_DATA + '[training]\noptim = "adamw_fast"\n',
+                           ["[training].optim", '"adamw_fast"', "adamw_torch"]),
+    "wrong_type_in_library_field": (GOOD_MODEL + GOOD_DATA + '[training]\nwarmup_steps = "ten"\n',
+                                    ["[training].warmup_steps", '"ten"']),
+}
+
+
+def _assert_one_clear_line(result, name: str, words: list[str]) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_gives_one_clear_line_and_exit_2(case, tmp_path):
+    content, words = CASES[case]
+    config = tmp_path / f"{case}.toml"
+    config.write_text(content + f'\n[monitor]\nlog_dir = "{tmp_path / "runs"}"\n' if "[monitor]" not in content
+                      else content.replace("[monitor]\n", f'[monitor]\nlog_dir = "{tmp_path / "runs"}"\n'))
+    result = run_cli("run", str(config), "--headless")
+    _assert_one_clear_line(result, config.name, words)
+    assert not any((tmp_path / "runs").glob("*")), "a refused config leaves no run directory behind"
+
+
+def test_missing_config_file(tmp_path):
+    result = run_cli("run", str(tmp_path / "absent.toml"), "--headless")
+    _assert_one_clear_line(result, "absent.toml", ["no such config file"])
+
+
+def test_directory_instead_of_config(tmp_path):
+    result = run_cli("run", str(tmp_path), "--headless")
+    _assert_one_clear_line(result, str(tmp_path), ["is a directory"])
+
+
+def test_usage_error_exits_2():
+    result = run_cli("run")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
