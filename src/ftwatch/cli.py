@@ -18,6 +18,7 @@ from ftwatch.config import ConfigError
 COMMANDS: dict[str, str] = {
     "run": "run",
     "replay": "replay",
+    "explain": "explain",
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
