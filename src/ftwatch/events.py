@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -38,11 +38,21 @@ KINDS: tuple[str, ...] = ("header", "phase", "model", "sample", "snapshot", "war
 EVENTS_FILE = "events.jsonl"
 
 
-def encode(kind: str, fields: dict[str, Any], t: float | None = None) -> str:
-    """Encode one event as a JSON line (with the trailing newline)."""
+def make_event(kind: str, fields: dict[str, Any], t: float | None = None) -> dict[str, Any]:
+    """The event dict: ``v``, ``t`` (now unless given), ``kind``, then the fields."""
     record = {"v": SCHEMA_VERSION, "t": round(time.time() if t is None else t, 4), "kind": kind}
     record.update(fields)
+    return record
+
+
+def encode_event(record: dict[str, Any]) -> str:
+    """Encode an event dict as a JSON line (with the trailing newline)."""
     return json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default) + "\n"
+
+
+def encode(kind: str, fields: dict[str, Any], t: float | None = None) -> str:
+    """Encode one event as a JSON line (with the trailing newline)."""
+    return encode_event(make_event(kind, fields, t))
 
 
 def _json_default(value: Any) -> Any:
@@ -67,15 +77,21 @@ class EventWriter:
         self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
         self._lock = threading.Lock()
         self._closed = False
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def emit(self, kind: str, **fields: Any) -> None:
-        """Write one event. Never raises on a closed writer (late sampler ticks are dropped)."""
-        line = encode(kind, fields)
+        """Write one event, then hand it to the listeners (which must be quick and never raise
+        into the caller). Never raises on a closed writer (late sampler ticks are dropped)."""
+        record = make_event(kind, fields)
+        line = encode_event(record)
         with self._lock:
             if self._closed:
                 return
             self._file.write(line)
             self._file.flush()
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):
+                listener(record)
 
     def close(self) -> None:
         """Flush and close the log; later ``emit`` calls are ignored."""

@@ -100,6 +100,11 @@ class Training:
             max_steps=max_steps if isinstance(max_steps, int) and max_steps > 0 else None,
             track_activations=cfg.monitor.track_activations,
         )
+        from ftwatch.analysis.forecast import Forecaster
+        from ftwatch.live_analysis import LiveAnalysis
+
+        self.analysis = LiveAnalysis(self.probe.writer, Forecaster(max_length=cfg.data.max_length))
+        self.probe.before_finish.append(self.analysis.close)
         self.step = 0
 
     def run(self) -> int:
@@ -121,7 +126,9 @@ class Training:
             self.probe.finish("failed", step=self.step, error_type="ConfigError", message=str(exc))
             return EXIT_CONFIG
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the log
-            status = self.probe.finish_with_exception(exc, step=self.step)
+            details, suggestions = self.diagnose(exc)
+            status = self.probe.finish_with_exception(exc, step=self.step, oom_details=details,
+                                                      suggestions=suggestions)
             _log(f"{status}: {type(exc).__name__}: {exc}")
             import traceback
 
@@ -134,6 +141,26 @@ class Training:
         self.probe.finish("finished", step=self.step)
         _log(f"finished after {self.step} steps")
         return EXIT_FINISHED
+
+    def diagnose(self, exc: BaseException) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+        """Figures and fixes for an out-of-memory error (``None``s for any other failure)."""
+        from ftwatch.probe.probe import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            return None, None
+        from ftwatch.analysis.oom import parse_oom_message, suggest_from_oom
+
+        diag = parse_oom_message(str(exc))
+        if diag is None:
+            return None, None
+        t = self.cfg.training
+        current = {"per_device_train_batch_size": t.get("per_device_train_batch_size", 8),
+                   "gradient_accumulation_steps": t.get("gradient_accumulation_steps", 1),
+                   "gradient_checkpointing": bool(t.get("gradient_checkpointing")),
+                   "max_length": self.cfg.data.max_length, "load_in_4bit": self.cfg.model.load_in_4bit,
+                   "dtype": self.cfg.model.dtype}
+        details = {k: v for k, v in diag.to_json().items() if k.endswith("_bytes") or k in ("format", "other_processes")}
+        return details, suggest_from_oom(diag, current)
 
     def load_model(self) -> tuple[Any, Any]:
         """Phase ``loading_model``: tokenizer and weights through ``from_pretrained``."""

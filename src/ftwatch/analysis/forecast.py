@@ -189,11 +189,14 @@ def step_occupied(snapshot: dict[str, Any], is_cuda: bool) -> int | None:
     return own + cats.get("other_processes", 0)
 
 
-def _sample_used(sample: dict[str, Any]) -> int | None:
-    """Device usage during loading: NVML's device-wide figure, else this process's, else RSS."""
+def _sample_used(sample: dict[str, Any], is_cuda: bool = True) -> int | None:
+    """Device usage during loading: NVML's device-wide figure, else this process's, else the
+    allocator's. On a CPU run there is none: the budget stands for a GPU, and the process RSS
+    (interpreter and libraries included) is not what would sit on it."""
+    if not is_cuda:
+        return None
     nvml = sample.get("nvml") or {}
-    for value in (nvml.get("used"), nvml.get("process"), (sample.get("cuda") or {}).get("reserved"),
-                  sample.get("rss")):
+    for value in (nvml.get("used"), nvml.get("process"), (sample.get("cuda") or {}).get("reserved")):
         if isinstance(value, (int, float)):
             return int(value)
     return None
@@ -289,7 +292,7 @@ class Forecaster:
         return self._check_expected_load()
 
     def _on_sample(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        used = _sample_used(event)
+        used = _sample_used(event, self.is_cuda)
         out = self._check_retries(event)
         phase = event.get("phase") or self.phase
         if phase == "loading_model" and used is not None:
@@ -302,6 +305,8 @@ class Forecaster:
     def _on_snapshot(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         step = event.get("step")
         if not isinstance(step, int):
+            if not self.is_cuda and event.get("phase") == "loading_model":  # CPU: the loaded weights
+                return self._check_load(step_occupied(event, False) or 0)
             return []
         self.step = step
         occupied = step_occupied(event, self.is_cuda)

@@ -102,6 +102,8 @@ class Probe:
         self._nvml: NvmlReader | None = None
         self._cuda_index: int | None = self.device.index if self.device.type == "cuda" else None
         self._finished = False
+        #: Called (in order) just before the exit event is written, e.g. to flush live analysis.
+        self.before_finish: list[Any] = []
         self._lock = threading.Lock()
         self._notes: set[str] = set()
 
@@ -141,6 +143,11 @@ class Probe:
             except ReaderUnavailable as exc:
                 self._nvml = None
                 pending_notes.append(("no_nvml", f"{exc}: no per-process or other-process figures"))
+            if self.budget:
+                # a smaller card on a bigger one: the allocator refuses past the budget, for real
+                fraction = min(1.0, self.budget / int(props.total_memory))
+                torch.cuda.set_per_process_memory_fraction(fraction, index)
+                device_info.update(capacity=min(self.budget, device_info["capacity"]), capacity_source="budget")
         else:
             ram = system.read()["sys_total"]
             device_info = {"type": "cpu", "index": None, "name": platform.processor() or platform.machine(),
@@ -188,21 +195,28 @@ class Probe:
         self.remove_hooks()
         if self._sampler is not None:
             self._sampler.stop()
+        for callback in self.before_finish:
+            callback()
         self.writer.emit("exit", status=status, step=fields.pop("step", None), by="worker", **fields)
         self.writer.close()
 
-    def finish_with_exception(self, exc: BaseException, step: int | None = None) -> str:
-        """Record an exception as ``oom`` or ``failed``; returns the status written."""
+    def finish_with_exception(self, exc: BaseException, step: int | None = None,
+                              oom_details: dict[str, Any] | None = None,
+                              suggestions: list[dict[str, Any]] | None = None) -> str:
+        """Record an exception as ``oom`` or ``failed``; returns the status written.
+
+        ``oom_details`` (figures parsed from the message by the caller's analysis) are merged into
+        the ``oom`` record, which always holds the phase, the message and the last breakdown.
+        """
         status = "oom" if is_out_of_memory(exc) else "failed"
         message = f"{type(exc).__name__}: {exc}".strip()
         oom = None
         if status == "oom":
-            oom = {"phase": self.current_phase, "message": message,
-                   "requested_bytes": _requested_bytes(str(exc)),
-                   "last_categories": self.categories(include_device=True)}
+            oom = {"phase": self.current_phase, "message": message, "requested_bytes": None,
+                   **(oom_details or {}), "last_categories": self.categories(include_device=True)}
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         self.finish(status, step=step, error_type=type(exc).__name__, message=message,
-                    traceback="".join(tb)[-4000:], oom=oom)
+                    traceback="".join(tb)[-4000:], oom=oom, suggestions=suggestions or [])
         return status
 
     def install_exit_hooks(self) -> None:
@@ -333,11 +347,14 @@ class Probe:
                 nvml = self._nvml.read()
             except Exception:
                 nvml = None
-        derived = derive_device_categories(
-            tensor_cats, allocated=allocated_peak, reserved=reserved,
-            total=nvml["total"] if nvml else None, used=nvml["used"] if nvml else None,
-            process_used=nvml.get("process") if nvml else None,
-        )
+        total = nvml["total"] if nvml else None
+        used = nvml["used"] if nvml else None
+        process_used = nvml.get("process") if nvml else None
+        if self.budget:  # drawn against the budget: other processes are outside it
+            total = self.budget
+            used = process_used if process_used is not None else reserved
+        derived = derive_device_categories(tensor_cats, allocated=allocated_peak, reserved=reserved,
+                                           total=total, used=used, process_used=process_used)
         return derived, {"allocated_peak": allocated_peak, "reserved": reserved}
 
     def snapshot(self, step: int | None = None, **fields: Any) -> None:
@@ -364,18 +381,3 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return str(os.getuid())
-
-
-def _requested_bytes(message: str) -> int | None:
-    """The size a failed CUDA allocation asked for ("Tried to allocate 2.00 GiB"), if stated."""
-    import re
-
-    from ftwatch.units import parse_size
-
-    match = re.search(r"Tried to allocate ([0-9.]+ ?[KMGT]?i?B)", message)
-    if not match:
-        return None
-    try:
-        return parse_size(match.group(1).replace(" ", ""))
-    except ValueError:
-        return None
