@@ -1,0 +1,103 @@
+"""Probe overhead: the bundled tiny fine-tune with the probe off and on, interleaved.
+
+    .venv/bin/python benchmarks/overhead.py [--pairs 7] [--steps 150]
+
+Each run builds the model, LoRA and Trainer afresh from the bundled example, trains on the CPU, and
+times the steps after a warm-up (from the end of step 20 to the end of the last step) with a
+timing callback placed after ftwatch's. "on" is the default probe: the Trainer callback, activation
+tracking and the 10 Hz device sampler writing a real run log. The tiny model's steps take a few
+milliseconds, so this is the worst case for a fixed per-step cost; a real model's steps are
+hundreds of times longer. Run it on a quiet machine: other load swamps a few-percent effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WARMUP = 20
+
+
+def train_once(with_probe: bool, steps: int, track_activations: bool = True) -> tuple[float, float]:
+    """Steps per second of one fresh run (after the warm-up steps), by the wall clock and by the
+    process's CPU time (every thread: training, sampler, analysis)."""
+    import torch
+    from transformers import Trainer, TrainerCallback
+
+    from ftwatch.config import build_lora_config, build_training_arguments, load_config
+    from ftwatch.data import build_dataset, data_collator
+
+    cfg = load_config(REPO / "examples" / "tiny-lora.toml")
+    cfg.training.update(max_steps=steps, use_cpu=True, logging_steps=10_000)
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=torch.float32),
+                           build_lora_config(cfg))
+    marks: dict[int, tuple[float, float]] = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer's signature
+            marks[state.global_step] = (time.perf_counter(), time.process_time())
+
+    callbacks = []
+    tmp = tempfile.mkdtemp(prefix="ftwatch-bench-")
+    probe = None
+    if with_probe:
+        from ftwatch.probe.callback import FtwatchCallback
+        from ftwatch.probe.probe import Probe
+
+        probe = Probe(tmp, name="bench", device="cpu", sample_hz=cfg.monitor.sample_hz,
+                      track_activations=track_activations)
+        probe.start()
+        probe.attach_model(model)
+        callbacks.append(FtwatchCallback(probe=probe))
+    callbacks.append(Clock())
+    trainer = Trainer(model=model, args=build_training_arguments(cfg, output_dir=tmp),
+                      train_dataset=build_dataset(tokenizer, cfg.data, cfg.path),
+                      data_collator=data_collator(tokenizer, cfg.data), callbacks=callbacks)
+    trainer.train()
+    if probe is not None:
+        probe.finish("finished", step=steps)
+    n = steps - WARMUP
+    return n / (marks[steps][0] - marks[WARMUP][0]), n / (marks[steps][1] - marks[WARMUP][1])
+
+
+def main() -> None:
+    """Print the table of steps/s with the probe off and on, and the median ratio."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--no-activations", action="store_true", help="probe on without activation tracking")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: no OpenMP spinning in the CPU-time figures)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    train_once(False, WARMUP + 5)  # load libraries and warm caches before timing anything
+    rows = []
+    for pair in range(args.pairs):
+        order = (False, True) if pair % 2 == 0 else (True, False)
+        result = {flag: train_once(flag, args.steps, not args.no_activations) for flag in order}
+        rows.append((result[False], result[True]))
+        (off_wall, off_cpu), (on_wall, on_cpu) = result[False], result[True]
+        print(f"pair {pair + 1}: wall off {off_wall:6.1f} on {on_wall:6.1f} steps/s (on/off {on_wall / off_wall:.3f})"
+              f"   cpu off {off_cpu:6.1f} on {on_cpu:6.1f} steps/cpu-s (on/off {on_cpu / off_cpu:.3f})", flush=True)
+    wall = statistics.median(on[0] / off[0] for off, on in rows)
+    cpu = statistics.median(on[1] / off[1] for off, on in rows)
+    print()
+    print("| measure | pairs | steps | median off | median on | median on/off | overhead |")
+    print("|---|---|---|---|---|---|---|")
+    for name, i, ratio in (("steps/s (wall)", 0, wall), ("steps per CPU-second", 1, cpu)):
+        print(f"| {name} | {len(rows)} | {args.steps} | {statistics.median(r[0][i] for r in rows):.1f} | "
+              f"{statistics.median(r[1][i] for r in rows):.1f} | {ratio:.3f} | {100 * (1 - ratio):.1f}% |")
+
+if __name__ == "__main__":
+    main()
