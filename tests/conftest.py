@@ -85,3 +85,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own ftwatch state directory (the run registry), inherited by subprocesses."""
+    home = tmp_path_factory.mktemp("ftwatch-home")
+    monkeypatch.setenv("FTWATCH_HOME", str(home))
+    return home

@@ -18,6 +18,9 @@ from ftwatch.config import ConfigError
 COMMANDS: dict[str, str] = {
     "run": "run",
     "replay": "replay",
+    "attach": "attach",
+    "ls": "ls",
+    "estimate": "estimate",
     "explain": "explain",
 }
 

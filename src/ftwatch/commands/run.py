@@ -9,27 +9,28 @@ alone on stdout at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from ftwatch import registry
 from ftwatch.config import load_config
-from ftwatch.events import EVENTS_FILE, EventWriter
+from ftwatch.events import EVENTS_FILE
+from ftwatch.follow import follow_headless
 from ftwatch.probe_paths import new_run_dir
-from ftwatch.report import ProgressPrinter, summary_text
+from ftwatch.report import summary_text
 from ftwatch.sources import LogFollower, WorkerHandle
 from ftwatch.state import RunState
 
 HELP = "start a LoRA fine-tune from a TOML config and watch its memory"
 
 EXIT_CODES = {"finished": 0, "failed": 1, "oom": 1, "stopped": 130}
-POLL_SECONDS = 0.1
 WORKER_LOG = "worker.log"
 
 
@@ -83,58 +84,9 @@ def start_worker(config_path: Path, run_dir: Path) -> WorkerHandle:
         )
     finally:
         os.close(log_fd)
+    with contextlib.suppress(OSError):  # visible to `ftwatch ls` before its probe starts
+        registry.register(process.pid, run_dir, config_path.stem)
     return WorkerHandle(process.pid, run_dir, process)
-
-
-def follow_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int | None = None) -> tuple[RunState, Any]:
-    """Follow the run log until the worker ends, printing progress; Ctrl-C asks for a clean stop."""
-    follower = LogFollower(run_dir / EVENTS_FILE)
-    state = RunState()
-    printer = ProgressPrinter(out, every=every)
-    interrupts = 0
-
-    def on_interrupt(signum: int, frame: Any) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        handle.request_stop()
-        message = "stopping at the next step boundary (Ctrl-C again to stop now)" if interrupts == 1 \
-            else "stopping now"
-        out.write(f"ftwatch: {message}\n")
-        out.flush()
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        while True:
-            alive = handle.is_alive()
-            for event in follower.poll():
-                state.apply(event)
-                printer.handle(state, event)
-            if not alive:
-                break
-            time.sleep(POLL_SECONDS)
-        for event in follower.finish():
-            state.apply(event)
-            printer.handle(state, event)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        follower.close()
-    if state.exit is None:
-        record_vanished_worker(run_dir, handle, state)
-        printer.handle(state, state.exit)
-    return state, follower.decoder.stats
-
-
-def record_vanished_worker(run_dir: Path, handle: WorkerHandle, state: RunState) -> None:
-    """The worker ended without an exit event (killed): record that in its log, marked as ours."""
-    code = handle.returncode()
-    how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-    message = f"the training process ended without an exit event ({how})"
-    fields = {"status": "failed", "step": state.step, "error_type": "WorkerVanished", "message": message,
-              "by": "monitor"}
-    writer = EventWriter(run_dir / EVENTS_FILE)
-    writer.emit("exit", **fields)
-    writer.close()
-    state.apply({"v": 1, "t": time.time(), "kind": "exit", **fields})
 
 
 def _is_config_error(state: RunState) -> bool:

@@ -18,6 +18,7 @@ loop::
 from __future__ import annotations
 
 import atexit
+import contextlib
 import getpass
 import os
 import platform
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ftwatch import __version__
+from ftwatch import __version__, registry
 from ftwatch.categories import derive_device_categories
 from ftwatch.events import EVENTS_FILE, EventWriter
 from ftwatch.probe import accounting
@@ -104,6 +105,7 @@ class Probe:
         self._finished = False
         #: Called (in order) just before the exit event is written, e.g. to flush live analysis.
         self.before_finish: list[Any] = []
+        self._registered = False
         self._lock = threading.Lock()
         self._notes: set[str] = set()
 
@@ -169,6 +171,11 @@ class Probe:
                                       system, cuda=cuda_reader, nvml=self._nvml)
         self._sampler.sample_once()
         self._sampler.start()
+        try:
+            registry.register(os.getpid(), self.run_dir, self.name)
+            self._registered = True
+        except OSError as exc:  # an unwritable state dir must not stop training
+            self.note("no_registry", f"cannot register this run for `ftwatch attach`: {exc}")
 
     def phase(self, name: str, **fields: Any) -> None:
         """Enter a phase (``loading_model``, ``applying_lora``, ``preparing_trainer``, ``training``)."""
@@ -197,6 +204,9 @@ class Probe:
             self._sampler.stop()
         for callback in self.before_finish:
             callback()
+        if self._registered:
+            with contextlib.suppress(OSError):
+                registry.unregister(os.getpid())
         self.writer.emit("exit", status=status, step=fields.pop("step", None), by="worker", **fields)
         self.writer.close()
 

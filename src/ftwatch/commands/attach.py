@@ -1,0 +1,114 @@
+"""``ftwatch attach [PID]``: watch a run that is already going (after an SSH drop, or from another
+terminal). A run ftwatch monitors is shown with its whole history; any other process of yours is
+watched from the outside (NVML and psutil), without a category breakdown.
+
+Attaching and detaching never touch the training process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import psutil
+
+from ftwatch import registry
+from ftwatch.cli import UsageError
+from ftwatch.follow import follow_headless
+from ftwatch.report import summary_text
+from ftwatch.sources import WorkerHandle
+
+HELP = "watch a run that is already going, by PID"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ftwatch attach``."""
+    parser.add_argument("pid", nargs="?", type=int, help="the training process (default: the only live run)")
+    parser.add_argument("--headless", action="store_true", help="print progress lines instead of the dashboard")
+    parser.add_argument("--json", action="store_true", help="with --headless: print the summary as JSON at the end")
+
+
+def choose_run(pid: int | None) -> registry.RunEntry | int:
+    """The registered run to attach to, or the PID of an uninstrumented process; raises UsageError."""
+    if pid is None:
+        runs = registry.live_runs()
+        if not runs:
+            raise UsageError("no monitored runs on this machine (ftwatch ls); give a PID to watch any process")
+        if len(runs) == 1:
+            return runs[0]
+        return _pick(runs)
+    entry = registry.find(pid)
+    if entry is not None and registry.is_alive(entry):
+        return entry
+    if entry is not None and entry.ended:
+        raise UsageError(f"run {entry.name} (PID {pid}) has ended; replay it with: ftwatch replay {entry.run_dir}")
+    try:
+        process = psutil.Process(pid)
+        uids = process.uids()
+    except psutil.NoSuchProcess:
+        if entry is not None:
+            raise UsageError(f"run {entry.name} (PID {pid}) has ended; replay it with: ftwatch replay {entry.run_dir}") \
+                from None
+        raise UsageError(f"no process with PID {pid}") from None
+    except psutil.AccessDenied:
+        raise UsageError(f"PID {pid} belongs to another user; ftwatch attaches only to your own runs") from None
+    if os.getuid() != 0 and uids.real != os.getuid():
+        owner = _username(process)
+        raise UsageError(f"PID {pid} belongs to user {owner}; ftwatch attaches only to your own runs")
+    return pid
+
+
+def _username(process: psutil.Process) -> str:
+    try:
+        return process.username()
+    except psutil.Error:
+        return "another user"
+
+
+def _pick(runs: list[registry.RunEntry]) -> registry.RunEntry:
+    listing = "\n".join(f"  {i + 1}. PID {r.pid}  {r.name}  ({r.run_dir})" for i, r in enumerate(runs))
+    if not sys.stdin.isatty():
+        raise UsageError(f"several runs are live; name one:\n{listing}")
+    print(f"several runs are live:\n{listing}")
+    answer = input(f"attach to which (1-{len(runs)})? ").strip()
+    if not answer.isdigit() or not 1 <= int(answer) <= len(runs):
+        raise UsageError(f"no run numbered {answer!r}")
+    return runs[int(answer) - 1]
+
+
+def main(args: argparse.Namespace) -> int:
+    """Attach to a run (dashboard or headless)."""
+    target = choose_run(args.pid)
+    watcher = None
+    if isinstance(target, int):
+        from ftwatch.external import ExternalWatcher, external_run_dir
+
+        watcher = ExternalWatcher(target, external_run_dir(registry.state_dir(), target))
+        watcher.start()
+        log_path, handle, name = watcher.log_path, None, f"pid {target}"
+    else:
+        log_path, name = target.log_path, target.name
+        handle = WorkerHandle(target.pid, Path(target.run_dir))
+    try:
+        dashboard = not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty()
+        if dashboard:
+            from ftwatch.tui.app import run_dashboard
+
+            ending = run_dashboard(log_path, handle, title=name)
+            if ending == "detached" and handle is not None:
+                print(handle.reattach_hint())
+            return 0
+        follow_pid = handle or WorkerHandle(target if isinstance(target, int) else 0, log_path.parent)
+        out = sys.stderr if args.json else sys.stdout
+        state, stats = follow_headless(log_path.parent, follow_pid, out)
+        if args.json:
+            sys.stdout.write(json.dumps(state.summary(), indent=2) + "\n")
+        else:
+            out.write(summary_text(state, stats))
+        return 0
+    finally:
+        if watcher is not None:
+            watcher.stop()
