@@ -43,7 +43,7 @@ def follow_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int
             for event in follower.poll():
                 state.apply(event)
                 printer.handle(state, event)
-            if not alive:
+            if not alive or state.exit is not None:
                 break
             time.sleep(POLL_SECONDS)
         deadline = time.time() + EXIT_GRACE_SECONDS  # an outside watcher writes the exit a moment later

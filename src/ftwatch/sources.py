@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ftwatch.events import EVENTS_FILE, EventDecoder, open_log, resolve_log_path
 
 
@@ -69,16 +71,15 @@ class WorkerHandle:
         self.process = process
 
     def is_alive(self) -> bool:
-        """True while the training process runs."""
+        """True while the training process runs (a zombie waiting to be reaped has ended)."""
         if self.process is not None:
             return self.process.poll() is None
         try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
             return False
-        except PermissionError:
+        except psutil.AccessDenied:
             return True
-        return True
 
     def returncode(self) -> int | None:
         """The exit code when we started the process and it ended; else ``None``."""
