@@ -1,0 +1,211 @@
+"""Make the dashboard screenshots in screenshots/ (SVG, and PNG when rsvg-convert is installed).
+
+    .venv/bin/python scripts/make_screenshots.py                 # records a fresh run of the example
+    .venv/bin/python scripts/make_screenshots.py --from-run tests/fixtures/logs/cpu-finished
+
+By default the bundled example (examples/tiny-lora.toml) is trained once with
+``ftwatch run --headless`` into a temporary directory; its recorded run log is then shown at
+three moments (while the model loads, in the middle of training, at the end) at 120x36. The
+moments before the end are the same log cut at that event, shown as a live run. The synthetic
+CUDA runs (``ftwatch.tui.demo``: an 8B fine-tune with all ten categories, and a 70B model that
+runs out of memory while loading) are drawn too, named ``synthetic-*``, since a CPU run only has
+the tensor categories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from ftwatch.tui.app import FtwatchApp  # noqa: E402
+from ftwatch.tui.demo import synthetic_lines  # noqa: E402
+
+SIZE = (120, 36)
+
+
+class StillRunning:
+    """A stand-in worker handle for a log cut mid-run: the dashboard shows it as live."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.pid = 0
+        self.run_dir = run_dir
+
+    def is_alive(self) -> bool:
+        """Always running."""
+        return True
+
+    def returncode(self) -> None:
+        """No exit code while running."""
+        return None
+
+    def request_stop(self) -> None:
+        """Nothing to stop."""
+
+    def terminate(self) -> None:
+        """Nothing to end."""
+
+    def reattach_hint(self) -> str:
+        """No hint for a picture."""
+        return ""
+
+
+def record_example(tmp: Path) -> Path:
+    """Train the bundled example once (headless) and return its run directory."""
+    config = tmp / "tiny-lora.toml"
+    text = (REPO / "examples" / "tiny-lora.toml").read_text()
+    text = text.replace('name = "tiny-llama"', f'name = "{REPO / "examples" / "tiny-llama"}"')
+    text = text.replace('path = "data/field-notes.jsonl"', f'path = "{REPO / "examples" / "data" / "field-notes.jsonl"}"')
+    text = text.replace('log_dir = "ftwatch-runs"', f'log_dir = "{tmp / "runs"}"')
+    config.write_text(text)
+    subprocess.run([sys.executable, "-m", "ftwatch", "run", str(config), "--headless"], check=True, cwd=tmp,
+                   stdout=subprocess.DEVNULL)
+    return next((tmp / "runs").iterdir())
+
+
+def cut_lines(lines: list[str], marker: str, extra: int) -> list[str]:
+    """The log up to the first line containing ``marker`` plus ``extra`` more lines."""
+    index = next(i for i, line in enumerate(lines) if marker in line)
+    return lines[: index + 1 + extra]
+
+
+def worker_log_until(log: str, loss_lines: int | None) -> str:
+    """The worker's output as it stood: up to the training start plus ``loss_lines`` logged losses."""
+    out = []
+    seen = 0
+    for line in re.split(r"(?<=\n)", log):  # lines end at newlines only (progress bars use \r)
+        if loss_lines is None and ("training examples" in line or "'loss'" in line):
+            break
+        if "'loss'" in line:
+            if loss_lines is not None and seen >= loss_lines:
+                break
+            seen += 1
+        out.append(line)
+    return "".join(out)
+
+
+async def shoot(run_dir: Path, out: Path, title: str, live: bool, wait_step: int | None = None) -> None:
+    """Draw the run in ``run_dir`` and save an SVG."""
+    app = FtwatchApp(run_dir / "events.jsonl", StillRunning(run_dir) if live else None)  # type: ignore[arg-type]
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(200):
+            await pilot.pause(0.05)
+            view = app.view
+            if view is None:
+                continue
+            if (live and view.samples and (wait_step is None or view.step >= wait_step)) or view.ended:
+                break
+        await pilot.pause(0.5)
+        out.write_text(app.export_screenshot(title=title))
+    print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+
+
+_TEXT = re.compile(r'(<text [^>]*?x=")([0-9.]+)("[^>]*?textLength=")([0-9.]+)("[^>]*>)((?:&#160;)+)([^<]*)</text>')
+
+
+def svg_for_rsvg(svg: str) -> str:
+    """rsvg drops the leading spaces of a text run; move the run right instead (PNG only)."""
+    def fix(m: re.Match[str]) -> str:
+        spaces = m.group(6).count("&#160;")
+        chars = spaces + len(html.unescape(m.group(7)))
+        width = float(m.group(4)) / chars if chars else 0.0
+        x = float(m.group(2)) + spaces * width
+        length = float(m.group(4)) - spaces * width
+        if not m.group(7):
+            return ""
+        return f"{m.group(1)}{x:.1f}{m.group(3)}{length:.1f}{m.group(5)}{m.group(7)}</text>"
+    return _TEXT.sub(fix, svg)
+
+
+def to_png(svg: Path) -> None:
+    """Convert with rsvg-convert when it is installed."""
+    tool = shutil.which("rsvg-convert")
+    if tool is None:
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".svg", delete=False) as tmp:
+        tmp.write(svg_for_rsvg(svg.read_text()))
+    subprocess.run([tool, "-w", "1600", tmp.name, "-o", str(svg.with_suffix(".png"))], check=True)
+    Path(tmp.name).unlink()
+
+
+def stage(tmp: Path, name: str, lines: list[str], log: str) -> Path:
+    """A run directory holding ``lines`` as its log and ``log`` as the worker's output."""
+    run = tmp / name
+    run.mkdir(parents=True)
+    (run / "events.jsonl").write_text("".join(lines))
+    (run / "worker.log").write_text(log)
+    return run
+
+
+async def make_all(source: Path, out_dir: Path, tmp: Path) -> list[Path]:
+    """Every screenshot: the recorded run at three moments, then the synthetic CUDA runs."""
+    lines = (source / "events.jsonl").read_text().splitlines(keepends=True)
+    log = (source / "worker.log").read_text() if (source / "worker.log").exists() else ""
+    name = json.loads(lines[0]).get("name", "run")
+    made: list[Path] = []
+    steps = [line for line in lines if '"kind":"snapshot","phase":"training"' in line]
+    middle = steps[len(steps) // 2]
+    middle_step = int(re.search(r'"step":(\d+)', middle).group(1))  # type: ignore[union-attr]
+    shots = [
+        ("tiny-lora-loading", cut_lines(lines, '"kind":"phase","name":"loading_model"', 2),
+         worker_log_until(log, None), True, None),
+        ("tiny-lora-training", lines[: lines.index(middle) + 3], worker_log_until(log, middle_step // 10), True,
+         middle_step),
+        ("tiny-lora-end", lines, log, False, None),
+    ]
+    for shot, shot_lines, shot_log, live, wait in shots:
+        run = stage(tmp, shot, shot_lines, shot_log)
+        out = out_dir / f"{shot}.svg"
+        await shoot(run, out, f"ftwatch: {name}", live, wait)
+        made.append(out)
+
+    cuda = synthetic_lines("cuda")
+    cuda_log = (REPO / "tests" / "fixtures" / "logs" / "cuda-finished" / "worker.log").read_text()
+    training = [i for i, line in enumerate(cuda) if '"kind":"snapshot","phase":"training","step":40,' in line][0]
+    synthetic = [
+        ("synthetic-cuda-loading", cut_lines(cuda, '"kind":"phase","name":"loading_model"', 50),
+         cuda_log.splitlines(keepends=True)[0][:40] + "\r", True, None),
+        ("synthetic-cuda-training", cuda[: training + 2], "".join(cuda_log.splitlines(keepends=True)[:6]), True, 40),
+        ("synthetic-cuda-end", cuda, cuda_log, False, None),
+        ("synthetic-cuda-oom-loading", synthetic_lines("cuda-oom-loading"),
+         (REPO / "tests" / "fixtures" / "logs" / "cuda-oom-loading" / "worker.log").read_text(), False, None),
+    ]
+    for shot, shot_lines, shot_log, live, wait in synthetic:
+        run = stage(tmp, shot, shot_lines, shot_log)
+        out = out_dir / f"{shot}.svg"
+        await shoot(run, out, "ftwatch: synthetic CUDA run", live, wait)
+        made.append(out)
+    return made
+
+
+def main() -> None:
+    """Record (or take) a run and draw the screenshots."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--from-run", type=Path, help="a recorded run directory instead of a fresh run")
+    parser.add_argument("--out", type=Path, default=REPO / "screenshots")
+    parser.add_argument("--no-png", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        source = args.from_run.resolve() if args.from_run else record_example(tmp)
+        made = asyncio.run(make_all(source, args.out, tmp / "shots"))
+    if not args.no_png:
+        if shutil.which("rsvg-convert") is None:
+            print("rsvg-convert not found (apt-get install librsvg2-bin): SVG only")
+        for svg in made:
+            to_png(svg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The status line: what runs, where it is, how fast, and whether the screen is live."""
+
+from __future__ import annotations
+
+import time
+from pathlib import PurePath
+
+from rich.style import Style
+from rich.text import Text
+from textual.widget import Widget
+
+from ftwatch.tui import fmt
+from ftwatch.tui.feed import RunView
+from ftwatch.tui.palette import ACCENT, DANGER, DIM, GOOD, WATCH
+
+PHASE_LABELS = {
+    "loading_model": "loading model",
+    "applying_lora": "applying LoRA",
+    "preparing_trainer": "preparing trainer",
+    "training": "training",
+}
+
+#: status -> (badge text, background colour)
+BADGES = {
+    "waiting": (" ◌ WAITING ", DIM),
+    "running": (" ● LIVE ", GOOD),
+    "replay": (" ↺ REPLAY ", ACCENT),
+    "stopping": (" ■ STOPPING ", WATCH),
+    "paused": (" ❚❚ PAUSED ", WATCH),
+    "finished": (" ✔ FINISHED ", GOOD),
+    "stopped": (" ■ STOPPED ", WATCH),
+    "oom": (" ✖ OUT OF MEMORY ", DANGER),
+    "failed": (" ✖ FAILED ", DANGER),
+    "error": (" ✖ ERROR ", DANGER),
+}
+
+STALE_AFTER = 5.0
+
+
+def badge_for(view: RunView, *, paused: bool, live: bool) -> str:
+    """Which badge the run gets right now."""
+    if view.error:
+        return "error"
+    if paused:
+        return "paused"
+    if view.ended:
+        return view.status if view.status in BADGES else "failed"
+    if view.stop_requested_at is not None:
+        return "stopping"
+    if view.status == "waiting":
+        return "waiting"
+    return "running" if live else "replay"
+
+
+def model_label(model: str) -> str:
+    """A hub id as is; a local path by its last part (the directory name is the model's name)."""
+    if model.startswith(("/", "~", "./", "../")) or "\\" in model:
+        return PurePath(model).name or model
+    return model
+
+
+def risk_text(view: RunView) -> Text | None:
+    """The latest warning, when it still stands (watch or danger) and the run goes on."""
+    if view.ended or not view.warnings:
+        return None
+    warning = view.warnings[-1]
+    level = warning.get("level")
+    if level not in ("watch", "danger"):
+        return None
+    soon = warning.get("steps_to_oom")
+    what = str(warning.get("code") or "warning").replace("_", " ")
+    text = f"{'▲' if level == 'danger' else '●'} {what}" + (f": OOM in ~{soon} steps" if soon is not None else "")
+    return Text(text, Style(color=DANGER if level == "danger" else WATCH, bold=True))
+
+
+def _join(pieces: list[Text], width: int, sep: str = "  ") -> Text:
+    """Join pieces on one line, dropping the last ones that do not fit (they are the least important)."""
+    out = Text(no_wrap=True, overflow="ellipsis")
+    for piece in pieces:
+        extra = (len(sep) if out.cell_len else 0) + piece.cell_len
+        if out.cell_len and out.cell_len + extra > width:
+            break
+        if out.cell_len:
+            out.append(sep)
+        out.append_text(piece)
+    return out
+
+
+def progress(step: int, max_steps: int | None, cells: int = 12) -> Text:
+    """A small progress bar for steps."""
+    if not max_steps:
+        return Text("")
+    done = min(max(step / max_steps, 0.0), 1.0)
+    filled = int(done * cells + 0.5)
+    return Text.assemble(("━" * filled, Style(color=ACCENT)), ("━" * (cells - filled), Style(color="#444444")))
+
+
+def status_lines(view: RunView, width: int, *, paused: bool = False, live: bool = True,
+                 title: str | None = None, now: float | None = None, mono: bool = False) -> Text:
+    """The two status lines for ``view`` at ``width`` cells."""
+    now = time.monotonic() if now is None else now
+    key = badge_for(view, paused=paused, live=live)
+    label, colour = BADGES[key]
+    badge = Text(label, Style(bold=True, reverse=True) if mono else Style(bold=True, color="#000000", bgcolor=colour))
+    header = view.header
+    device = view.device
+    name = title or header.get("name") or "run"
+    line1 = [badge]
+    risk = risk_text(view)
+    if risk is not None:
+        line1.append(risk)
+    line1.append(Text(str(name), Style(bold=True)))
+    if header.get("model"):
+        line1.append(Text(model_label(str(header["model"])), Style(color=ACCENT)))
+    if view.phase and not view.ended:
+        line1.append(Text("phase " + PHASE_LABELS.get(view.phase, view.phase)))
+    elif view.ended and view.exit and view.exit.get("by") == "monitor":
+        line1.append(Text("worker vanished", Style(color=DANGER)))
+    if device.get("name"):
+        kind = "GPU" if device.get("type") == "cuda" else "CPU"
+        line1.append(Text(f"{kind} {device['name']}", Style(color=DIM)))
+
+    line2: list[Text] = []
+    if view.error:
+        line2.append(Text(view.error, Style(color=DANGER)))
+    elif view.status == "waiting":
+        line2.append(Text("waiting for the run to start writing its log…", Style(color=DIM)))
+    else:
+        steps = f"step {view.step}" + (f"/{view.max_steps}" if view.max_steps else "")
+        line2.append(Text.assemble((steps, Style(bold=True)), " ", progress(view.step, view.max_steps)))
+        line2.append(Text(f"loss {view.loss:.4g}" if view.loss is not None else "loss –"))
+        rate = view.steps_per_second
+        if rate:
+            line2.append(Text(f"{rate:.3g} steps/s" if rate >= 1 else f"{1 / rate:.3g} s/step"))
+        line2.append(Text(f"elapsed {fmt.duration(view.elapsed)}"))
+        if view.ended:
+            pass
+        elif rate and view.max_steps and view.phase == "training":
+            line2.append(Text(f"ETA {fmt.duration(max(view.max_steps - view.step, 0) / rate)}"))
+        if paused:
+            line2.insert(0, Text("display paused, training goes on (space)", Style(color=WATCH)))
+        elif view.stop_requested_at is not None and not view.ended:
+            waited = now - view.stop_requested_at
+            line2.insert(0, Text(f"stop requested {fmt.duration(waited)} ago: stopping at the next step",
+                                 Style(color=WATCH)))
+        elif live and not view.ended and view.last_event_wall is not None:
+            quiet = now - view.last_event_wall
+            if quiet > STALE_AFTER:
+                line2.insert(0, Text(f"no data for {fmt.duration(quiet)}", Style(color=WATCH, bold=True)))
+    return Text("\n").join([_join(line1, width), _join(line2, width)])
+
+
+class StatusLine(Widget):
+    """Two lines at the top of the screen: the run and its progress."""
+
+    DEFAULT_CSS = """
+    StatusLine { height: 2; width: 1fr; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:  # noqa: A002
+        super().__init__(id=id, classes=classes)
+        self._text = Text("starting…")
+        self._plain = ""
+
+    def show(self, text: Text) -> None:
+        """Show prepared status lines (refresh only on change)."""
+        if text.plain != self._plain or text != self._text:
+            self._text, self._plain = text, text.plain
+            self.refresh()
+
+    def render(self) -> Text:
+        """The status lines."""
+        return self._text
