@@ -1,0 +1,347 @@
+"""Quantified fixes: what to change in the config, and how many bytes each change saves.
+
+Every config suggestion is priced by re-running the estimate with that one change applied
+(:func:`suggest`); on a live or finished run the same ratios are applied to the measured
+breakdown (:func:`suggest_for_measured`), which also prices ``expandable_segments`` (from the
+allocator cache) and freeing the GPU memory of other processes.
+
+Ranking: when the run does not fit (or is tight), the changes that alone make it fit come first,
+the least intrusive first (:data:`TIERS`); then the rest by bytes saved, those that would still
+die while loading the model last. When it fits, everything is ranked by bytes saved. Changes that
+do not apply (already on) or save next to nothing (under :data:`MIN_SAVING_SHARE` of the largest
+saving) are left out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ftwatch.analysis.estimate import (
+    DTYPE_BYTES,
+    Estimate,
+    EstimateInputs,
+    estimate_inputs,
+    judge,
+    meta_peft_model,
+    with_changes,
+)
+from ftwatch.units import format_bytes
+
+#: How much a change alters the run, least first: ties among the fixes that make a run fit go to
+#: the lower tier. 0: outside the training (allocator, other processes); 1: half-precision base
+#: weights; 2: recomputation (slower, same result); 3: same effective batch in smaller pieces;
+#: 4: 8-bit optimizer state; 5/6: 8-bit/4-bit base weights; 7: shorter sequences; 8: smaller adapters.
+TIERS = {"env": 0, "process": 0, "dtype": 1, "checkpointing": 2, "batch": 3, "optimizer": 4,
+         "load_in_8bit": 5, "load_in_4bit": 6, "max_length": 7, "rank": 8, "targets": 8}
+#: Optimizers whose state is already 8-bit (or smaller): no optimizer suggestion for them.
+LOW_BIT_OPTIMIZERS = ("8bit", "4bit", "adafactor", "lomo", "sgd")
+#: The smallest cache worth an ``expandable_segments`` suggestion: this share of capacity, and 256 MiB.
+CACHE_SHARE = 0.05
+CACHE_MIN_BYTES = 256 * 1024**2
+
+#: Savings below this share of the largest saving are noise (a paged optimizer on a tiny adapter): not shown.
+MIN_SAVING_SHARE = 0.001
+
+Setting = tuple[str, str, Any]  # (section, key, value); section "env" or "process" for the non-config fixes
+
+
+@dataclass
+class Suggestion:
+    """One change, what it saves, and whether it alone is enough."""
+
+    kind: str
+    change: str
+    settings: tuple[Setting, ...]
+    saves_bytes: int
+    fits_after: bool | None = None
+    fails_at_after: str | None = None
+    resolves: bool = False
+
+    @property
+    def tier(self) -> int:
+        """How intrusive the change is (see :data:`TIERS`)."""
+        return TIERS.get(self.kind, 9)
+
+    @property
+    def config(self) -> str:
+        """The exact line(s) to change, ``; ``-separated: ``[model] dtype = "bfloat16"``."""
+        return "; ".join(_render(setting) for setting in self.settings)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{change, config, saves_bytes, fits_after, fails_at_after}``."""
+        return {"change": self.change, "config": self.config, "saves_bytes": int(self.saves_bytes),
+                "fits_after": self.fits_after, "fails_at_after": self.fails_at_after}
+
+
+def _render(setting: Setting) -> str:
+    section, key, value = setting
+    if section == "env":
+        return f"{key}={value}"
+    if section == "process":
+        return f"kill {value}"
+    return f"[{section}] {key} = {_toml(value)}"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    kind: str
+    change: str
+    settings: tuple[Setting, ...]
+    inputs: EstimateInputs
+
+
+# --- candidates: one config change each ---------------------------------------------------------
+
+def _precision(inputs: EstimateInputs) -> list[_Candidate]:
+    if DTYPE_BYTES[inputs.resolved_dtype] <= 2:
+        return []
+    return [_Candidate("dtype", "load the base model in bfloat16 instead of float32 "
+                                "(float16 on GPUs older than Ampere)",
+                       (("model", "dtype", "bfloat16"),), with_changes(inputs, dtype="bfloat16"))]
+
+
+def _quantize(inputs: EstimateInputs) -> list[_Candidate]:
+    if not inputs.on_gpu or inputs.load_in_4bit:
+        return []
+    out = [_Candidate("load_in_4bit", "load the base model in 4-bit NF4 (QLoRA; needs bitsandbytes)",
+                      (("model", "load_in_4bit", True),) + ((("model", "load_in_8bit", False),)
+                                                            if inputs.load_in_8bit else ()),
+                      with_changes(inputs, load_in_4bit=True, load_in_8bit=False))]
+    if not inputs.load_in_8bit:
+        out.append(_Candidate("load_in_8bit", "load the base model in 8-bit (LLM.int8; needs bitsandbytes)",
+                              (("model", "load_in_8bit", True),), with_changes(inputs, load_in_8bit=True)))
+    return out
+
+
+def _checkpointing(inputs: EstimateInputs) -> list[_Candidate]:
+    if inputs.gradient_checkpointing:
+        return []
+    return [_Candidate("checkpointing", "turn on gradient checkpointing (layers are recomputed in the "
+                                        "backward pass: about 30% slower, same results)",
+                       (("training", "gradient_checkpointing", True),),
+                       with_changes(inputs, training={"gradient_checkpointing": True}))]
+
+
+def _optimizer(inputs: EstimateInputs) -> list[_Candidate]:
+    if any(tag in inputs.optim for tag in LOW_BIT_OPTIMIZERS) or not inputs.on_gpu:
+        return []
+    return [_Candidate("optimizer", f"keep the optimizer state in 8 bits, paged (instead of {inputs.optim}; "
+                                    "needs bitsandbytes)",
+                       (("training", "optim", "paged_adamw_8bit"),),
+                       with_changes(inputs, training={"optim": "paged_adamw_8bit"}))]
+
+
+def _batch_options(inputs: EstimateInputs) -> list[_Candidate]:
+    """Smaller micro-batches with more accumulation, same effective batch (halving each time)."""
+    batch, accumulation = inputs.batch_size, inputs.grad_accumulation
+    out, smaller = [], batch // 2
+    while smaller >= 1:
+        if batch % smaller == 0:
+            steps = accumulation * batch // smaller
+            out.append(_Candidate(
+                "batch", f"use micro-batches of {smaller} with {steps} accumulation steps "
+                         f"(same effective batch of {batch * accumulation}; slower)",
+                (("training", "per_device_train_batch_size", smaller),
+                 ("training", "gradient_accumulation_steps", steps)),
+                with_changes(inputs, training={"per_device_train_batch_size": smaller,
+                                               "gradient_accumulation_steps": steps})))
+        smaller //= 2
+    return out
+
+
+def _max_length_options(inputs: EstimateInputs, shortest: int = 64) -> list[_Candidate]:
+    out, length = [], inputs.max_length // 2
+    while length >= shortest:
+        out.append(_Candidate("max_length", f"train on sequences of {length} tokens instead of "
+                                            f"{inputs.max_length} (longer texts are cut)",
+                              (("data", "max_length", length),), with_changes(inputs, max_length=length)))
+        length //= 2
+    return out
+
+
+def _rank(inputs: EstimateInputs, smaller: int = 8) -> list[_Candidate]:
+    rank = int(inputs.lora.get("r", 8))
+    if rank <= smaller:
+        return []
+    return [_Candidate("rank", f"use LoRA rank {smaller} instead of {rank}", (("lora", "r", smaller),),
+                       with_changes(inputs, lora={"r": smaller}))]
+
+
+def _targets(inputs: EstimateInputs, fewer: tuple[str, ...] = ("q_proj", "v_proj")) -> list[_Candidate]:
+    """Adapters on the query and value projections only (the original LoRA recipe).
+
+    Not offered when the targets are peft's default for the architecture (unset), already a subset,
+    or when the model has no modules of those names.
+    """
+    targets = inputs.lora.get("target_modules")
+    current = [targets] if isinstance(targets, str) else list(targets or [])
+    if not current or set(current) <= set(fewer):
+        return []
+    names = {name.rpartition(".")[2] for name, _ in meta_peft_model(inputs).get_base_model().named_modules()}
+    if not set(fewer) <= names:
+        return []
+    return [_Candidate("targets", "put adapters on q_proj and v_proj only",
+                       (("lora", "target_modules", list(fewer)),),
+                       with_changes(inputs, lora={"target_modules": list(fewer)}))]
+
+
+#: Changes with one setting to try; the option lists after them are tried mildest first.
+_SINGLE: tuple[Callable[[EstimateInputs], list[_Candidate]], ...] = (
+    _precision, _quantize, _checkpointing, _optimizer, _rank, _targets)
+_GRADED: tuple[Callable[[EstimateInputs], list[_Candidate]], ...] = (_batch_options, _max_length_options)
+
+
+# --- pricing ----------------------------------------------------------------------------------------
+
+def suggest(before: Estimate) -> list[Suggestion]:
+    """Ranked config changes for an estimate, each priced by re-estimating with it applied.
+
+    ``before`` must come from :func:`~ftwatch.analysis.estimate.estimate` or
+    :func:`~ftwatch.analysis.estimate.estimate_inputs` (it carries its inputs).
+    """
+    if before.inputs is None:
+        raise ValueError("the estimate carries no inputs to vary")
+    capacity = before.capacity_bytes
+
+    def price(candidate: _Candidate) -> Suggestion:
+        after = estimate_inputs(candidate.inputs, capacity)
+        return _suggestion(candidate, before.total - after.total, after.verdict, after.fails_at, before.verdict)
+
+    # Batch and sequence length never shrink the weights: when loading fails, only their strongest
+    # option is worth pricing.
+    loading = before.fails_at == "loading_model"
+    return rank(_collect(before.inputs, price, before.verdict, strongest_only=loading), before.verdict)
+
+
+def suggest_for_measured(
+    inputs: EstimateInputs,
+    measured: Mapping[str, int | None],
+    capacity_bytes: int | None,
+    *,
+    other_processes: Iterable[tuple[int, int]] = (),
+    alloc_conf: str | None = None,
+) -> list[Suggestion]:
+    """Ranked fixes for a measured breakdown (a live or finished run).
+
+    Each config change scales the measured categories it affects by the ratio
+    ``estimate_after / estimate_before`` of that category. ``measured`` holds category bytes (the
+    snapshot's ``categories``; ``free`` is ignored), ``capacity_bytes`` the device total.
+    A large ``cache`` adds ``expandable_segments`` (unless ``alloc_conf``, default the environment's
+    ``PYTORCH_CUDA_ALLOC_CONF``, has it); each ``(pid, bytes)`` of ``other_processes`` adds
+    stopping that process.
+    """
+    used = sum(int(v or 0) for k, v in measured.items() if k != "free")
+    base = estimate_inputs(inputs)
+    verdict, _ = judge(used, 0, capacity_bytes)
+
+    def price(candidate: _Candidate) -> Suggestion:
+        after = estimate_inputs(candidate.inputs)
+        saves = scaled_savings(measured, base.categories, after.categories)
+        return _measured_suggestion(candidate.kind, candidate.change, candidate.settings, saves, used,
+                                    capacity_bytes, verdict)
+
+    out = _collect(inputs, price, verdict)
+    out += _environment(measured, used, capacity_bytes, verdict, other_processes, alloc_conf)
+    return rank(out, verdict)
+
+
+def scaled_savings(measured: Mapping[str, int | None], before: Mapping[str, int],
+                   after: Mapping[str, int]) -> int:
+    """Bytes saved on a measured breakdown when each category shrinks as the estimate does."""
+    saved = 0.0
+    for category, value in measured.items():
+        if value and before.get(category):
+            saved += int(value) * (1 - after.get(category, 0) / before[category])
+    return int(round(saved))
+
+
+def _collect(inputs: EstimateInputs, price: Callable[[_Candidate], Suggestion],
+             verdict: str | None, strongest_only: bool = False) -> list[Suggestion]:
+    out = [price(c) for make in _SINGLE for c in make(inputs)]
+    for make in _GRADED:
+        options = make(inputs)
+        chosen = _mildest_enough(options[-1:] if strongest_only else options, price, verdict)
+        if chosen is not None:
+            out.append(chosen)
+    return out
+
+
+def _mildest_enough(options: Sequence[_Candidate], price: Callable[[_Candidate], Suggestion],
+                    verdict: str | None) -> Suggestion | None:
+    """The mildest option that resolves the problem; else the strongest; the mildest if all is well."""
+    chosen = None
+    for option in options:
+        chosen = price(option)
+        if verdict in (None, "fits") or chosen.resolves:
+            break
+    return chosen
+
+
+def _suggestion(candidate: _Candidate, saves: int, verdict_after: str | None, fails_at_after: str | None,
+                verdict_before: str | None) -> Suggestion:
+    fits_after = None if verdict_after is None else verdict_after != "does_not_fit"
+    return Suggestion(kind=candidate.kind, change=candidate.change, settings=candidate.settings,
+                      saves_bytes=int(saves), fits_after=fits_after, fails_at_after=fails_at_after,
+                      resolves=_resolves(verdict_before, verdict_after))
+
+
+def _resolves(verdict_before: str | None, verdict_after: str | None) -> bool:
+    if verdict_before == "does_not_fit":
+        return verdict_after in ("fits", "tight")
+    if verdict_before == "tight":
+        return verdict_after == "fits"
+    return False
+
+
+def _measured_suggestion(kind: str, change: str, settings: tuple[Setting, ...], saves: int, used: int,
+                         capacity: int | None, verdict: str | None) -> Suggestion:
+    verdict_after, fails_at = judge(used - saves, 0, capacity)
+    fits_after = None if verdict_after is None else verdict_after != "does_not_fit"
+    return Suggestion(kind=kind, change=change, settings=settings, saves_bytes=int(saves), fits_after=fits_after,
+                      fails_at_after=fails_at, resolves=_resolves(verdict, verdict_after))
+
+
+def _environment(measured: Mapping[str, int | None], used: int, capacity: int | None, verdict: str | None,
+                 other_processes: Iterable[tuple[int, int]], alloc_conf: str | None) -> list[Suggestion]:
+    """``expandable_segments`` for a large allocator cache, and stopping other processes on the GPU."""
+    out = []
+    cache = int(measured.get("cache") or 0)
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") if alloc_conf is None else alloc_conf
+    threshold = max(CACHE_MIN_BYTES, int(CACHE_SHARE * capacity) if capacity else 0)
+    if cache >= threshold and "expandable_segments:true" not in conf.replace(" ", "").lower():
+        out.append(_measured_suggestion(
+            "env", f"let the allocator grow segments instead of caching fragments ({format_bytes(cache)} cached)",
+            (("env", "PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),), cache, used, capacity, verdict))
+    for pid, held in other_processes:
+        if held and held > 0:
+            out.append(_measured_suggestion(
+                "process", f"stop process {pid}, which holds {format_bytes(held)} on this GPU",
+                (("process", "pid", int(pid)),), int(held), used, capacity, verdict))
+    return out
+
+
+def rank(suggestions: Iterable[Suggestion], verdict: str | None) -> list[Suggestion]:
+    """Order suggestions (see the module docstring)."""
+
+    def key(s: Suggestion) -> tuple[Any, ...]:
+        if s.resolves:
+            return (0, s.tier, -s.saves_bytes)
+        still_loading = verdict == "does_not_fit" and s.fails_at_after == "loading_model"
+        return (1, still_loading, -s.saves_bytes)
+
+    suggestions = list(suggestions)
+    floor = MIN_SAVING_SHARE * max((s.saves_bytes for s in suggestions), default=0)
+    return sorted((s for s in suggestions if s.saves_bytes > max(floor, 0)), key=key)

@@ -1,0 +1,177 @@
+"""``ftwatch estimate CONFIG``: will this fine-tune fit, before any weight is loaded?
+
+Prints the predicted bytes of every memory category, the peak, a verdict against the capacity
+(``--gpu-memory``, else the GPU's free memory via NVML, else ``[monitor] budget``) and the
+quantified fixes. ``--json`` prints one object (see :meth:`Estimate.to_json`).
+
+Exit status: 0 when the estimate ran, whatever the verdict (1 with ``--strict`` when it does not
+fit); 2 for usage errors (bad config, unreadable model config.json, bad ``--gpu-memory``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ftwatch.config import Config, load_config
+from ftwatch.units import format_bytes, parse_size
+
+HELP = "predict a config's memory before loading it, and what to change if it will not fit"
+
+_VERDICT_TEXT = {"fits": "fits", "tight": "TIGHT", "does_not_fit": "DOES NOT FIT"}
+_PHASE_TEXT = {"loading_model": "while loading the model", "training": "during training"}
+_CAPACITY_TEXT = {"--gpu-memory": "--gpu-memory", "nvml": "free GPU memory (NVML)", "budget": "[monitor] budget"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's arguments."""
+    parser.add_argument("config", help="the run's TOML config")
+    parser.add_argument("--gpu-memory", metavar="SIZE",
+                        help='capacity to check against, e.g. "24GiB" or "22.3GB" '
+                             "(default: the GPU's free memory, else [monitor] budget)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when it does not fit")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the estimate and print it."""
+    from ftwatch.cli import UsageError
+
+    cfg = load_config(args.config)
+    try:
+        capacity, source, on_gpu = resolve_capacity(cfg, args.gpu_memory)
+    except ValueError as exc:
+        raise UsageError(f"--gpu-memory: {exc}") from None
+
+    from ftwatch.analysis.estimate import estimate
+
+    result = estimate(cfg, capacity, on_gpu=on_gpu, capacity_source=source)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(render(cfg, result))
+    return 1 if args.strict and result.verdict == "does_not_fit" else 0
+
+
+def resolve_capacity(cfg: Config, gpu_memory: str | None) -> tuple[int | None, str | None, bool]:
+    """``(capacity_bytes, source, on_gpu)``: ``--gpu-memory``, else NVML's free memory, else the budget.
+
+    Raises ``ValueError`` for a size that does not parse or is not positive.
+    """
+    if gpu_memory is not None:
+        size = parse_size(gpu_memory)
+        if size <= 0:
+            raise ValueError(f"must be larger than zero, got {gpu_memory!r}")
+        return size, "--gpu-memory", True
+    use_cpu = bool(cfg.training.get("use_cpu", False))
+    free = None if use_cpu else nvml_free_bytes()
+    if free is not None:
+        return free, "nvml", True
+    if cfg.monitor.budget is not None:
+        return cfg.monitor.budget, "budget", False
+    return None, None, not use_cpu
+
+
+def nvml_free_bytes() -> int | None:
+    """Free memory of the first visible GPU via NVML; ``None`` without a GPU, a driver or pynvml."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(_first_visible_gpu())
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+    except pynvml.NVMLError:
+        return None
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+
+
+def _first_visible_gpu() -> int:
+    """The NVML index of CUDA device 0 (``CUDA_VISIBLE_DEVICES`` by index; UUIDs fall back to 0)."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+    return int(first) if first.isdigit() else 0
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+def render(cfg: Config, result: Any) -> str:
+    """The human report: header, category table, verdict, suggestions."""
+    lines = _header(cfg, result) + [""] + _table(result) + [""] + _verdict(result)
+    if result.suggestions:
+        lines += ["", "  what to change (each alone; savings on the peak):"]
+        for n, s in enumerate(result.suggestions, 1):
+            lines += _suggestion_lines(n, s)
+    lines += [f"  note: {note}" for note in result.notes]
+    return "\n".join(lines)
+
+
+def _header(cfg: Config, result: Any) -> list[str]:
+    a = result.assumptions()
+    quant = {"4bit": "4-bit NF4", "8bit": "8-bit"}.get(a["quantization"], a["dtype"])
+    lora = cfg.lora
+    targets = lora.get("target_modules", "peft's default modules")
+    targets = ", ".join(targets) if isinstance(targets, list) else targets
+    mixed = f", {a['mixed_precision']} autocast" if a["mixed_precision"] else ""
+    checkpointing = "on" if a["gradient_checkpointing"] else "off"
+    return [
+        f"ftwatch estimate  {cfg.name}: {Path(cfg.model.name).name} "
+        f"({_count(result.params_base)} parameters)",
+        f"  {quant} weights{mixed}, LoRA r={lora.get('r', 8)} on {targets} "
+        f"({_count(result.params_trainable)} trainable), {a['optim']}",
+        f"  batch {a['batch_size']} x {a['seq_len']} tokens (x{a['gradient_accumulation_steps']} accumulation), "
+        f"gradient checkpointing {checkpointing}, target {a['device']}",
+    ]
+
+
+def _count(n: int) -> str:
+    for factor, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= factor:
+            return f"{n / factor:.2f}{unit}"
+    return str(n)
+
+
+def _table(result: Any) -> list[str]:
+    total = result.total or 1
+    lines = [f"  {'category':<12} {'size':>10} {'share':>7}"]
+    for name, value in result.categories.items():
+        lines.append(f"  {name:<12} {format_bytes(value):>10} {value / total:>7.1%}")
+    lines.append(f"  {'peak':<12} {format_bytes(result.total):>10} {1:>7.1%}")
+    return lines
+
+
+def _verdict(result: Any) -> list[str]:
+    if result.capacity_bytes is None:
+        return ["  capacity     unknown (no GPU found): pass --gpu-memory SIZE or set [monitor] budget"]
+    source = _CAPACITY_TEXT.get(result.capacity_source or "", result.capacity_source or "given")
+    lines = [f"  capacity     {format_bytes(result.capacity_bytes)} ({source})"]
+    text = f"  verdict      {_VERDICT_TEXT[result.verdict]}"
+    if result.fails_at == "loading_model":
+        text += (f": out of memory {_PHASE_TEXT['loading_model']} (needs {format_bytes(result.loading_bytes)} "
+                 f"before training starts)")
+    elif result.fails_at:
+        text += f": out of memory {_PHASE_TEXT[result.fails_at]} (peak {format_bytes(result.total)})"
+    else:
+        text += f" ({format_bytes(result.capacity_bytes - result.total)} left at the peak)"
+    return lines + [text]
+
+
+def _suggestion_lines(n: int, s: Any) -> list[str]:
+    if s.fits_after is None:
+        outcome = ""
+    elif s.fits_after:
+        outcome = " -> fits"
+    elif s.fails_at_after == "loading_model":
+        outcome = " -> still fails while loading"
+    else:
+        outcome = " -> loads, still fails during training"
+    return [f"  {n:>2}. {s.change}", f"      {s.config}    saves {format_bytes(s.saves_bytes)}{outcome}"]
