@@ -71,6 +71,7 @@ class MonitorConfig:
     budget: int | None = None
     print_every: int | None = None
     track_activations: bool = True
+    preflight: bool = True
 
 
 @dataclass
@@ -310,6 +311,7 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
         budget=budget,
         print_every=mon.get_positive_int("print_every", None),
         track_activations=mon.get_bool("track_activations", True),
+        preflight=mon.get_bool("preflight", True),
     )
     return Config(path=cfg_path, model=model, lora=sections["lora"], training=sections["training"],
                   data=data, monitor=monitor)

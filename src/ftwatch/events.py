@@ -33,7 +33,7 @@ PHASES: tuple[str, ...] = ("loading_model", "applying_lora", "preparing_trainer"
 #: How a run can end.
 END_STATUSES: tuple[str, ...] = ("finished", "failed", "oom", "stopped")
 
-KINDS: tuple[str, ...] = ("header", "phase", "model", "sample", "snapshot", "warning", "note", "exit")
+KINDS: tuple[str, ...] = ("header", "estimate", "phase", "model", "sample", "snapshot", "warning", "note", "exit")
 
 EVENTS_FILE = "events.jsonl"
 
@@ -104,6 +104,9 @@ class EventWriter:
                 self._file.close()
 
 
+_raw_decode = json.JSONDecoder().raw_decode
+
+
 class SchemaVersionError(ValueError):
     """The log was written by an incompatible ftwatch schema version."""
 
@@ -162,8 +165,11 @@ class EventDecoder:
         if not line:
             return None
         try:
-            event = json.loads(line)
+            event, end = _raw_decode(line)  # json.loads without its wrapper: the line is stripped already
         except ValueError:
+            self.stats.corrupt_lines += 1
+            return None
+        if end != len(line):  # trailing garbage after the object
             self.stats.corrupt_lines += 1
             return None
         if not isinstance(event, dict) or not isinstance(event.get("kind"), str):

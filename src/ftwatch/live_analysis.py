@@ -15,7 +15,8 @@ from typing import Any
 from ftwatch.analysis.forecast import Forecaster
 from ftwatch.events import EventWriter
 
-Suggest = Callable[[dict[str, Any], dict[str, Any] | None], list[dict[str, Any]]]
+#: ``suggest(warning, last_snapshot, last_sample) -> suggestions``
+Suggest = Callable[[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None], list[dict[str, Any]]]
 
 
 class LiveAnalysis:
@@ -27,6 +28,7 @@ class LiveAnalysis:
         self.suggest = suggest
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._last_snapshot: dict[str, Any] | None = None
+        self._last_sample: dict[str, Any] | None = None
         self._thread = threading.Thread(target=self._run, name="ftwatch-analysis", daemon=True)
         writer.listeners.append(self._enqueue)
         self._thread.start()
@@ -42,6 +44,8 @@ class LiveAnalysis:
                 return
             if event["kind"] == "snapshot":
                 self._last_snapshot = event
+            elif event["kind"] == "sample":
+                self._last_sample = event
             try:
                 warnings = self.forecaster.observe(event)
             except Exception as exc:  # analysis must never take training down
@@ -50,7 +54,7 @@ class LiveAnalysis:
             for warning in warnings:
                 if self.suggest is not None and not warning.get("suggestions"):
                     try:
-                        warning["suggestions"] = self.suggest(warning, self._last_snapshot)
+                        warning["suggestions"] = self.suggest(warning, self._last_snapshot, self._last_sample)
                     except Exception:
                         warning["suggestions"] = []
                 self.writer.emit("warning", **warning)

@@ -61,6 +61,12 @@ class ProgressPrinter:
         elif kind == "model":
             self._print(state, f"model {event.get('params_total'):,} parameters, "
                                f"{event.get('params_trainable'):,} trainable")
+        elif kind == "estimate":
+            est = event.get("estimate_bytes") or {}
+            verdict = {"fits": "fits", "tight": "TIGHT", "does_not_fit": "DOES NOT FIT"}.get(event.get("verdict"), "?")
+            self._print(state, f"pre-flight estimate: {verdict}: peak {format_bytes(est.get('total'))} of "
+                               f"{format_bytes(event.get('capacity_bytes'))} ({event.get('capacity_source')}) | "
+                               f"{breakdown_line({k: v for k, v in est.items() if k != 'total'})}")
         elif kind == "note":
             self._print(state, f"note: {event.get('message')}")
         elif kind == "warning":
@@ -105,10 +111,12 @@ def summary_text(state: RunState, stats: Any = None) -> str:
                  f"trainable {_count(s.get('params_trainable'))}")
     lines.append(f"device: {s.get('device')}  capacity {format_bytes(s['capacity_bytes'])} "
                  f"({s.get('capacity_source')})")
-    lines.append("peak by category:")
+    estimated = (state.estimate or {}).get("estimate_bytes") or {}
+    lines.append("peak by category:" + ("                          pre-flight estimate" if estimated else ""))
     for name, value in s["peak_bytes"].items():
         share = f" ({100.0 * value / s['capacity_bytes']:.2f}% of capacity)" if s["capacity_bytes"] else ""
-        lines.append(f"  {name:<16}{format_bytes(value):>12}{share}")
+        guess = f"{format_bytes(estimated[name]):>12}" if name in estimated else ""
+        lines.append(f"  {name:<16}{format_bytes(value):>12}{share:<24}{guess}")
     if s.get("peak_rss_bytes"):
         lines.append(f"  {'process RSS':<16}{format_bytes(s['peak_rss_bytes']):>12}")
     lines.append("phases (process memory: peak, added):")

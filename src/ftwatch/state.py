@@ -81,7 +81,11 @@ class Timeline:
 
 def _merge(a: TimelinePoint, b: TimelinePoint) -> TimelinePoint:
     keep = b if b.used >= a.used else a
-    cats = {k: max(a.categories.get(k, 0), b.categories.get(k, 0)) for k in set(a.categories) | set(b.categories)}
+    ca, cb = a.categories, b.categories
+    if ca is cb or ca == cb:  # points between two snapshots share one breakdown: nothing to merge
+        cats = cb
+    else:
+        cats = {k: max(ca.get(k, 0), cb.get(k, 0)) for k in ca.keys() | cb.keys()}
     return TimelinePoint(t=keep.t, step=b.step if b.step is not None else a.step, used=keep.used, categories=cats)
 
 
@@ -97,12 +101,17 @@ def sample_used(sample: dict[str, Any]) -> int | None:
     return int(rss) if rss is not None else None
 
 
+#: Event kind -> the ``RunState._on_<kind>`` handler (or None), filled as kinds are first seen.
+_HANDLERS: dict[str, Any] = {}
+
+
 class RunState:
     """Everything a viewer knows about a run, folded from its events."""
 
     def __init__(self, timeline_capacity: int = 2048) -> None:
         self.header: dict[str, Any] = {}
         self.model: dict[str, Any] = {}
+        self.estimate: dict[str, Any] | None = None
         self.phase: str | None = None
         self.phases: list[PhaseRecord] = []
         self.step: int = 0
@@ -121,6 +130,7 @@ class RunState:
         self.first_t: float | None = None
         self.last_t: float | None = None
         self._step_times: list[tuple[float, int]] = []
+        self._cats_cache: tuple[dict[str, Any], dict[str, int]] | None = None
 
     # -- folding -----------------------------------------------------------------------------
     def apply(self, event: dict[str, Any]) -> None:
@@ -129,9 +139,13 @@ class RunState:
         if self.first_t is None:
             self.first_t = t
         self.last_t = t
-        handler = getattr(self, "_on_" + event["kind"], None)
+        kind = event["kind"]
+        try:
+            handler = _HANDLERS[kind]
+        except KeyError:
+            handler = _HANDLERS.setdefault(kind, getattr(RunState, "_on_" + kind, None))
         if handler is not None:
-            handler(event, t)
+            handler(self, event, t)
 
     def apply_all(self, events: list[dict[str, Any]]) -> None:
         """Fold several events in order."""
@@ -143,6 +157,9 @@ class RunState:
 
     def _on_model(self, event: dict[str, Any], t: float) -> None:
         self.model = event
+
+    def _on_estimate(self, event: dict[str, Any], t: float) -> None:
+        self.estimate = event
 
     def _on_phase(self, event: dict[str, Any], t: float) -> None:
         used = sample_used(self.last_sample) if self.last_sample else None
@@ -167,8 +184,18 @@ class RunState:
             current = self.phases[-1]
             current.peak_used = used if current.peak_used is None else max(current.peak_used, used)
             current.end_used = used
-        cats = dict(self.last_snapshot.get("categories", {})) if self.last_snapshot else {}
+        cats = self._timeline_cats(self.last_snapshot)
         self.timeline.add(TimelinePoint(t=t, step=self.step if self.snapshots else None, used=used, categories=cats))
+
+    def _timeline_cats(self, snapshot: dict[str, Any] | None) -> dict[str, int]:
+        """The breakdown timeline points carry: one copy per snapshot, shared by the samples after it
+        (points are never changed in place, and the timeline merges shared breakdowns cheaply)."""
+        if snapshot is None:
+            return {}
+        cached = self._cats_cache
+        if cached is None or cached[0] is not snapshot:
+            cached = self._cats_cache = (snapshot, dict(snapshot.get("categories", {})))
+        return cached[1]
 
     def _on_snapshot(self, event: dict[str, Any], t: float) -> None:
         self.snapshots += 1
@@ -276,6 +303,8 @@ class RunState:
             "params_trainable": self.model.get("params_trainable"),
             "loss": self.loss,
             "elapsed_seconds": round(self.elapsed, 3),
+            "estimate": {k: self.estimate.get(k) for k in ("verdict", "fails_at", "estimate_bytes", "capacity_bytes")}
+            if self.estimate else None,
         }
 
     def tensor_total(self) -> int:

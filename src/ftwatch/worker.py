@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftwatch.worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--strict", action="store_true", help="refuse to start when the estimate does not fit")
     args = parser.parse_args(argv)
     stop = StopControl()
     stop.install()
@@ -76,18 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         writer.emit("exit", status="failed", error_type="ConfigError", message=str(exc), by="worker")
         writer.close()
         return EXIT_CONFIG
-    return Training(cfg, run_dir, stop).run()
+    return Training(cfg, run_dir, stop, strict=args.strict).run()
 
 
 class Training:
     """One run through the phases, with the probe measuring all along."""
 
-    def __init__(self, cfg: Any, run_dir: Path, stop: StopControl) -> None:
+    def __init__(self, cfg: Any, run_dir: Path, stop: StopControl, strict: bool = False) -> None:
         import torch
 
         from ftwatch.probe.probe import Probe
 
         self.cfg = cfg
+        self.strict = strict
         self.run_dir = run_dir
         self.stop = stop
         self.torch = torch
@@ -110,9 +112,19 @@ class Training:
     def run(self) -> int:
         """Go through the phases; write the exit event however it ends."""
         from ftwatch.config import ConfigError
+        from ftwatch.preflight import WarningSuggester, preflight
 
         self.probe.start()
+        device = self.probe.device_info
+        self.analysis.suggest = WarningSuggester(self.cfg, device.get("type") == "cuda", device.get("capacity"))
         try:
+            result = preflight(self.cfg, device, self.probe.writer.emit) if self.cfg.monitor.preflight else None
+            if self.strict and result is not None and result.verdict == "does_not_fit":
+                message = "refused to start (--strict): the pre-flight estimate says it will not fit"
+                _log(message)
+                self.probe.finish("failed", step=0, error_type="WillNotFit", message=message,
+                                  suggestions=[s.to_json() for s in result.suggestions])
+                return EXIT_FAILED
             model, tokenizer = self.load_model()
             model = self.apply_lora(model)
             trainer = self.prepare_trainer(model, tokenizer)

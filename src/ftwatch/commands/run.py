@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print the run summary as one JSON object on stdout (progress goes to stderr)")
     parser.add_argument("--detach", action="store_true", help="start training without a viewer and print its PID")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse to start when the pre-flight estimate says the run will not fit")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     run_dir = new_run_dir(cfg.monitor.log_dir, cfg.name)
     shutil.copyfile(cfg.path, run_dir / "config.toml")
-    handle = start_worker(cfg.path, run_dir)
+    handle = start_worker(cfg.path, run_dir, strict=args.strict)
     if args.detach:
         print(f"started {cfg.name}: pid {handle.pid}, run directory {run_dir}")
         print(f"watch it with: ftwatch attach {handle.pid}   (or ftwatch replay {run_dir})")
@@ -71,14 +73,14 @@ def main(args: argparse.Namespace) -> int:
     return EXIT_CODES.get(state.status, 1)
 
 
-def start_worker(config_path: Path, run_dir: Path) -> WorkerHandle:
+def start_worker(config_path: Path, run_dir: Path, strict: bool = False) -> WorkerHandle:
     """Start the training worker in its own session, its output going to ``worker.log``."""
     log_fd = os.open(run_dir / WORKER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "ftwatch.worker", "--config", str(config_path.resolve()),
-             "--run-dir", str(run_dir.resolve())],
+             "--run-dir", str(run_dir.resolve()), *(["--strict"] if strict else [])],
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
             start_new_session=True, env=env,
         )

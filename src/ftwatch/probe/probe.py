@@ -102,6 +102,7 @@ class Probe:
         self._sampler: DeviceSampler | None = None
         self._nvml: NvmlReader | None = None
         self._cuda_index: int | None = self.device.index if self.device.type == "cuda" else None
+        self.device_info: dict[str, Any] = {}
         self._finished = False
         #: Called (in order) just before the exit event is written, e.g. to flush live analysis.
         self.before_finish: list[Any] = []
@@ -154,6 +155,7 @@ class Probe:
             ram = system.read()["sys_total"]
             device_info = {"type": "cpu", "index": None, "name": platform.processor() or platform.machine(),
                            "capacity": self.budget or ram, "capacity_source": "budget" if self.budget else "ram"}
+        self.device_info = device_info
         self.writer.emit(
             "header", run_id=uuid.uuid4().hex[:12], name=self.name, config_path=self.config_path,
             pid=os.getpid(), host=socket.gethostname(), user=_user(), versions=library_versions(),
