@@ -197,3 +197,20 @@ def test_rank_by_savings_when_nothing_needs_fixing(verdict: str | None) -> None:
     items = [A.Suggestion(kind=k, change=k, settings=(), saves_bytes=v) for k, v in
              (("dtype", 10), ("batch", 30), ("checkpointing", 20), ("optimizer", 0))]
     assert [x.kind for x in A.rank(items, verdict)] == ["batch", "checkpointing", "dtype"]
+
+
+def test_when_no_single_fix_fits_a_combination_that_fits_comes_first(tmp_path: Path) -> None:
+    sections = sections_7b(training={"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2})
+    before = E.estimate(load_config(write_config(tmp_path / "b.toml", sections)), CAPACITY)
+    assert before.verdict == "does_not_fit"
+    singles = [s for s in before.suggestions if s.kind != "combined"]
+    assert not any(s.fits_after for s in singles)  # the premise: nothing alone is enough
+    combined = before.suggestions[0]
+    assert combined.kind == "combined" and combined.fits_after
+    assert combined.change.startswith("together: ")
+    # the milder precision change is preferred over 4-bit loading when both save a lot
+    assert '[model] dtype = "bfloat16"' in combined.config and "load_in_4bit" not in combined.config
+    # applied to the config file, the combination really fits, and saves what it says
+    after = estimate_total(tmp_path, apply_config_line(sections, combined.config), "after", CAPACITY)
+    assert after.verdict != "does_not_fit"
+    assert combined.saves_bytes == before.total - after.total

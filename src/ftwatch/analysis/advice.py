@@ -223,7 +223,54 @@ def suggest(before: Estimate) -> list[Suggestion]:
     # Batch and sequence length never shrink the weights: when loading fails, only their strongest
     # option is worth pricing.
     loading = before.fails_at == "loading_model"
-    return rank(_collect(before.inputs, price, before.verdict, strongest_only=loading), before.verdict)
+    ranked = rank(_collect(before.inputs, price, before.verdict, strongest_only=loading), before.verdict)
+    if before.verdict == "does_not_fit" and not any(s.resolves for s in ranked):
+        combined = combine(before)
+        if combined is not None:
+            ranked.insert(0, combined)
+    return ranked
+
+
+#: The most changes a combined suggestion applies.
+MAX_COMBINED = 4
+#: While no change fits, a combination takes the mildest change saving at least this share of the best.
+COMBINE_SHARE = 0.5
+
+
+def combine(before: Estimate) -> Suggestion | None:
+    """When no single change makes the run fit: changes applied one after another until it fits,
+    each time the least intrusive one that fits, else the least intrusive of those that save at
+    least :data:`COMBINE_SHARE` of the best saving (bfloat16 before 4-bit loading).
+
+    Returns the combination as one suggestion (``kind="combined"``), ``None`` if even
+    :data:`MAX_COMBINED` changes together do not make it fit.
+    """
+    assert before.inputs is not None
+    capacity = before.capacity_bytes
+    inputs, steps, after = before.inputs, [], before
+    for _ in range(MAX_COMBINED):
+        options = []
+        for make in _SINGLE + _GRADED:
+            for candidate in make(inputs):
+                estimate = estimate_inputs(candidate.inputs, capacity)
+                options.append((candidate, estimate))
+        useful = [(c, e) for c, e in options if e.total < after.total]
+        if not useful:
+            return None
+        fitting = [(c, e) for c, e in useful if e.verdict != "does_not_fit"]
+        if not fitting:  # the mildest change among those that save at least half of the best saving
+            best = after.total - min(e.total for _, e in useful)
+            fitting = [(c, e) for c, e in useful if after.total - e.total >= COMBINE_SHARE * best]
+        candidate, after = min(fitting, key=lambda ce: (TIERS.get(ce[0].kind, 9), ce[1].total))
+        steps.append(candidate)
+        inputs = candidate.inputs
+        if after.verdict != "does_not_fit":
+            settings = tuple(setting for c in steps for setting in c.settings)
+            change = "together: " + "; ".join(c.change for c in steps)
+            return Suggestion(kind="combined", change=change, settings=settings,
+                              saves_bytes=int(before.total - after.total), fits_after=True,
+                              fails_at_after=None, resolves=True)
+    return None
 
 
 def suggest_for_measured(

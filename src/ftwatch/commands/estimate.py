@@ -108,7 +108,7 @@ def render(cfg: Config, result: Any) -> str:
     """The human report: header, category table, verdict, suggestions."""
     lines = _header(cfg, result) + [""] + _table(result) + [""] + _verdict(result)
     if result.suggestions:
-        lines += ["", "  what to change (each alone; savings on the peak):"]
+        lines += ["", "  what to change (each alone unless it says together; savings on the peak):"]
         for n, s in enumerate(result.suggestions, 1):
             lines += _suggestion_lines(n, s)
     lines += [f"  note: {note}" for note in result.notes]
