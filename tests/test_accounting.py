@@ -75,6 +75,18 @@ def test_activation_meter_counts_a_storage_once_and_keeps_the_step_peak():
     assert meter.step_peak == 0
 
 
+def test_tensors_saved_by_a_discarded_branch_do_not_count():
+    meter = ActivationMeter()
+    x = torch.randn(100, requires_grad=True)
+    meter.start()
+    a = x.exp()  # exp saves its result: 100 floats, alive with `a`
+    branch = (x * 3).sin()  # sin saves x * 3, freed with the branch below
+    del branch
+    meter.stop()
+    assert meter.current == 100 * F32
+    a.sum().backward()
+
+
 def test_no_grad_forward_saves_nothing():
     meter = ActivationMeter()
     layer = nn.Linear(8, 8)

@@ -6,6 +6,7 @@ counted once, so tied embeddings count once and quantized weights count by what 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -107,18 +108,21 @@ def unwrap_optimizer(optimizer: Any) -> Any:
 
 
 class ActivationMeter:
-    """Counts the bytes autograd saves for backward while it is active.
+    """Counts the bytes autograd holds for backward at the end of a forward pass.
 
     Uses ``torch.autograd.graph.saved_tensors_hooks``: every tensor saved for backward passes
-    through the pack hook, which records its storage (once) unless it is a parameter's. The
-    tensor itself is returned unchanged, so nothing is copied and nothing is kept alive.
+    through the pack hook, which keeps only a weak reference to it and returns it unchanged, so
+    nothing is copied and nothing is kept alive. When the forward ends, the storages of the saved
+    tensors that are still alive are summed, each once, parameters excluded: a tensor saved by a
+    branch whose graph was already discarded does not count, and an address reused by the
+    allocator cannot hide a storage.
     """
 
     def __init__(self) -> None:
         self.excluded: set[int] = set()
         self.current = 0
         self.step_peak = 0
-        self._seen: set[int] = set()
+        self._saved: list[weakref.ref[torch.Tensor]] = []
         self._context: Any = None
 
     def exclude(self, tensors: Iterable[torch.Tensor]) -> None:
@@ -126,14 +130,7 @@ class ActivationMeter:
         self.excluded = storage_keys(tensors)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        try:
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key not in self._seen and key not in self.excluded:
-                self._seen.add(key)
-                self.current += storage.nbytes()
-        except (RuntimeError, NotImplementedError):
-            pass
+        self._saved.append(weakref.ref(t))
         return t
 
     @staticmethod
@@ -150,16 +147,18 @@ class ActivationMeter:
         if self._context is not None:
             self.stop()
         self.current = 0
-        self._seen = set()
+        self._saved = []
         self._context = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._context.__enter__()
 
     def stop(self) -> int:
-        """End the forward pass; returns its bytes and updates the step's peak."""
+        """End the forward pass; returns the bytes still saved for backward and updates the step's peak."""
         if self._context is not None:
             context, self._context = self._context, None
             context.__exit__(None, None, None)
-        self._seen = set()
+        alive = [t for t in (ref() for ref in self._saved) if t is not None]
+        self._saved = []
+        self.current = unique_storage_bytes(alive, exclude=self.excluded)
         self.step_peak = max(self.step_peak, self.current)
         return self.current
 
