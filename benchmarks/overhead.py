@@ -22,6 +22,54 @@ REPO = Path(__file__).resolve().parent.parent
 WARMUP = 20
 
 
+class ProbeClock:
+    """Times every probe entry point on the training thread (callback methods, forward hooks, the
+    pack hook) and reads the CPU time of the probe's own threads (sampler, analysis)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._patched: list[tuple[type, str, object]] = []
+
+    def patch(self) -> None:
+        from ftwatch.probe.accounting import ActivationMeter
+        from ftwatch.probe.callback import FtwatchCallback
+        from ftwatch.probe.probe import Probe
+
+        targets = [(FtwatchCallback, name) for name in ("on_step_begin", "on_pre_optimizer_step",
+                                                         "on_optimizer_step", "on_step_end")]
+        targets += [(Probe, "_forward_pre"), (Probe, "_forward_post"), (ActivationMeter, "_pack")]
+        for cls, name in targets:
+            original = getattr(cls, name)
+            self._patched.append((cls, name, original))
+            setattr(cls, name, self._timed(original))
+
+    def _timed(self, fn):  # noqa: ANN001, ANN202 - a plain wrapper
+        clock = self
+
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                clock.seconds += time.perf_counter() - start
+
+        return wrapper
+
+    def unpatch(self) -> None:
+        for cls, name, original in self._patched:
+            setattr(cls, name, original)
+
+    @staticmethod
+    def thread_cpu(names: tuple[str, ...] = ("ftwatch-sampler", "ftwatch-analysis")) -> float:
+        """CPU seconds used so far by the probe's background threads."""
+        import threading
+
+        import psutil
+
+        ids = {t.native_id for t in threading.enumerate() if t.name in names}
+        return sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id in ids)
+
+
 def train_once(with_probe: bool, steps: int, track_activations: bool = True) -> tuple[float, float]:
     """Steps per second of one fresh run (after the warm-up steps), by the wall clock and by the
     process's CPU time (every thread: training, sampler, analysis)."""
@@ -45,6 +93,10 @@ def train_once(with_probe: bool, steps: int, track_activations: bool = True) -> 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer's signature
             marks[state.global_step] = (time.perf_counter(), time.process_time())
+            if state.global_step in (WARMUP, steps):
+                probe_marks[state.global_step] = (PROBE_CLOCK.seconds, PROBE_CLOCK.thread_cpu())
+
+    probe_marks: dict[int, tuple[float, float]] = {}
 
     callbacks = []
     tmp = tempfile.mkdtemp(prefix="ftwatch-bench-")
@@ -66,7 +118,16 @@ def train_once(with_probe: bool, steps: int, track_activations: bool = True) -> 
     if probe is not None:
         probe.finish("finished", step=steps)
     n = steps - WARMUP
-    return n / (marks[steps][0] - marks[WARMUP][0]), n / (marks[steps][1] - marks[WARMUP][1])
+    wall = marks[steps][0] - marks[WARMUP][0]
+    if with_probe:
+        inline = probe_marks[steps][0] - probe_marks[WARMUP][0]
+        threads = probe_marks[steps][1] - probe_marks[WARMUP][1]
+        PROBE_SHARES.append((inline / wall, threads / wall, 1000 * inline / n))
+    return n / wall, n / (marks[steps][1] - marks[WARMUP][1])
+
+
+PROBE_CLOCK = ProbeClock()
+PROBE_SHARES: list[tuple[float, float, float]] = []
 
 
 def main() -> None:
@@ -81,6 +142,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    PROBE_CLOCK.patch()
     train_once(False, WARMUP + 5)  # load libraries and warm caches before timing anything
     rows = []
     for pair in range(args.pairs):
@@ -98,6 +160,15 @@ def main() -> None:
     for name, i, ratio in (("steps/s (wall)", 0, wall), ("steps per CPU-second", 1, cpu)):
         print(f"| {name} | {len(rows)} | {args.steps} | {statistics.median(r[0][i] for r in rows):.1f} | "
               f"{statistics.median(r[1][i] for r in rows):.1f} | {ratio:.3f} | {100 * (1 - ratio):.1f}% |")
+    inline = statistics.median(s[0] for s in PROBE_SHARES)
+    threads = statistics.median(s[1] for s in PROBE_SHARES)
+    per_step = statistics.median(s[2] for s in PROBE_SHARES)
+    print()
+    print("Where the probe's time goes (measured inside the 'on' runs, median over runs):")
+    print("| probe work on the training thread, per step | share of step time | background threads' CPU "
+          "(sampler, analysis) / wall | total |")
+    print("|---|---|---|---|")
+    print(f"| {per_step:.3f} ms | {100 * inline:.2f}% | {100 * threads:.2f}% | {100 * (inline + threads):.2f}% |")
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ import torch
 
 def _storage(t: torch.Tensor) -> tuple[int, int] | None:
     """``(key, nbytes)`` of a tensor's storage; ``None`` for meta/storage-less tensors."""
-    if t.device.type == "meta":
+    if t.is_meta:
         return None
     try:
         storage = t.untyped_storage()
@@ -90,14 +90,44 @@ def grad_bytes(params: Iterable[torch.Tensor]) -> int:
     return unique_storage_bytes(p.grad for p in params if p.grad is not None)
 
 
-def optimizer_state_bytes(optimizer: Any) -> int:
-    """Bytes of every tensor in an optimizer's state (moments, step counters, ...)."""
-    inner = unwrap_optimizer(optimizer)
+def optimizer_state_tensors(optimizer: Any) -> list[torch.Tensor]:
+    """Every tensor in an optimizer's state (moments, step counters, ...)."""
     tensors: list[torch.Tensor] = []
-    for state in inner.state.values():
+    for state in unwrap_optimizer(optimizer).state.values():
         if isinstance(state, dict):
             tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
-    return unique_storage_bytes(tensors)
+    return tensors
+
+
+def optimizer_state_bytes(optimizer: Any) -> int:
+    """Bytes of every tensor in an optimizer's state, each storage once."""
+    return unique_storage_bytes(optimizer_state_tensors(optimizer))
+
+
+class OptimizerStateMeter:
+    """Optimizer state bytes, re-measured only when the state's tensors change.
+
+    Torch optimizers update their state tensors in place: the same tensor objects, the same sizes,
+    step after step. The meter remembers which tensor objects it measured (by identity) and sums
+    their storages again only when that set changes (a state created late, a resized or replaced
+    tensor), or every ``remeasure_every`` calls regardless.
+    """
+
+    def __init__(self, remeasure_every: int = 100) -> None:
+        self.remeasure_every = remeasure_every
+        self._signature: tuple[tuple[int, int], ...] | None = None
+        self._bytes = 0
+        self._calls = 0
+
+    def measure(self, optimizer: Any) -> int:
+        """The state's bytes now."""
+        tensors = optimizer_state_tensors(optimizer)
+        signature = tuple((id(t), t.numel()) for t in tensors)
+        self._calls += 1
+        if signature != self._signature or self._calls % self.remeasure_every == 0:
+            self._signature = signature
+            self._bytes = unique_storage_bytes(tensors)
+        return self._bytes
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:

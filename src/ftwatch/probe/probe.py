@@ -95,6 +95,7 @@ class Probe:
         self._trainable: list[torch.nn.Parameter] = []
         self._grads = 0
         self._optimizer_bytes = 0
+        self._optimizer_meter = accounting.OptimizerStateMeter()
         self._losses: list[torch.Tensor] = []
         self._tokens = 0
         self._seq_len = 0
@@ -326,12 +327,13 @@ class Probe:
     def after_optimizer_step(self) -> None:
         """Measure the optimizer state (call after ``optimizer.step()``)."""
         if self.optimizer is not None:
-            self._optimizer_bytes = accounting.optimizer_state_bytes(self.optimizer)
+            self._optimizer_bytes = self._optimizer_meter.measure(self.optimizer)
 
     def step_end(self, step: int, loss: float | None = None, lr: float | None = None) -> None:
         """Write the step's snapshot."""
         if loss is None and self._losses:
-            loss = float(torch.stack(self._losses).float().mean().item())
+            losses = self._losses
+            loss = float(losses[0].item()) if len(losses) == 1 else float(torch.stack(losses).float().mean().item())
         if lr is None and self.optimizer is not None and self.optimizer.param_groups:
             lr = float(self.optimizer.param_groups[0].get("lr", 0.0))
         self.snapshot(step=step, loss=loss, lr=lr, tokens=self._tokens or None, seq_len=self._seq_len or None)
