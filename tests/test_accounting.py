@@ -118,3 +118,18 @@ def test_sgd_without_momentum_has_no_state():
     p.sum().backward()
     opt.step()
     assert optimizer_state_bytes(opt) == 0
+
+
+def test_optimizer_state_meter_follows_state_created_late():
+    from ftwatch.probe.accounting import OptimizerStateMeter
+
+    a, b = nn.Parameter(torch.randn(100)), nn.Parameter(torch.randn(50))
+    opt = torch.optim.AdamW([a, b], lr=1e-3)
+    meter = OptimizerStateMeter()
+    a.sum().backward()  # only `a` has a gradient: only its state is created
+    opt.step()
+    assert meter.measure(opt) == 2 * 100 * F32 + F32
+    assert meter.measure(opt) == 2 * 100 * F32 + F32  # unchanged state, same figure
+    (a.sum() + b.sum()).backward()
+    opt.step()  # now `b` gets state too
+    assert meter.measure(opt) == 2 * 150 * F32 + 2 * F32
