@@ -63,6 +63,7 @@ def test_worker_diagnosis_parses_the_message_and_skips_levers_in_use(tmp_path):
     assert "gradient_checkpointing" not in configs  # already on
     assert "per_device_train_batch_size = 4" in configs  # half of the 8 in use
     assert training.diagnose(RuntimeError("shape mismatch")) == (None, None)
+    assert training.diagnose(MemoryError()) == (None, [])  # an OOM without figures: no details
     training.probe.writer.close()
 
 

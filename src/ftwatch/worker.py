@@ -114,10 +114,10 @@ class Training:
         from ftwatch.config import ConfigError
         from ftwatch.preflight import WarningSuggester, preflight
 
-        self.probe.start()
-        device = self.probe.device_info
-        self.analysis.suggest = WarningSuggester(self.cfg, device.get("type") == "cuda", device.get("capacity"))
         try:
+            self.probe.start()
+            device = self.probe.device_info
+            self.analysis.suggest = WarningSuggester(self.cfg, device.get("type") == "cuda", device.get("capacity"))
             result = preflight(self.cfg, device, self.probe.writer.emit) if self.cfg.monitor.preflight else None
             if self.strict and result is not None and result.verdict == "does_not_fit":
                 message = "refused to start (--strict): the pre-flight estimate says it will not fit"
@@ -138,7 +138,11 @@ class Training:
             self.probe.finish("failed", step=self.step, error_type="ConfigError", message=str(exc))
             return EXIT_CONFIG
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the log
-            details, suggestions = self.diagnose(exc)
+            try:
+                details, suggestions = self.diagnose(exc)
+            except Exception as diag_exc:  # the diagnosis must never cost the exit event
+                details, suggestions = None, None
+                _log(f"could not diagnose the failure: {diag_exc}")
             status = self.probe.finish_with_exception(exc, step=self.step, oom_details=details,
                                                       suggestions=suggestions)
             _log(f"{status}: {type(exc).__name__}: {exc}")
@@ -155,7 +159,11 @@ class Training:
         return EXIT_FINISHED
 
     def diagnose(self, exc: BaseException) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
-        """Figures and fixes for an out-of-memory error (``None``s for any other failure)."""
+        """Figures and fixes for an out-of-memory error (``None``s for any other failure).
+
+        The figures come from the message; the fixes are those the message's numbers support,
+        then the config changes priced on the last measured breakdown (duplicates dropped).
+        """
         from ftwatch.probe.probe import is_out_of_memory
 
         if not is_out_of_memory(exc):
@@ -163,16 +171,29 @@ class Training:
         from ftwatch.analysis.oom import parse_oom_message, suggest_from_oom
 
         diag = parse_oom_message(str(exc))
-        if diag is None:
-            return None, None
         t = self.cfg.training
         current = {"per_device_train_batch_size": t.get("per_device_train_batch_size", 8),
                    "gradient_accumulation_steps": t.get("gradient_accumulation_steps", 1),
                    "gradient_checkpointing": bool(t.get("gradient_checkpointing")),
                    "max_length": self.cfg.data.max_length, "load_in_4bit": self.cfg.model.load_in_4bit,
                    "dtype": self.cfg.model.dtype}
+        from_message = suggest_from_oom(diag, current) if diag is not None else []
+        measured = []
+        if self.analysis.suggest is not None and self.probe.model is not None:
+            snapshot = {"categories": self.probe.categories(include_device=True)}
+            measured = self.analysis.suggest({}, snapshot, None)
+        fixes = [s for s in from_message if s.get("saves_bytes")] + measured
+        fixes += [s for s in from_message if not s.get("saves_bytes")]
+        unique, seen = [], set()
+        for fix in fixes:
+            key = fix.get("config") or fix.get("change")
+            if key not in seen:
+                seen.add(key)
+                unique.append(fix)
+        if diag is None:
+            return None, unique
         details = {k: v for k, v in diag.to_json().items() if k.endswith("_bytes") or k in ("format", "other_processes")}
-        return details, suggest_from_oom(diag, current)
+        return details, unique
 
     def load_model(self) -> tuple[Any, Any]:
         """Phase ``loading_model``: tokenizer and weights through ``from_pretrained``."""
