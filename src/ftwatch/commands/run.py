@@ -17,12 +17,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ftwatch import registry
 from ftwatch.config import load_config
 from ftwatch.events import EVENTS_FILE
-from ftwatch.follow import follow_headless
+from ftwatch.follow import follow_headless, record_vanished_worker
 from ftwatch.probe_paths import new_run_dir
 from ftwatch.report import summary_text
 from ftwatch.sources import LogFollower, WorkerHandle
@@ -116,9 +116,14 @@ def _watch_in_dashboard(run_dashboard: Any, run_dir: Path, handle: WorkerHandle,
     follower = LogFollower(run_dir / EVENTS_FILE)
     state.apply_all(follower.poll() + follower.finish())
     follower.close()
-    print(summary_text(state, follower.decoder.stats), end="", file=_stdout())
-    return EXIT_CODES.get(state.status, 0 if state.status == "running" else 1)
-
-
-def _stdout() -> TextIO:
-    return sys.stdout
+    if _is_config_error(state):
+        print(f"ftwatch run: {state.exit['message']}", file=sys.stderr)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return 2
+    if state.exit is None and not handle.is_alive():
+        record_vanished_worker(run_dir, handle, state)
+    print(summary_text(state, follower.decoder.stats), end="")
+    if state.exit is None:
+        print(handle.reattach_hint())
+        return 0
+    return EXIT_CODES.get(state.status, 1)
