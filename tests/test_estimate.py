@@ -271,8 +271,10 @@ def test_formula_is_used_when_the_trace_fails(monkeypatch: pytest.MonkeyPatch) -
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("op not supported on meta")
 
-    monkeypatch.setattr(E, "trace_activations", broken)
-    monkeypatch.setattr(E, "_TRACE_CACHE", {})
+    from ftwatch.analysis.estimate import activation_trace
+
+    monkeypatch.setattr(activation_trace, "trace_activations", broken)  # where the estimate calls it
+    monkeypatch.setattr(activation_trace, "_TRACE_CACHE", {})
     result = E.estimate_inputs(inputs_for(TINY_MODEL, batch=3, seq=48))
     assert result.activations.method == "formula"
     assert any("formula" in note for note in result.notes)

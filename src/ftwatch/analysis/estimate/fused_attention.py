@@ -1,0 +1,88 @@
+"""A stand-in for fused attention kernels (SDPA, flash) that the meta trace runs: it saves what they save."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+#: The attention implementation the meta trace registers (a stand-in for fused SDPA/flash kernels).
+FUSED_ATTENTION = "ftwatch_fused_sdpa"
+
+
+#: What the running trace emulates (``autocast`` dtype, ``cpu`` target), read by the fused attention.
+_TRACE_STATE = threading.local()
+
+
+def _attention_for_trace(attn_implementation: str | None) -> str:
+    """Eager attention is traced as it is; everything else runs a fused kernel (SDPA/flash) on a GPU."""
+    return "eager" if attn_implementation == "eager" else FUSED_ATTENTION
+
+
+def _register_fused_attention() -> None:
+    """Register the fused-kernel stand-in with transformers' attention interface (once).
+
+    No mask function is registered, so the model builds no mask: the same as SDPA on unpadded
+    (packed) batches, and no mask creation that would need tensor values (meta tensors have none).
+    """
+    from transformers.modeling_utils import AttentionInterface
+
+    if FUSED_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(FUSED_ATTENTION, _fused_attention)
+
+
+def _fused_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                     dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """Attention that saves what SDPA's flash / memory-efficient kernels save: q, k, v, out, logsumexp.
+
+    Key/value heads are repeated for grouped-query attention exactly when transformers' SDPA path
+    repeats them; under (emulated) autocast the inputs are cast like autocast casts SDPA's. For a
+    CPU target with attention dropout, SDPA's math path runs instead (PyTorch's CPU flash kernel
+    has no dropout), as it does on a real CPU.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import repeat_kv, use_gqa_in_sdpa
+
+    gqa = False
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1 and not use_gqa_in_sdpa(attention_mask, key, value):
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    else:
+        gqa = groups > 1
+    low = getattr(_TRACE_STATE, "autocast", None)
+    if low is not None:
+        query, key, value = (t.to(low) if t.dtype != low else t for t in (query, key, value))
+    cpu = getattr(_TRACE_STATE, "cpu", False)
+    if cpu and dropout > 0:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+            is_causal=attention_mask is None and query.shape[2] > 1, enable_gqa=gqa)
+    else:
+        out = _fused_function().apply(query, key, value, attention_mask, cpu)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@functools.cache
+def _fused_function() -> Any:
+    """The shapes-only fused attention Function (built on first use, so importing needs no torch)."""
+    import torch
+
+    class FusedAttention(torch.autograd.Function):
+        """Saves q, k, v, the output, the float32 logsumexp (and the mask, if any), computes nothing."""
+
+        @staticmethod
+        def forward(ctx: Any, query: Any, key: Any, value: Any, mask: Any, cpu: bool) -> Any:
+            b, h, s, _ = query.shape
+            if cpu and value.shape[-1] == query.shape[-1]:  # the CPU kernel's output follows the query's layout
+                out = torch.empty_like(query)
+            else:  # CUDA kernels write (batch, seq, heads, dim): the caller's transpose(1, 2) is then free
+                out = query.new_empty((b, s, h, value.shape[-1])).transpose(1, 2)
+            logsumexp = query.new_empty(query.shape[:-1], dtype=torch.float32)
+            ctx.save_for_backward(query, key, value, out, logsumexp, *(() if mask is None else (mask,)))
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, *grads: Any) -> Any:  # pragma: no cover - the trace never runs backward
+            raise RuntimeError("ftwatch's fused-attention stand-in is for meta traces only")
+
+    return FusedAttention
