@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,8 +21,13 @@ POLL_SECONDS = 0.1
 EXIT_GRACE_SECONDS = 1.0
 
 
-def follow_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int | None = None) -> tuple[RunState, Any]:
-    """Follow the run log until the worker ends, printing progress; Ctrl-C asks for a clean stop."""
+def follow_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int | None = None,
+                    publish: Callable[[RunState], None] | None = None) -> tuple[RunState, Any]:
+    """Follow the run log until the worker ends, printing progress; Ctrl-C asks for a clean stop.
+
+    ``publish`` (e.g. a metrics server's) is handed the state after every batch of events and
+    once more at the end, in this thread.
+    """
     follower = LogFollower(run_dir / EVENTS_FILE)
     state = RunState()
     printer = ProgressPrinter(out, every=every)
@@ -40,9 +46,12 @@ def follow_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int
     try:
         while True:
             alive = handle.is_alive()
-            for event in follower.poll():
+            events = follower.poll()
+            for event in events:
                 state.apply(event)
                 printer.handle(state, event)
+            if events and publish is not None:
+                publish(state)
             if not alive or state.exit is not None:
                 break
             time.sleep(POLL_SECONDS)
@@ -61,6 +70,8 @@ def follow_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int
     if state.exit is None:
         record_vanished_worker(run_dir, handle, state)
         printer.handle(state, state.exit)
+    if publish is not None:
+        publish(state)
     return state, follower.decoder.stats
 
 

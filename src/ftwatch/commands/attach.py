@@ -17,6 +17,7 @@ import psutil
 
 from ftwatch import registry
 from ftwatch.cli import UsageError
+from ftwatch.exporters.cli import add_metrics_arguments, start_metrics, stop_metrics
 from ftwatch.follow import follow_headless
 from ftwatch.report import summary_text
 from ftwatch.sources import WorkerHandle
@@ -29,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pid", nargs="?", type=int, help="the training process (default: the only live run)")
     parser.add_argument("--headless", action="store_true", help="print progress lines instead of the dashboard")
     parser.add_argument("--json", action="store_true", help="with --headless: print the summary as JSON at the end")
+    add_metrics_arguments(parser)
 
 
 def choose_run(pid: int | None) -> registry.RunEntry | int:
@@ -82,6 +84,7 @@ def _pick(runs: list[registry.RunEntry]) -> registry.RunEntry:
 def main(args: argparse.Namespace) -> int:
     """Attach to a run (dashboard or headless)."""
     target = choose_run(args.pid)
+    metrics = start_metrics(args, "attach")  # before the outside watcher starts: a busy port costs nothing
     watcher = None
     if isinstance(target, int):
         from ftwatch.external import ExternalWatcher, external_run_dir
@@ -97,13 +100,16 @@ def main(args: argparse.Namespace) -> int:
         if dashboard:
             from ftwatch.tui.app import run_dashboard
 
+            if metrics is not None:  # the dashboard folds its own state: the exporter follows the log
+                metrics.follow(log_path)
             ending = run_dashboard(log_path, handle, title=name)
             if ending == "detached" and handle is not None:
                 print(handle.reattach_hint())
             return 0
         follow_pid = handle or WorkerHandle(target if isinstance(target, int) else 0, log_path.parent)
         out = sys.stderr if args.json else sys.stdout
-        state, stats = follow_headless(log_path.parent, follow_pid, out)
+        state, stats = follow_headless(log_path.parent, follow_pid, out,
+                                       publish=metrics.publish if metrics is not None else None)
         if args.json:
             sys.stdout.write(json.dumps(state.summary(), indent=2) + "\n")
         else:
@@ -112,3 +118,4 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if watcher is not None:
             watcher.stop()
+        stop_metrics(metrics, args)

@@ -17,16 +17,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftwatch import registry
 from ftwatch.config import load_config
 from ftwatch.events import EVENTS_FILE
+from ftwatch.exporters.cli import add_metrics_arguments, start_metrics, stop_metrics
 from ftwatch.follow import follow_headless, record_vanished_worker
 from ftwatch.probe_paths import new_run_dir
 from ftwatch.report import summary_text
 from ftwatch.sources import LogFollower, WorkerHandle
 from ftwatch.state import RunState
+
+if TYPE_CHECKING:
+    from ftwatch.config import Config
+    from ftwatch.exporters.prometheus import MetricsServer
 
 HELP = "start a LoRA fine-tune from a TOML config and watch its memory"
 
@@ -43,11 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detach", action="store_true", help="start training without a viewer and print its PID")
     parser.add_argument("--strict", action="store_true",
                         help="refuse to start when the pre-flight estimate says the run will not fit")
+    add_metrics_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     """Validate the config, start the worker, and follow it until it ends (or the user detaches)."""
     cfg = load_config(args.config)
+    metrics = start_metrics(args, "run")  # bound before training starts: a busy port costs nothing
+    try:
+        return _run(args, cfg, metrics)
+    finally:
+        stop_metrics(metrics, args)
+
+
+def _run(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None) -> int:
     run_dir = new_run_dir(cfg.monitor.log_dir, cfg.name)
     shutil.copyfile(cfg.path, run_dir / "config.toml")
     handle = start_worker(cfg.path, run_dir, strict=args.strict)
@@ -58,9 +72,12 @@ def main(args: argparse.Namespace) -> int:
     if not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty():
         dashboard = _load_dashboard()
         if dashboard is not None:
+            if metrics is not None:  # the dashboard folds its own state: the exporter follows the log
+                metrics.follow(run_dir / EVENTS_FILE)
             return _watch_in_dashboard(dashboard, run_dir, handle, cfg.name)
     out = sys.stderr if args.json else sys.stdout
-    state, stats = follow_headless(run_dir, handle, out, every=cfg.monitor.print_every)
+    state, stats = follow_headless(run_dir, handle, out, every=cfg.monitor.print_every,
+                                   publish=metrics.publish if metrics is not None else None)
     if _is_config_error(state):
         print(f"ftwatch run: {state.exit['message']}", file=sys.stderr)
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -3,11 +3,14 @@
     trainer = Trainer(..., callbacks=[FtwatchCallback()])
 
 Run the script as usual; watch it with ``ftwatch attach`` or replay ``ftwatch-runs/<name>-<time>``.
+``FtwatchCallback(metrics_port=9400)`` also serves Prometheus metrics from the training process.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from typing import Any
 
 from transformers import TrainerCallback
@@ -22,28 +25,63 @@ class FtwatchCallback(TrainerCallback):
     cover loading); otherwise a probe is created when the Trainer is built, under ``log_dir``.
     ``stop_requested`` is polled at each step end: when it returns true the Trainer stops at that
     step boundary.
+
+    ``metrics_port`` serves Prometheus metrics of the run from this process (on ``metrics_addr``,
+    default ``127.0.0.1``) until it exits, read from the probe's own run log; under ``torchrun``
+    each rank serves ``metrics_port + LOCAL_RANK`` (0: a free port). A port that cannot be opened
+    is reported (a warning and a ``no_metrics`` note in the log), never fatal to training.
     """
 
     def __init__(self, probe: Probe | None = None, *, name: str | None = None,
                  log_dir: str | os.PathLike[str] | None = None, sample_hz: float = 10.0,
                  budget: int | None = None, track_activations: bool = True,
-                 stop_requested: Any = None) -> None:
+                 stop_requested: Any = None, metrics_port: int | None = None,
+                 metrics_addr: str = "127.0.0.1") -> None:
         self.probe = probe
         self._own_probe = probe is None
         self._probe_kwargs = {"name": name, "log_dir": log_dir, "sample_hz": sample_hz, "budget": budget,
                               "track_activations": track_activations}
         self.stop_requested = stop_requested
+        self.metrics_port = metrics_port
+        self.metrics_addr = metrics_addr
+        #: The Prometheus endpoint once serving (``ftwatch.exporters.prometheus.MetricsServer``).
+        self.metrics_server: Any = None
+        self._metrics_tried = False
 
     def _ensure_probe(self) -> Probe:
         if self.probe is None:
             self.probe = Probe.for_script(**self._probe_kwargs)
+        self._ensure_metrics(self.probe)
         return self.probe
+
+    def _ensure_metrics(self, probe: Probe) -> None:
+        """Start the metrics endpoint on the probe's run log, once (the exporter loads only here)."""
+        if self.metrics_port is None or self._metrics_tried:
+            return
+        self._metrics_tried = True
+        from ftwatch.events import EVENTS_FILE
+        from ftwatch.exporters.prometheus import MetricsServer, MetricsServerError
+
+        port = int(self.metrics_port)
+        if port:
+            port += int(os.environ.get("LOCAL_RANK", 0) or 0)
+        try:
+            self.metrics_server = MetricsServer(probe.run_dir / EVENTS_FILE, self.metrics_addr, port).start()
+        except MetricsServerError as exc:
+            probe.note("no_metrics", str(exc))
+            warnings.warn(f"ftwatch: {exc}; training goes on without the metrics endpoint", stacklevel=2)
+            return
+        message = f"serving Prometheus metrics on {self.metrics_server.url}"
+        probe.note("metrics", message)
+        print(f"ftwatch: {message}", file=sys.stderr, flush=True)
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """A user's script: start measuring as soon as the Trainer exists."""
         if self._own_probe:
             probe = self._ensure_probe()
             probe.phase("preparing_trainer")
+        elif self.probe is not None:
+            self._ensure_metrics(self.probe)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
