@@ -73,8 +73,7 @@ class EventWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._lock = threading.Lock()
         self._closed = False
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -84,11 +83,13 @@ class EventWriter:
         into the caller). Never raises on a closed writer (late sampler ticks are dropped)."""
         record = make_event(kind, fields)
         line = encode_event(record)
+        data = line.encode("utf-8")
         with self._lock:
             if self._closed:
                 return
-            self._file.write(line)
-            self._file.flush()
+            while data:  # one write(2) per event: in the kernel at once, whole lines only
+                written = os.write(self._fd, data)
+                data = data[written:]
         for listener in self.listeners:
             with contextlib.suppress(Exception):
                 listener(record)
@@ -98,10 +99,9 @@ class EventWriter:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._file.flush()
                 with contextlib.suppress(OSError):
-                    os.fsync(self._file.fileno())
-                self._file.close()
+                    os.fsync(self._fd)
+                os.close(self._fd)
 
 
 _raw_decode = json.JSONDecoder().raw_decode
@@ -136,26 +136,33 @@ class EventDecoder:
 
     def feed(self, chunk: str) -> list[dict[str, Any]]:
         """Decode the complete lines in ``chunk`` (plus any partial line kept from before)."""
+        return list(self.iter_feed(chunk))
+
+    def iter_feed(self, chunk: str) -> Iterator[dict[str, Any]]:
+        """Like :meth:`feed`, one event at a time (a big chunk's events are never all alive at once,
+        which keeps the garbage collector out of long reads)."""
         data = self._partial + chunk
         lines = data.split("\n")
         self._partial = lines.pop()
-        out: list[dict[str, Any]] = []
+        decode = self.decode_line
         for line in lines:
-            event = self.decode_line(line)
+            event = decode(line)
             if event is not None:
-                out.append(event)
-        return out
+                yield event
 
     def finish(self) -> list[dict[str, Any]]:
         """Decode what is left at the end of a finished log (a last line without newline)."""
         rest, self._partial = self._partial, ""
         if not rest.strip():
             return []
+        corrupt_before = self.stats.corrupt_lines
         event = self.decode_line(rest)
-        if event is None:
+        if event is None and self.stats.corrupt_lines > corrupt_before:
             # A killed writer leaves a cut line: report it as such rather than as corruption.
             self.stats.corrupt_lines -= 1
             self.stats.truncated_tail = True
+            return []
+        if event is None:  # a whole event of an unknown kind, just without its newline
             return []
         return [event]
 
@@ -219,5 +226,5 @@ def read_events(path: str | os.PathLike[str], decoder: EventDecoder | None = Non
             chunk = handle.read(1 << 20)
             if not chunk:
                 break
-            yield from decoder.feed(chunk)
+            yield from decoder.iter_feed(chunk)
     yield from decoder.finish()

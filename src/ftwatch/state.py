@@ -82,10 +82,9 @@ class Timeline:
 def _merge(a: TimelinePoint, b: TimelinePoint) -> TimelinePoint:
     keep = b if b.used >= a.used else a
     ca, cb = a.categories, b.categories
-    if ca is cb or ca == cb:  # points between two snapshots share one breakdown: nothing to merge
-        cats = cb
-    else:
-        cats = {k: max(ca.get(k, 0), cb.get(k, 0)) for k in ca.keys() | cb.keys()}
+    # Points between two snapshots share one breakdown: nothing to merge.
+    same = ca is cb or ca == cb
+    cats = cb if same else {k: max(ca.get(k, 0), cb.get(k, 0)) for k in ca.keys() | cb.keys()}
     return TimelinePoint(t=keep.t, step=b.step if b.step is not None else a.step, used=keep.used, categories=cats)
 
 

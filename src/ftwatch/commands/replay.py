@@ -1,30 +1,78 @@
-"""``ftwatch replay LOG``: a recorded run, in the dashboard or as a headless report.
+"""``ftwatch replay LOG``: a recorded run, in the dashboard or as a headless report, CSV or chart.
 
 LOG is an ``events.jsonl`` (or ``.jsonl.gz``) or a run directory. Corrupt lines and events of
 unknown kinds are skipped and counted; a log cut mid-line (a killed process) is read up to the cut.
+
+On a terminal the run plays in the dashboard (:mod:`ftwatch.tui.replay`); ``--speed`` sets how
+fast: ``max`` (the default) opens at the end, which is what the morning after a run needs (the
+outcome, the peaks, the whole timeline, the post-mortem); ``home`` and ``space`` then play it from
+the start at the ``auto`` rate (the whole run in about a minute), ``+``/``-`` change the rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
+import shutil
 import sys
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
-from ftwatch.events import EventDecoder, SchemaVersionError, read_events, resolve_log_path
+from ftwatch.events import (
+    CATEGORIES,
+    TENSOR_CATEGORIES,
+    EventDecoder,
+    ReadStats,
+    SchemaVersionError,
+    read_events,
+    resolve_log_path,
+)
 from ftwatch.report import summary_text
 from ftwatch.state import RunState
 
 HELP = "replay a recorded run log (events.jsonl or its run directory)"
+
+#: ``--csv`` columns: where the run stands, the breakdown then, and the sample's device figures.
+CSV_COLUMNS: tuple[str, ...] = ("t", "elapsed", "phase", "step", *TENSOR_CATEGORIES, "rss", "allocated",
+                                "reserved", "nvml_used", "nvml_process")
+#: ``--plot`` size when the output is not a terminal (and COLUMNS/LINES are not set).
+PLOT_DEFAULT_SIZE = (100, 30)
+PLOT_MAX_HEIGHT = 30
+UNITS = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1))
+
+
+class LogUnreadable(Exception):
+    """The log cannot be replayed (no events, unreadable): one line for the user, exit code 2."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ftwatch replay``."""
     parser.add_argument("log", help="events.jsonl, events.jsonl.gz, or a run directory")
     parser.add_argument("--headless", action="store_true", help="print the report instead of the dashboard")
-    parser.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
+    output.add_argument("--csv", action="store_true",
+                        help="print the time series as CSV: one row per device sample, with the breakdown then")
+    output.add_argument("--plot", action="store_true", help="print a chart of the categories over the run")
+    parser.add_argument("--speed", type=_speed, default="max", metavar="N|auto|max",
+                        help="dashboard: run seconds per second (1 = as it happened), auto (the whole run "
+                             "in about a minute) or max (open at the end; the default)")
 
 
-def load_state(log: str) -> tuple[RunState, EventDecoder]:
+def _speed(text: str) -> float | str:
+    from ftwatch.tui.replay import parse_speed  # no textual: the dashboard loads only when shown
+
+    try:
+        return parse_speed(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--speed takes ")) from None
+
+
+def load_state(log: str | os.PathLike[str]) -> tuple[RunState, EventDecoder]:
     """Fold a whole log into a run state; raise ``FileNotFoundError``/``SchemaVersionError`` clearly."""
     path = resolve_log_path(log)
     decoder = EventDecoder()
@@ -35,36 +83,207 @@ def load_state(log: str) -> tuple[RunState, EventDecoder]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print the report (or JSON summary) of a recorded run, or show it in the dashboard."""
+    """Print the report (JSON summary, CSV, chart) of a recorded run, or show it in the dashboard."""
     try:
-        state, decoder = load_state(args.log)
+        path = resolve_log_path(args.log)
+        if args.csv:
+            return print_csv(path, sys.stdout)
+        if args.plot:
+            return print_plot(path, sys.stdout)
+        if not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty():
+            first = first_event(path)
+            if _show_dashboard(path, args.speed, first):
+                return 0
+        return print_report(path, args.json, sys.stdout)
     except SchemaVersionError as exc:
-        print(f"ftwatch replay: {args.log}: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(f"{args.log}: {exc}")
     except IsADirectoryError:
-        print(f"ftwatch replay: {args.log} is a directory without events.jsonl", file=sys.stderr)
-        return 2
-    if decoder.stats.events == 0:
-        print(f"ftwatch replay: {args.log}: no events in this log "
-              f"({decoder.stats.corrupt_lines} corrupt lines)", file=sys.stderr)
-        return 2
-    if not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty():
-        try:
-            from ftwatch.tui.app import run_dashboard
-        except ImportError:
-            pass
-        else:
-            run_dashboard(resolve_log_path(args.log), None, title=state.header.get("name"))
-            return 0
+        return _usage_error(f"{args.log} is a directory without events.jsonl")
+    except (FileNotFoundError, BrokenPipeError):
+        raise  # the command line prints the first as one line, and ends quietly on the second
+    except LogUnreadable as exc:
+        return _usage_error(f"{args.log}: {exc}")
+    except (OSError, EOFError, zlib.error) as exc:  # unreadable, or a damaged .gz
+        return _usage_error(f"{args.log}: cannot read it: {exc}")
+
+
+def _usage_error(message: str) -> int:
+    print(f"ftwatch replay: {message}", file=sys.stderr)
+    return 2
+
+
+def no_events_message(stats: ReadStats) -> str:
+    """Why a log gave nothing to replay."""
+    if not (stats.corrupt_lines or stats.unknown_kinds or stats.truncated_tail):
+        return "the log is empty: no events in it"
+    return (f"no events in this log ({stats.corrupt_lines} corrupt lines, {stats.unknown_kinds} events of "
+            f"unknown kinds" + (", a cut last line" if stats.truncated_tail else "") + ")")
+
+
+def first_event(path: Path) -> dict[str, Any]:
+    """The log's first event (checks the schema version); raises :class:`LogUnreadable` if none."""
+    decoder = EventDecoder()
+    for event in read_events(path, decoder):
+        return event
+    raise LogUnreadable(no_events_message(decoder.stats))
+
+
+def _show_dashboard(path: Path, speed: float | str, first: dict[str, Any]) -> bool:
+    try:
+        from ftwatch.tui.app import run_dashboard
+        from ftwatch.tui.replay import ReplayFeed
+    except ImportError:
+        return False
+    title = first.get("name") if first.get("kind") == "header" else None
+    run_dashboard(path, None, title=title, feed=ReplayFeed(path, speed))
+    return True
+
+
+# -- the report ---------------------------------------------------------------------------------
+def print_report(path: Path, as_json: bool, out: Any) -> int:
+    """The text report, or the summary as JSON with what the reader skipped under ``log``."""
+    state, decoder = load_state(path)
+    stats = decoder.stats
+    if stats.events == 0:
+        raise LogUnreadable(no_events_message(stats))
     if state.exit is None:
         state.notes.append({"code": "no_exit", "message": "the log ends without an exit event "
                                                           "(the process was killed, or is still running)"})
-    if args.json:
+    if as_json:
         summary = state.summary()
-        summary["log"] = {"events": decoder.stats.events, "corrupt_lines": decoder.stats.corrupt_lines,
-                          "unknown_kinds": decoder.stats.unknown_kinds,
-                          "truncated_tail": decoder.stats.truncated_tail}
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        summary["log"] = {"events": stats.events, "corrupt_lines": stats.corrupt_lines,
+                          "unknown_kinds": stats.unknown_kinds, "truncated_tail": stats.truncated_tail,
+                          "unknown_kind_names": sorted(stats.unknown_kind_names)}
+        out.write(json.dumps(summary, indent=2) + "\n")
     else:
-        sys.stdout.write(summary_text(state, decoder.stats))
+        out.write(summary_text(state, stats))
+        if stats.unknown_kind_names:
+            out.write(f"log: unknown kinds (from a newer ftwatch?): {', '.join(sorted(stats.unknown_kind_names))}\n")
     return 0
+
+
+# -- CSV ----------------------------------------------------------------------------------------
+def csv_rows(events: Iterable[dict[str, Any]]) -> Iterator[list[Any]]:
+    """One row per ``sample`` event (see :data:`CSV_COLUMNS`); unknown figures are ``None``.
+
+    The categories are the latest snapshot's (the breakdown at that time), ``step`` the last
+    training step completed (``None`` before the first), ``elapsed`` seconds since the first event.
+    """
+    first_t: float | None = None
+    categories: dict[str, Any] = {}
+    step: int | None = None
+    phase: str | None = None
+    for event in events:
+        t = float(event["t"])
+        if first_t is None:
+            first_t = t
+        kind = event["kind"]
+        if kind == "sample":
+            cuda = event.get("cuda") or {}
+            nvml = event.get("nvml") or {}
+            yield [event["t"], round(t - first_t, 4), event.get("phase") or phase, step,
+                   *(categories.get(c) for c in TENSOR_CATEGORIES), event.get("rss"), cuda.get("allocated"),
+                   cuda.get("reserved"), nvml.get("used"), nvml.get("process")]
+        elif kind == "snapshot":
+            categories = event.get("categories") or {}
+            if event.get("step") is not None:
+                step = int(event["step"])
+        elif kind == "phase":
+            phase = event.get("name")
+
+
+def print_csv(path: Path, out: Any) -> int:
+    """Write the time series as CSV (streamed: any length of log in constant memory)."""
+    decoder = EventDecoder()
+    writer = csv.writer(out, lineterminator="\n")
+    events = read_events(path, decoder)
+    first = next(events, None)
+    if first is None:
+        raise LogUnreadable(no_events_message(decoder.stats))
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(csv_rows(_chain(first, events)))
+    return 0
+
+
+def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    yield first
+    yield from rest
+
+
+# -- the chart ----------------------------------------------------------------------------------
+def plot_size(out: Any) -> tuple[int, int]:
+    """Width and height of the chart: the terminal's (COLUMNS/LINES win), else a default."""
+    columns, lines = shutil.get_terminal_size(PLOT_DEFAULT_SIZE)
+    if not _isatty(out) and "COLUMNS" not in os.environ:
+        columns = PLOT_DEFAULT_SIZE[0]
+    if not _isatty(out) and "LINES" not in os.environ:
+        lines = PLOT_DEFAULT_SIZE[1]
+    return max(columns, 40), max(min(lines - 2, PLOT_MAX_HEIGHT), 12)
+
+
+def _isatty(out: Any) -> bool:
+    try:
+        return bool(out.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def print_plot(path: Path, out: Any) -> int:
+    """Print a chart of the process's memory and each category over the run."""
+    state, decoder = load_state(path)
+    if decoder.stats.events == 0:
+        raise LogUnreadable(no_events_message(decoder.stats))
+    width, height = plot_size(out)
+    colour = _isatty(out) and not os.environ.get("NO_COLOR")
+    out.write(plot_text(state, width, height, colour) + "\n")
+    return 0
+
+
+def plot_lines(state: RunState) -> tuple[list[float], dict[str, list[int]]]:
+    """Seconds since the start, and bytes per line: ``process`` then each category that is ever
+    above zero (``free`` left out), from the state's bounded timeline (peaks survive)."""
+    points = state.timeline.all_points()
+    t0 = state.first_t if state.first_t is not None else (points[0].t if points else 0.0)
+    xs = [p.t - t0 for p in points]
+    lines: dict[str, list[int]] = {"process": [p.used for p in points]}
+    for name in CATEGORIES:
+        if name != "free" and any(p.categories.get(name) for p in points):
+            lines[name] = [int(p.categories.get(name) or 0) for p in points]
+    return xs, lines
+
+
+def plot_text(state: RunState, width: int, height: int, colour: bool) -> str:
+    """The chart as text, ``width`` x ``height`` cells (ANSI colours only when ``colour``)."""
+    import plotext as plt
+
+    from ftwatch.tui.palette import LOOKS
+
+    xs, lines = plot_lines(state)
+    if len(xs) < 2:
+        return f"ftwatch replay: only {len(xs)} memory samples in this log: nothing to draw"
+    span = max(xs[-1], 1e-9)
+    x_div, x_unit = (1.0, "s") if span < 180 else ((60.0, "min") if span < 3 * 3600 else (3600.0, "h"))
+    top = max(max(values) for values in lines.values())
+    y_unit, y_div = next(((n, d) for n, d in UNITS if top >= d), UNITS[-1])
+    markers = iter(("•", "x", "+", "o", "*", "#", "=", ":", "~", "%", "@"))
+    plt.clear_figure()
+    plt.limitsize(False, False)  # our size, not plotext's guess of the terminal's
+    plt.plotsize(width, height)
+    plt.theme("pro" if colour else "clear")
+    for name, values in lines.items():
+        look = LOOKS.get(name)
+        label = "process" if look is None else look.label
+        rgb = _rgb(look.colour) if look is not None else (228, 228, 228)
+        plt.plot([x / x_div for x in xs], [v / y_div for v in values], label=label,
+                 marker="hd" if colour else next(markers, "."), color=rgb if colour else "default")
+    status = state.exit["status"] if state.exit else "no exit event"
+    plt.title(f"{state.header.get('name') or 'run'}: memory over the run ({status}, {state.step} steps)")
+    plt.xlabel(f"time ({x_unit})")
+    plt.ylabel(y_unit)
+    text = plt.build()
+    return text if colour else plt.uncolorize(text)
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    value = hex_colour.lstrip("#")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)

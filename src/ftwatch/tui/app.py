@@ -2,13 +2,15 @@
 
 :func:`run_dashboard` is what the command line calls; :class:`FtwatchApp` is the app (tests drive
 it with ``App.run_test()``). A background thread (:class:`~ftwatch.tui.feed.RunFeed`) reads the
-files and folds the events; a timer redraws at most ``render_hz`` times a second, and only what
-changed. Nothing here can slow the training: the training process only appends to its log.
+files and folds the events (for a replay, :class:`~ftwatch.tui.replay.ReplayFeed` releases them by
+their time instead); a timer redraws at most ``render_hz`` times a second, and only what changed.
+Nothing here can slow the training: the training process only appends to its log.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -23,9 +25,11 @@ from ftwatch.sources import WorkerHandle
 from ftwatch.tui import fmt
 from ftwatch.tui.breakdown import Breakdown, compute_breakdown
 from ftwatch.tui.feed import WORKER_LOG, RunFeed, RunView
+from ftwatch.tui.replay import ReplayFeed
 from ftwatch.tui.screens import ConfirmStopScreen, HelpScreen, QuitScreen, TerminateScreen
 from ftwatch.tui.widgets.alerts import AlertsPanel, alerts_text
 from ftwatch.tui.widgets.membar import Legend, MemoryBar, ZoomBar
+from ftwatch.tui.widgets.outside import outside_notice
 from ftwatch.tui.widgets.phases import PhaseStrip, phase_cells
 from ftwatch.tui.widgets.status import StatusLine, status_lines
 from ftwatch.tui.widgets.timeline import TimelinePlot, build_series, legend_text
@@ -33,13 +37,17 @@ from ftwatch.tui.widgets.worklog import WorkerLog
 
 #: How ``run_dashboard`` can end.
 ENDINGS = ("stopped", "detached", "quit")
+#: The keys of a replay (hidden on a live run).
+REPLAY_ACTIONS = ("play_pause", "step", "jump", "rate")
 
 TALL_FROM = 32
 WIDE_FROM = 110
 
 
 class FtwatchApp(App[str]):
-    """The dashboard of one run. ``handle`` is None for the replay of a finished log."""
+    """The dashboard of one run. ``handle`` is None for the replay of a finished log (``feed`` is
+    then a :class:`~ftwatch.tui.replay.ReplayFeed`, which adds the replay's keys) and for a process
+    watched from outside (``attach PID`` without a probe: the no-breakdown view)."""
 
     CSS_PATH = "app.tcss"
     ENABLE_COMMAND_PALETTE = False
@@ -49,6 +57,14 @@ class FtwatchApp(App[str]):
         Binding("d", "detach", "Detach"),
         Binding("k", "stop_training", "Stop training"),
         Binding("space", "toggle_pause", "Pause"),
+        # A replay's keys; priority over the warnings panel's scrolling (only in a replay).
+        Binding("space", "play_pause", "Play/pause"),
+        Binding("left", "step(-1)", "Back", priority=True),
+        Binding("right", "step(1)", "Step", priority=True),
+        Binding("home", "jump('start')", "Start", priority=True, show=False),
+        Binding("end", "jump('end')", "End", priority=True, show=False),
+        Binding("plus,equals_sign", "rate(1)", "Faster", show=False),
+        Binding("minus", "rate(-1)", "Slower", show=False),
         Binding("l", "toggle_log", "Log"),
         Binding("s", "screenshot", "Screenshot"),
         Binding("question_mark", "help", "Help"),
@@ -65,6 +81,8 @@ class FtwatchApp(App[str]):
         if title:
             self.title = f"ftwatch: {title}"
         self.feed = feed or RunFeed(self.log_path, handle)
+        self.replay = isinstance(self.feed, ReplayFeed)
+        self._plot_after: int | None = None
         self.render_interval = 1.0 / max(render_hz, 0.5)
         self.plot_interval = 1.0 / max(plot_hz, 0.1)
         self.paused = False
@@ -92,6 +110,7 @@ class FtwatchApp(App[str]):
             yield Legend(id="legend")
         with Vertical(id="phase-box", classes="panel"):
             yield PhaseStrip(id="phases")
+            yield Static(id="notice")
         with Horizontal(id="middle"):
             with Vertical(id="timeline-box", classes="panel"):
                 yield Static(id="timeline-legend")
@@ -111,6 +130,8 @@ class FtwatchApp(App[str]):
         self.w_legend = self.query_one(Legend)
         self.w_memory = self.query_one("#memory")
         self.w_phases = self.query_one(PhaseStrip)
+        self.w_phase_box = self.query_one("#phase-box")
+        self.w_notice = self.query_one("#notice", Static)
         self.w_alerts_box = self.query_one("#alerts-box")
         self.w_alerts = self.query_one(AlertsPanel)
         self.w_log_box = self.query_one("#log-box")
@@ -119,7 +140,7 @@ class FtwatchApp(App[str]):
         self.w_plot_legend = self.query_one("#timeline-legend", Static)
         self.main_screen = self.screen
         self.w_memory.border_title = "Memory"
-        self.query_one("#phase-box").border_title = "Phases"
+        self.w_phase_box.border_title = "Phases"
         self.query_one("#timeline-box").border_title = "Timeline"
         self.w_alerts_box.border_title = "Warnings"
         self.w_log_box.border_title = f"Worker log · {WORKER_LOG}  (l: more)"
@@ -199,6 +220,7 @@ class FtwatchApp(App[str]):
         self.w_legend.show(bd, view.peaks, mono=self.mono, max_rows=4 if tall else 3)
         _set_title(memory, escape(memory_title(view, bd)))
         status = view.exit.get("status") if view.exit else None
+        self._show_outside(view)
         self.w_phases.show(
             phase_cells(view.phases, view.phase, status, view.capacity, view.timeline[-1].t if view.timeline else None),
             rows=3 if tall else 2)
@@ -207,6 +229,8 @@ class FtwatchApp(App[str]):
         self.w_alerts.show(alerts_text(view))
         self.w_log.show(view.log_lines, view.log_version, view.log_exists)
         plot_due = now - self._last_plot >= self.plot_interval
+        if self._plot_after is not None and view.version > self._plot_after:  # a replay key: at once
+            plot_due, self._plot_after = True, None
         ended_now = view.ended and not self._ended_shown
         if (plot_due and view.version != self._plot_version) or ended_now or self._plot_width != width:
             self._draw_timeline(view, bd, width)
@@ -215,11 +239,20 @@ class FtwatchApp(App[str]):
             self._plot_width = width
             self._ended_shown = view.ended
 
+    def _show_outside(self, view: RunView) -> None:
+        """A process watched from outside: the phase strip gives way to the no-breakdown notice."""
+        external = view.external
+        if external == self.main_screen.has_class("-external"):
+            return
+        self.main_screen.set_class(external, "-external")
+        _set_title(self.w_phase_box, "Not instrumented" if external else "Phases")
+        self.w_notice.update(outside_notice(view) if external else "")
+
     def _draw_timeline(self, view: RunView, bd: Breakdown, width: int) -> None:
         plot = self.w_plot
         plot_width = plot.content_size.width or width
         series = build_series(view.timeline, view.phases, view.capacity, bd.threshold, view.is_cuda, plot_width,
-                              t0=view.header.get("t"), limit_label=bd.threshold_label)
+                              t0=view.header.get("t"), limit_label=bd.threshold_label, tensors=not view.external)
         legend = legend_text(series, view.capacity, self.mono)
         if legend != getattr(self, "_plot_legend", None):
             self._plot_legend = legend
@@ -228,9 +261,14 @@ class FtwatchApp(App[str]):
 
     # -- keys --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Hide the keys that do not apply: no stop or detach in a replay or after the end."""
+        """Hide the keys that do not apply: no stop or detach in a replay or after the end; the
+        replay's keys only in a replay."""
         if action in ("detach", "stop_training"):
             return self.live
+        if action in REPLAY_ACTIONS:
+            return self.replay
+        if action == "toggle_pause":
+            return not self.replay
         return True
 
     def _modal_open(self) -> bool:
@@ -307,6 +345,28 @@ class FtwatchApp(App[str]):
         # Pausing redraws the status line only: the rest keeps what was on screen.
         return self.view if self.view is not None else self.feed.view()
 
+    def action_play_pause(self) -> None:
+        """Replay: stop or start the replay's clock (at the end: play again from the start)."""
+        self._replay_key(lambda feed: feed.toggle_play())
+
+    def action_step(self, direction: int) -> None:
+        """Replay: pause at the end of the next or the previous training step."""
+        self._replay_key(lambda feed: feed.step(direction))
+
+    def action_jump(self, where: str) -> None:
+        """Replay: pause at the start of the run, or go to its end."""
+        self._replay_key(lambda feed: feed.jump(where))
+
+    def action_rate(self, direction: int) -> None:
+        """Replay: play faster or slower."""
+        self._replay_key(lambda feed: feed.change_rate(direction))
+
+    def _replay_key(self, command: Callable[[ReplayFeed], None]) -> None:
+        if self._modal_open() or not isinstance(self.feed, ReplayFeed):
+            return
+        self._plot_after = self.feed.version  # redraw the timeline as soon as the feed has moved
+        command(self.feed)
+
     def action_toggle_log(self) -> None:
         """Give the worker's output most of the screen, or shrink it back."""
         self.main_screen.toggle_class("-log-open")
@@ -329,7 +389,7 @@ class FtwatchApp(App[str]):
     def action_help(self) -> None:
         """Show the keys and what the colours mean."""
         if not self._modal_open():
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(replay=self.replay))
 
 
 def _set_title(widget: Widget, title: str) -> None:
@@ -343,7 +403,7 @@ def memory_title(view: RunView, bd: Breakdown) -> str:
     if not bd.parts:
         return "Memory"
     where = {"snapshot": f"step {view.step}" if view.phase == "training" else "phase end",
-             "live": "live", "oom": "at the failure"}.get(bd.source, "")
+             "live": "live", "oom": "at the failure", "outside": "no breakdown"}.get(bd.source, "")
     device = view.device
     if view.is_cuda:
         free = next((p.bytes for p in bd.parts if p.name == "free"), None)
@@ -353,7 +413,9 @@ def memory_title(view: RunView, bd: Breakdown) -> str:
             head += f" · free {fmt.size(free)}"
     else:
         head = f"Memory · RSS {fmt.size(bd.used)} of {fmt.size(bd.scale)} {bd.capacity_label}"
-        head += f" ({fmt.share(bd.share(bd.used))}) · tensors {fmt.size(bd.tensor_total)}"
+        head += f" ({fmt.share(bd.share(bd.used))})"
+        if bd.source != "outside":
+            head += f" · tensors {fmt.size(bd.tensor_total)}"
     return f"{head} · {where}" if where else head
 
 
@@ -367,15 +429,17 @@ def alerts_title(view: RunView) -> str:
     return f"Warnings ({len(view.warnings)})" if view.warnings else "Warnings"
 
 
-def run_dashboard(log_path: Path, handle: WorkerHandle | None, *, title: str | None = None) -> str:
+def run_dashboard(log_path: Path, handle: WorkerHandle | None, *, title: str | None = None,
+                  feed: RunFeed | None = None) -> str:
     """Run the dashboard in this terminal until the user leaves; returns how it ended.
 
     ``"stopped"``: the user asked to stop the training (the worker is gone or was signalled);
     ``"detached"``: the user left and the training goes on; ``"quit"``: the worker had already
     ended (or this was a replay) and the user quit. A dashboard that dies for any other reason
-    never stops the training: it reports ``"detached"`` while the worker still runs.
+    never stops the training: it reports ``"detached"`` while the worker still runs. ``feed``
+    replaces the default reader (a :class:`~ftwatch.tui.replay.ReplayFeed` plays a recorded log).
     """
-    app = FtwatchApp(log_path, handle, title=title)
+    app = FtwatchApp(log_path, handle, title=title, feed=feed)
     result: str | None
     try:
         result = app.run()

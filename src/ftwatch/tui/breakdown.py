@@ -18,7 +18,7 @@ from typing import Any
 
 from ftwatch.categories import derive_device_categories, process_total
 from ftwatch.events import CATEGORIES, TENSOR_CATEGORIES
-from ftwatch.tui.palette import PROCESS_REST
+from ftwatch.tui.palette import OUTSIDE, PROCESS_REST
 
 try:  # the marker sits where the forecaster starts to warn
     from ftwatch.analysis.forecast import WATCH_ENTER_HEADROOM as _HEADROOM
@@ -116,6 +116,8 @@ def _ordered(categories: dict[str, Any]) -> list[Part]:
 
 def compute_breakdown(view: Any) -> Breakdown:
     """The bar for the run as ``view`` (a :class:`~ftwatch.tui.feed.RunView`) last saw it."""
+    if view.header.get("external"):
+        return _set_threshold(outside_breakdown(view), view)
     device = view.device
     capacity = view.capacity
     snapshot = view.snapshot or {}
@@ -158,11 +160,48 @@ def compute_breakdown(view: Any) -> Breakdown:
         out.peak = max(view.peak_rss or 0, view.peak_total or 0) or None
         out.scale = max(capacity or 0, out.used or 0)
         out.capacity_label = "budget" if device.get("capacity_source") == "budget" else "RAM"
+    return _set_threshold(out, view)
+
+
+def _set_threshold(out: Breakdown, view: Any) -> Breakdown:
+    """The marker: the budget when one is set below the scale, else the warning share of the scale."""
     budget = view.header.get("budget")
     if budget and (out.scale == 0 or int(budget) < out.scale):
         out.threshold, out.threshold_label = int(budget), "budget"
     elif out.scale > 0:
         out.threshold, out.threshold_label = int(out.scale * WARN_FRACTION), f"{round(WARN_FRACTION * 100)}%"
+    return out
+
+
+def outside_breakdown(view: Any) -> Breakdown:
+    """A process watched from outside (no probe in it): what it holds as one part, never split.
+
+    CUDA: its NVML usage, then the other processes and what is free; CPU: its resident memory.
+    """
+    sample = view.sample or {}
+    device = view.device
+    out = Breakdown(source="outside")
+    if view.is_cuda:
+        nvml = sample.get("nvml") or {}
+        process, used = nvml.get("process"), nvml.get("used")
+        total = nvml.get("total") or view.capacity
+        if process is not None:
+            out.parts.append(Part(OUTSIDE, int(process)))
+            out.used = int(process)
+        if used is not None and process is not None:
+            out.parts.append(Part("other_processes", max(int(used) - int(process), 0)))
+        if used is not None and total:
+            out.parts.append(Part("free", max(int(total) - int(used), 0)))
+        out.peak = view.peak_total or None
+        out.capacity_label = f"GPU {device.get('index', 0)}"
+    else:
+        rss = sample.get("rss")
+        if rss is not None:
+            out.parts.append(Part(OUTSIDE, int(rss)))
+            out.used = int(rss)
+        out.peak = view.peak_rss or None
+        out.capacity_label = "budget" if device.get("capacity_source") == "budget" else "RAM"
+    out.scale = max(view.capacity or 0, sum(p.bytes for p in out.parts))
     return out
 
 

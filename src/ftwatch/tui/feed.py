@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftwatch.events import SchemaVersionError
+from ftwatch.events import ReadStats, SchemaVersionError
 from ftwatch.sources import LogFollower, WorkerHandle
 from ftwatch.state import PhaseRecord, RunState, TimelinePoint
 
@@ -111,6 +111,21 @@ class TextTail:
             self._handle = None
 
 
+@dataclass(frozen=True)
+class ReplayInfo:
+    """Where a replay stands (see :mod:`ftwatch.tui.replay`); ``None`` on a live view."""
+
+    playing: bool
+    rate: float | None  # run seconds per second of playback; None while still unknown
+    position: int  # events shown so far
+    total: int | None  # events in the log, once it has been read to its end
+    loaded: float  # share of the log read so far (0..1)
+    run_seconds: float  # where the replay stands, from the start of the run
+    duration: float | None  # the whole recording, when known
+    at_end: bool
+    loading: bool = False  # the screen follows the log as it is read, up to its end (``--speed max``)
+
+
 @dataclass
 class RunView:
     """A consistent copy of what the screen shows, taken under the feed's lock."""
@@ -148,6 +163,7 @@ class RunView:
     error: str | None
     summary: dict[str, Any] | None
     skipped: dict[str, int] = field(default_factory=dict)
+    replay: ReplayInfo | None = None
 
     @property
     def status(self) -> str:
@@ -165,6 +181,11 @@ class RunView:
     def ended(self) -> bool:
         """True once the run has an exit (written by the worker, or recorded by this viewer)."""
         return self.exit is not None
+
+    @property
+    def external(self) -> bool:
+        """True for a process watched from outside (``attach PID`` without a probe): no breakdown."""
+        return bool(self.header.get("external"))
 
 
 class RunFeed:
@@ -269,8 +290,8 @@ class RunFeed:
         if self.state.exit is not None or self._finished_reading:
             return
         if self.handle is None:
-            if had_events or not self.log_path.exists():
-                return
+            if had_events or not self.log_path.exists() or self.state.header.get("external"):
+                return  # an outside view's log grows until its watcher writes the exit
             self._finish("the log ends without an exit event: the training process was killed")
             return
         if now < self._next_alive_check:
@@ -313,11 +334,19 @@ class RunFeed:
                     self.stop_requested_at = time.monotonic()
                 self.version += 1
 
+    def read_stats(self) -> ReadStats:
+        """What the reader skipped so far (corrupt lines, unknown kinds)."""
+        return self.follower.decoder.stats
+
+    def replay_info(self) -> ReplayInfo | None:
+        """Where a replay stands; a live feed has none."""
+        return None
+
     def view(self, log_lines: int = 200) -> RunView:
         """A consistent copy of the state for one render."""
         with self.lock:
             s = self.state
-            stats = self.follower.decoder.stats
+            stats = self.read_stats()
             return RunView(
                 version=self.version,
                 header=s.header,
@@ -352,4 +381,5 @@ class RunFeed:
                 error=self.error,
                 summary=s.summary() if s.exit is not None else None,
                 skipped={"corrupt": stats.corrupt_lines, "unknown": stats.unknown_kinds},
+                replay=self.replay_info(),
             )

@@ -24,6 +24,8 @@ class CategoryLook:
 
 #: Pseudo-category of a CPU run: the process's resident memory beyond the measured tensors.
 PROCESS_REST = "process_rest"
+#: Pseudo-category of a process watched from outside (``attach PID`` without a probe): all it holds.
+OUTSIDE = "outside"
 
 LOOKS: dict[str, CategoryLook] = {
     "weights": CategoryLook("#5f87af", "#000000", "█", "weights"),
@@ -37,6 +39,7 @@ LOOKS: dict[str, CategoryLook] = {
     "other_processes": CategoryLook("#875f87", "#ffffff", "x", "other procs"),
     "free": CategoryLook("#303030", "#9e9e9e", "·", "free"),
     PROCESS_REST: CategoryLook("#585858", "#ffffff", "-", "rest of RSS"),
+    OUTSIDE: CategoryLook("#8a8a8a", "#000000", "%", "process (no breakdown)"),
 }
 assert all(name in LOOKS for name in CATEGORIES)
 
@@ -56,6 +59,7 @@ MEANINGS: dict[str, str] = {
     "other_processes": "other processes on the same device",
     "free": "what is left on the device",
     PROCESS_REST: "CPU run: resident memory beyond the tensors",
+    OUTSIDE: "a process watched from outside: all it holds, not split",
 }
 
 DANGER = "#ff5f5f"

@@ -24,6 +24,18 @@ KEYS = [
     ("?", "this help (↑↓ scroll, esc closes)"),
 ]
 
+#: A replay's keys (space, stop and detach mean something else there).
+REPLAY_KEYS = [
+    ("q", "quit"),
+    ("space", "play / pause the replay (at the end: again from the start)"),
+    ("→ ←", "pause at the end of the next / previous training step"),
+    ("home", "the start of the run;  end: its end"),
+    ("+ -", "play faster / slower"),
+    ("l", "more or less of the worker's output"),
+    ("s", "save an SVG screenshot in the run directory"),
+    ("?", "this help (↑↓ scroll, esc closes)"),
+]
+
 
 class QuitScreen(ModalScreen[str | None]):
     """The training is still running: stop it, leave it running, or stay."""
@@ -113,11 +125,11 @@ class TerminateScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-def help_text(mono: bool = False) -> Text:
-    """The keys and what the bar's colours mean."""
+def help_text(mono: bool = False, replay: bool = False) -> Text:
+    """The keys (a live run's, or a replay's) and what the bar's colours mean."""
     text = Text()
     text.append("Keys\n", Style(bold=True))
-    for key, meaning in KEYS:
+    for key, meaning in REPLAY_KEYS if replay else KEYS:
         text.append(f" {key:>5} ", Style(reverse=True, bold=True))
         text.append(f"  {meaning}\n")
     text.append("\nThe bar, left to right\n", Style(bold=True))
@@ -142,10 +154,14 @@ class HelpScreen(ModalScreen[None]):
         Binding("q", "close", "Close", show=False),
     ]
 
+    def __init__(self, replay: bool = False) -> None:
+        super().__init__()
+        self.replay = replay
+
     def compose(self) -> ComposeResult:
         """The help text, scrollable with the arrow keys on a small terminal."""
         with VerticalScroll(id="dialog", classes="help"):
-            yield Static(help_text(self.app.no_color))
+            yield Static(help_text(self.app.no_color, replay=self.replay))
 
     def on_mount(self) -> None:
         """Focus the text so the arrow keys scroll it."""

@@ -119,6 +119,8 @@ def alerts_text(view: RunView) -> Text:
     if not view.warnings and not view.ended and view.status != "waiting":
         out.append("✔ no warnings\n", Style(color=GOOD))
     for note in view.notes:
+        if view.external and note.get("code") == "no_breakdown":
+            continue  # the notice in place of the phase strip says it, with the line to add
         out.append(f"ℹ {note.get('message', '')}\n", Style(color=DIM))
     skipped = view.skipped or {}
     if skipped.get("corrupt") or skipped.get("unknown"):

@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from ftwatch.tui import fmt
-from ftwatch.tui.feed import RunView
+from ftwatch.tui.feed import ReplayInfo, RunView
 from ftwatch.tui.palette import ACCENT, DANGER, DIM, GOOD, WATCH
 
 PHASE_LABELS = {
@@ -45,11 +45,13 @@ def badge_for(view: RunView, *, paused: bool, live: bool) -> str:
         return "paused"
     if view.ended:
         return view.status if view.status in BADGES else "failed"
+    if view.replay is not None:
+        return "replay" if view.replay.playing or view.replay.loading else "paused"
     if view.stop_requested_at is not None:
         return "stopping"
     if view.status == "waiting":
         return "waiting"
-    return "running" if live else "replay"
+    return "running" if live or view.external else "replay"
 
 
 def model_label(model: str) -> str:
@@ -73,6 +75,23 @@ def risk_text(view: RunView) -> Text | None:
     return Text(text, Style(color=DANGER if level == "danger" else WATCH, bold=True))
 
 
+def rate_text(rate: float | None) -> str:
+    """``30×``, ``0.5×``, ``3600×``."""
+    return "?×" if rate is None else f"{rate:g}×"
+
+
+def replay_text(info: ReplayInfo) -> Text:
+    """Where a replay stands: loading, playing at some rate, paused, or at the end."""
+    where = f"{fmt.duration(info.run_seconds)}/{fmt.duration(info.duration) if info.duration is not None else '?'}"
+    if info.at_end:
+        return Text("end of the log · space: play again", Style(color=ACCENT))
+    if info.loading:
+        return Text(f"reading the log {info.loaded * 100:.0f}%", Style(color=DIM))
+    if info.playing:
+        return Text(f"▶ {rate_text(info.rate)} {where}", Style(color=ACCENT, bold=True))
+    return Text(f"❚❚ {where} · space plays, ←/→ steps", Style(color=WATCH))
+
+
 def _join(pieces: list[Text], width: int, sep: str = "  ") -> Text:
     """Join pieces on one line, dropping the last ones that do not fit (they are the least important)."""
     out = Text(no_wrap=True, overflow="ellipsis")
@@ -93,6 +112,26 @@ def progress(step: int, max_steps: int | None, cells: int = 12) -> Text:
     done = min(max(step / max_steps, 0.0), 1.0)
     filled = int(done * cells + 0.5)
     return Text.assemble(("━" * filled, Style(color=ACCENT)), ("━" * (cells - filled), Style(color="#444444")))
+
+
+def progress_pieces(view: RunView) -> list[Text]:
+    """Steps with a bar, loss, speed, elapsed time and (while training) the ETA."""
+    steps = f"step {view.step}" + (f"/{view.max_steps}" if view.max_steps else "")
+    pieces = [Text.assemble((steps, Style(bold=True)), " ", progress(view.step, view.max_steps)),
+              Text(f"loss {view.loss:.4g}" if view.loss is not None else "loss –")]
+    rate = view.steps_per_second
+    if rate:
+        pieces.append(Text(f"{rate:.3g} steps/s" if rate >= 1 else f"{1 / rate:.3g} s/step"))
+    pieces.append(Text(f"elapsed {fmt.duration(view.elapsed)}"))
+    if not view.ended and rate and view.max_steps and view.phase == "training":
+        pieces.append(Text(f"ETA {fmt.duration(max(view.max_steps - view.step, 0) / rate)}"))
+    return pieces
+
+
+def outside_pieces(view: RunView) -> list[Text]:
+    """A process watched from outside has no steps and no loss: say what is seen instead."""
+    return [Text("outside view: NVML + psutil, no steps", Style(color=WATCH, bold=True)),
+            Text(f"elapsed {fmt.duration(view.elapsed)}")]
 
 
 def status_lines(view: RunView, width: int, *, paused: bool = False, live: bool = True,
@@ -123,21 +162,15 @@ def status_lines(view: RunView, width: int, *, paused: bool = False, live: bool 
     line2: list[Text] = []
     if view.error:
         line2.append(Text(view.error, Style(color=DANGER)))
+    elif view.status == "waiting" and view.replay is not None:
+        line2.append(replay_text(view.replay))
     elif view.status == "waiting":
         line2.append(Text("waiting for the run to start writing its log…", Style(color=DIM)))
     else:
-        steps = f"step {view.step}" + (f"/{view.max_steps}" if view.max_steps else "")
-        line2.append(Text.assemble((steps, Style(bold=True)), " ", progress(view.step, view.max_steps)))
-        line2.append(Text(f"loss {view.loss:.4g}" if view.loss is not None else "loss –"))
-        rate = view.steps_per_second
-        if rate:
-            line2.append(Text(f"{rate:.3g} steps/s" if rate >= 1 else f"{1 / rate:.3g} s/step"))
-        line2.append(Text(f"elapsed {fmt.duration(view.elapsed)}"))
-        if view.ended:
-            pass
-        elif rate and view.max_steps and view.phase == "training":
-            line2.append(Text(f"ETA {fmt.duration(max(view.max_steps - view.step, 0) / rate)}"))
-        if paused:
+        line2 = outside_pieces(view) if view.external else progress_pieces(view)
+        if view.replay is not None:
+            line2.insert(0, replay_text(view.replay))
+        elif paused:
             line2.insert(0, Text("display paused, training goes on (space)", Style(color=WATCH)))
         elif view.stop_requested_at is not None and not view.ended:
             waited = now - view.stop_requested_at

@@ -66,8 +66,11 @@ def downsample(points: list[TimelinePoint], buckets: int) -> list[TimelinePoint]
 
 def build_series(points: list[TimelinePoint], phases: list[PhaseRecord], capacity: int | None,
                  limit: int | None, is_cuda: bool, width: int, t0: float | None = None,
-                 limit_label: str = "limit") -> Series:
-    """Turn timeline points into plot lines that fit ``width`` columns (two dots per column)."""
+                 limit_label: str = "limit", tensors: bool = True) -> Series:
+    """Turn timeline points into plot lines that fit ``width`` columns (two dots per column).
+
+    ``tensors=False`` (a process watched from outside) leaves out the tensor line of a CPU run.
+    """
     s = Series()
     if not points:
         return s
@@ -92,7 +95,7 @@ def build_series(points: list[TimelinePoint], phases: list[PhaseRecord], capacit
         chosen = sorted(peaks, key=lambda c: -peaks[c])[:MAX_CATEGORY_LINES]
         for cat in sorted(chosen, key=CATEGORIES.index):
             s.lines[cat] = [(p.categories.get(cat) or 0) / div for p in pts]
-    else:
+    elif tensors:
         s.lines["tensors"] = [sum(int(p.categories.get(c) or 0) for c in LINE_CANDIDATES[:5]) / div for p in pts]
     i_peak = max(range(len(pts)), key=lambda i: pts[i].used)
     s.peak = (s.x[i_peak], pts[i_peak].used / div)
