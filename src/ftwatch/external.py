@@ -113,10 +113,13 @@ class ExternalWatcher:
                     continue
 
     def stop(self) -> None:
-        """Stop watching (the process itself is never touched)."""
+        """Stop watching (the process itself is never touched); the log says the viewer left."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
+        if _running(self.process):  # a later replay should not read the end as a crash
+            self.writer.emit("exit", status="stopped", step=None, by="monitor",
+                             message=f"stopped watching; process {self.pid} was still running")
         self.writer.close()
 
 
