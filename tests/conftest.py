@@ -71,6 +71,18 @@ def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None,
                           timeout=timeout, cwd=cwd or REPO, env=env, input=input)
 
 
+def wait_for(predicate, timeout: float = 120.0) -> None:  # noqa: ANN001 - any zero-argument callable
+    """Poll ``predicate`` every 0.2 s until it is true; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu`` tests where no CUDA device is present."""
     try:

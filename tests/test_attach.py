@@ -12,19 +12,11 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, wait_for
 from ftwatch.events import read_events
 
 pytestmark = pytest.mark.slow
 
-
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out")
 
 
 def _detach(config) -> int:
@@ -43,7 +35,7 @@ def test_detached_run_viewer_killed_and_reattached_sees_the_whole_history(tiny_c
     pid = _detach(config)
     ls = json.loads(run_cli("ls", "--json").stdout)
     assert [row["pid"] for row in ls] == [pid]
-    _wait_for(lambda: any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 2 for e in _log(tmp_path)))
+    wait_for(lambda: any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 2 for e in _log(tmp_path)))
     viewer = subprocess.Popen([sys.executable, "-m", "ftwatch", "attach", str(pid), "--headless"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     time.sleep(2)

@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_MODEL, run_cli
+from conftest import REPO, TINY_MODEL, run_cli, wait_for
 from ftwatch.events import read_events
 
 pytestmark = pytest.mark.slow
@@ -101,14 +100,6 @@ def test_rank_and_targets_change_lora_exactly(tiny_config):
         assert summary["peak_bytes"][category] == expected[category], category
 
 
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out")
-
 
 def _events(run_root: Path) -> list[dict]:
     logs = list(run_root.glob("*/events.jsonl"))
@@ -120,7 +111,7 @@ def test_sigkill_mid_training_leaves_a_readable_log_reported_failed(tiny_config,
     viewer = subprocess.Popen([sys.executable, "-m", "ftwatch", "run", str(config), "--headless", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        _wait_for(lambda: any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 3 for e in _events(tmp_path / "runs")))
+        wait_for(lambda: any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 3 for e in _events(tmp_path / "runs")))
         pid = next(e["pid"] for e in _events(tmp_path / "runs") if e["kind"] == "header")
         os.kill(pid, signal.SIGKILL)
         out, err = viewer.communicate(timeout=60)
@@ -145,7 +136,7 @@ def test_stop_request_ends_cleanly_at_a_step_boundary(tiny_config, tmp_path):
     viewer = subprocess.Popen([sys.executable, "-m", "ftwatch", "run", str(config), "--headless", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        _wait_for(lambda: any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 3 for e in _events(tmp_path / "runs")))
+        wait_for(lambda: any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 3 for e in _events(tmp_path / "runs")))
         viewer.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal does
         out, err = viewer.communicate(timeout=60)
     finally:
