@@ -71,6 +71,7 @@ class MonitorConfig:
     budget: int | None = None
     print_every: int | None = None
     track_activations: bool = True
+    activations_every: int = 10
     preflight: bool = True
 
 
@@ -311,6 +312,7 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
         budget=budget,
         print_every=mon.get_positive_int("print_every", None),
         track_activations=mon.get_bool("track_activations", True),
+        activations_every=mon.get_positive_int("activations_every", 10) or 10,
         preflight=mon.get_bool("preflight", True),
     )
     return Config(path=cfg_path, model=model, lora=sections["lora"], training=sections["training"],

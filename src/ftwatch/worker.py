@@ -100,7 +100,7 @@ class Training:
             run_dir, name=cfg.name, model_name=cfg.model.name, config_path=str(cfg.path.resolve()),
             sample_hz=cfg.monitor.sample_hz, budget=cfg.monitor.budget, device=self.device,
             max_steps=max_steps if isinstance(max_steps, int) and max_steps > 0 else None,
-            track_activations=cfg.monitor.track_activations,
+            track_activations=cfg.monitor.track_activations, activations_every=cfg.monitor.activations_every,
         )
         from ftwatch.analysis.forecast import Forecaster
         from ftwatch.live_analysis import LiveAnalysis

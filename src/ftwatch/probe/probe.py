@@ -73,6 +73,7 @@ class Probe:
     def __init__(self, run_dir: str | os.PathLike[str], *, name: str, model_name: str | None = None,
                  config_path: str | None = None, sample_hz: float = 10.0, budget: int | None = None,
                  device: str | None = None, max_steps: int | None = None, track_activations: bool = True,
+                 activations_every: int = 10,
                  reset_peak_each_step: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,14 @@ class Probe:
         self.budget = budget
         self.max_steps = max_steps
         self.track_activations = track_activations
+        #: Activations are measured on every forward of a new input shape, and on every
+        #: ``activations_every``-th forward of a shape already measured (1: every forward).
+        self.activations_every = max(1, int(activations_every))
+        self._activations_by_shape: dict[Any, int] = {}
+        self._forwards_since_measured = 0
+        self._forward_key: Any = None
+        self._in_forward = False
+        self._activations_carried = False
         self.reset_peak_each_step = reset_peak_each_step
         self.device = torch.device(device) if device else _default_device()
         self.writer = EventWriter(self.run_dir / EVENTS_FILE)
@@ -256,6 +265,7 @@ class Probe:
         self.remove_hooks()
         self.model = model
         self._base_only = base_only
+        self._activations_by_shape.clear()
         self.refresh_model()
         if self.track_activations:
             self._hooks.append(model.register_forward_pre_hook(self._forward_pre, with_kwargs=True))
@@ -294,26 +304,42 @@ class Probe:
         self._hooks.clear()
 
     def _forward_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if torch.is_grad_enabled():
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            if isinstance(ids, torch.Tensor) and ids.dim() >= 2:
-                self._tokens += ids.shape[0] * ids.shape[1]
-                self._seq_len = max(self._seq_len, int(ids.shape[1]))
+        if not torch.is_grad_enabled():
+            return
+        self._in_forward = True
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        key = None
+        if isinstance(ids, torch.Tensor) and ids.dim() >= 2:
+            self._tokens += ids.shape[0] * ids.shape[1]
+            self._seq_len = max(self._seq_len, int(ids.shape[1]))
+            key = tuple(ids.shape)
+        self._forward_key = key
+        cached = self._activations_by_shape.get(key)
+        if cached is None or self._forwards_since_measured + 1 >= self.activations_every:
             self.meter.start()
+        else:  # the same input shape as a measured forward: that measurement stands for this one
+            self._forwards_since_measured += 1
+            self.meter.step_peak = max(self.meter.step_peak, cached)
+            self._activations_carried = True
 
     def _forward_post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
+        if not self._in_forward:
+            return
+        self._in_forward = False
         if self.meter.active:
-            self.meter.stop()
-            loss = getattr(output, "loss", None)
-            if loss is None and isinstance(output, dict):
-                loss = output.get("loss")
-            if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-                self._losses.append(loss.detach())
+            self._activations_by_shape[self._forward_key] = self.meter.stop()
+            self._forwards_since_measured = 0
+        loss = getattr(output, "loss", None)
+        if loss is None and isinstance(output, dict):
+            loss = output.get("loss")
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self._losses.append(loss.detach())
 
     # -- per step ------------------------------------------------------------------------------------
     def step_begin(self) -> None:
         """Start an optimizer step: reset the per-step peaks."""
         self.meter.reset_step()
+        self._activations_carried = False
         self._losses.clear()
         self._tokens = 0
         self._seq_len = 0
@@ -336,7 +362,9 @@ class Probe:
             loss = float(losses[0].item()) if len(losses) == 1 else float(torch.stack(losses).float().mean().item())
         if lr is None and self.optimizer is not None and self.optimizer.param_groups:
             lr = float(self.optimizer.param_groups[0].get("lr", 0.0))
-        self.snapshot(step=step, loss=loss, lr=lr, tokens=self._tokens or None, seq_len=self._seq_len or None)
+        carried = {"activations_measured": False} if self._activations_carried and self.meter.step_peak else {}
+        self.snapshot(step=step, loss=loss, lr=lr, tokens=self._tokens or None, seq_len=self._seq_len or None,
+                      **carried)
 
     def categories(self, include_device: bool = False) -> dict[str, int]:
         """The current breakdown: tensor categories, plus the derived CUDA ones if asked."""
