@@ -205,7 +205,9 @@ def resolve_log_path(path: str | os.PathLike[str]) -> Path:
         for name in (EVENTS_FILE, EVENTS_FILE + ".gz"):
             if (p / name).exists():
                 return p / name
-        raise FileNotFoundError(f"{p} is a directory without an {EVENTS_FILE}")
+        runs = sorted(p.glob(f"*/{EVENTS_FILE}*"), key=lambda f: f.stat().st_mtime)
+        hint = f"; the newest run in it is {runs[-1].parent}" if runs else ""
+        raise FileNotFoundError(f"{p} is a directory without an {EVENTS_FILE}{hint}")
     if not p.exists():
         raise FileNotFoundError(f"no such file: {p}")
     return p
