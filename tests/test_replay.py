@@ -322,3 +322,22 @@ def test_plot_on_a_terminal_is_in_colour_at_the_given_size() -> None:
     assert ANSI.search(text)
     rows = ANSI.sub("", text).splitlines()
     assert max(len(r) for r in rows) == 70 and len(rows) <= 18
+
+
+def test_replay_of_a_run_still_going_points_to_attach(tmp_path):
+    import os
+
+    from conftest import run_cli
+    from ftwatch import registry
+    from ftwatch.events import encode
+
+    run = tmp_path / "live-run"
+    run.mkdir()
+    (run / "events.jsonl").write_text(
+        encode("header", {"name": "live", "pid": os.getpid(), "device": {"type": "cpu", "capacity": 1 << 30}}, t=1)
+        + encode("phase", {"name": "training"}, t=2))
+    registry.register(os.getpid(), run, "live")  # this test process stands for the training process
+    result = run_cli("replay", str(run), "--json")
+    assert result.returncode == 0, result.stderr
+    notes = json.loads(result.stdout)["notes"]
+    assert f"watch it live with ftwatch attach {os.getpid()}" in " ".join(notes)

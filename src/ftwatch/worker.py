@@ -158,6 +158,12 @@ class Training:
         _log(f"finished after {self.step} steps")
         return EXIT_FINISHED
 
+    @property
+    def checkpointing(self) -> bool:
+        """Whether the config turns on activation (gradient) checkpointing, under either name."""
+        t = self.cfg.training
+        return bool(t.get("gradient_checkpointing") or t.get("activation_checkpointing"))
+
     def diagnose(self, exc: BaseException) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
         """Figures and fixes for an out-of-memory error (``None``s for any other failure).
 
@@ -174,7 +180,7 @@ class Training:
         t = self.cfg.training
         current = {"per_device_train_batch_size": t.get("per_device_train_batch_size", 8),
                    "gradient_accumulation_steps": t.get("gradient_accumulation_steps", 1),
-                   "gradient_checkpointing": bool(t.get("gradient_checkpointing")),
+                   "gradient_checkpointing": self.checkpointing,
                    "max_length": self.cfg.data.max_length, "load_in_4bit": self.cfg.model.load_in_4bit,
                    "dtype": self.cfg.model.dtype}
         from_message = suggest_from_oom(diag, current) if diag is not None else []
@@ -239,7 +245,7 @@ class Training:
         from ftwatch.config import build_lora_config
 
         self.probe.phase("applying_lora")
-        checkpointing = bool(self.cfg.training.get("gradient_checkpointing"))
+        checkpointing = self.checkpointing
         if self.cfg.model.load_in_4bit or self.cfg.model.load_in_8bit:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
         elif checkpointing:

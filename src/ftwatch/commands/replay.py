@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ftwatch import registry
 from ftwatch.events import (
     CATEGORIES,
     TENSOR_CATEGORIES,
@@ -147,8 +148,7 @@ def print_report(path: Path, as_json: bool, out: Any) -> int:
     if stats.events == 0:
         raise LogUnreadable(no_events_message(stats))
     if state.exit is None:
-        state.notes.append({"code": "no_exit", "message": "the log ends without an exit event "
-                                                          "(the process was killed, or is still running)"})
+        state.notes.append({"code": "no_exit", "message": _no_exit_message(state)})
     if as_json:
         summary = state.summary()
         summary["log"] = {"events": stats.events, "corrupt_lines": stats.corrupt_lines,
@@ -287,3 +287,13 @@ def plot_text(state: RunState, width: int, height: int, colour: bool) -> str:
 def _rgb(hex_colour: str) -> tuple[int, int, int]:
     value = hex_colour.lstrip("#")
     return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def _no_exit_message(state: RunState) -> str:
+    """Why a log has no exit event: the run is still going (then: attach), or it was killed."""
+    pid = state.header.get("pid")
+    if isinstance(pid, int):
+        entry = registry.find(pid)
+        if entry is not None and registry.is_alive(entry):
+            return f"the run is still going (PID {pid}): watch it live with ftwatch attach {pid}"
+    return "the log ends without an exit event (the process was killed, or is still running elsewhere)"
