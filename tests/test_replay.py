@@ -325,8 +325,6 @@ def test_plot_on_a_terminal_is_in_colour_at_the_given_size() -> None:
 
 
 def test_replay_of_a_run_still_going_points_to_attach(tmp_path):
-    import os
-
     from conftest import run_cli
     from ftwatch import registry
     from ftwatch.events import encode
