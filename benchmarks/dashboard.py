@@ -17,30 +17,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import fcntl
 import io
 import os
-import pty
-import select
-import signal
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
-import threading
 import time
 from pathlib import Path
 
 import psutil
+from pty_terminal import COLS, ROWS, PtyProcess, terminal_env
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from ftwatch.tui.demo import iter_lines, synthetic_lines  # noqa: E402
 
-COLS, ROWS = 120, 36
 DASHBOARD = (
     "import sys; from pathlib import Path; from ftwatch.tui.app import run_dashboard; "
     "from ftwatch.sources import WorkerHandle; "
@@ -49,65 +41,9 @@ DASHBOARD = (
 )
 
 
-class PtyProcess:
-    """A child process on a pseudo-terminal of a given size, its output drained in a thread."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        pid, fd = pty.fork()
-        if pid == 0:  # child
-            os.execve(argv[0], argv, env)
-        self.pid, self.fd = pid, fd
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
-        self.output = bytearray()
-        self.lock = threading.Lock()
-        self._stop = False
-        self.thread = threading.Thread(target=self._drain, daemon=True)
-        self.thread.start()
-
-    def _drain(self) -> None:
-        while not self._stop:
-            ready, _, _ = select.select([self.fd], [], [], 0.05)
-            if not ready:
-                continue
-            try:
-                data = os.read(self.fd, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            with self.lock:
-                self.output.extend(data)
-
-    def seen(self, needle: bytes) -> bool:
-        """True once ``needle`` has been written to the terminal."""
-        with self.lock:
-            return needle in self.output
-
-    def send(self, data: bytes) -> None:
-        """Type ``data`` into the terminal."""
-        os.write(self.fd, data)
-
-    def close(self) -> None:
-        """End the child (it was started here) and stop draining."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-        self._stop = True
-        self.thread.join(timeout=1)
-        os.close(self.fd)
-
-
-def env() -> dict[str, str]:
-    """The child's environment: a 256-colour terminal of the benchmark's size, this checkout first."""
-    out = dict(os.environ, TERM="xterm-256color", COLUMNS=str(COLS), LINES=str(ROWS))
-    out["PYTHONPATH"] = str(REPO / "src") + os.pathsep + out.get("PYTHONPATH", "")
-    return out
-
-
 def start_dashboard(log: Path, pid: int = 0) -> PtyProcess:
     """``run_dashboard`` on ``log`` in a pseudo-terminal; ``pid`` is the worker it watches (0: a replay)."""
-    return PtyProcess([sys.executable, "-c", DASHBOARD, str(log), str(pid)], env())
+    return PtyProcess([sys.executable, "-c", DASHBOARD, str(log), str(pid)], terminal_env())
 
 
 def first_frame(log: Path, needle: bytes) -> float:

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ftwatch.analysis.estimate.quiet import _quiet  # the estimate's own silencer of transformers
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny-llama"
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -137,24 +139,6 @@ def estimated(model_dir: Path, batch: int, seq: int, dtype: str = "float32",
     trace = E.estimate_activations(inputs, model).total
     formula = E.combine_activations(E.formula_activations(inputs, model), inputs.gradient_checkpointing).total
     return trace, formula
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
 
 
 def rows(name: str, model_dir: Path, grid: list[tuple[int, int]], dtype: str = "float32") -> list[list[Any]]:

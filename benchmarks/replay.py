@@ -18,31 +18,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import math
 import os
-import pty
 import re
 import resource
-import select
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
-import threading
 import time
 from pathlib import Path
+
+from pty_terminal import PtyProcess, terminal_env
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from ftwatch.events import encode  # noqa: E402
 
-COLS, ROWS = 120, 36
 GiB, MiB = 1 << 30, 1 << 20
 CAPACITY = 81559 * MiB
 SAMPLES_PER_STEP = 10
@@ -132,75 +127,6 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, fl
     return wall, cpu, result.stdout
 
 
-def child_env() -> dict[str, str]:
-    """This checkout first, a 256-colour terminal of the benchmark's size."""
-    env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(COLS), LINES=str(ROWS))
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-class PtyProcess:
-    """A command on a pseudo-terminal of the benchmark's size, its output collected in a thread."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.started = time.perf_counter()
-        pid, fd = pty.fork()
-        if pid == 0:  # the child
-            os.chdir(REPO)
-            os.execve(argv[0], argv, env)
-        self.pid, self.fd = pid, fd
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
-        self.output = bytearray()
-        self.lock = threading.Lock()
-        self._done = False
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._done:
-            ready, _, _ = select.select([self.fd], [], [], 0.02)
-            if not ready:
-                continue
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except OSError:
-                return
-            if not data:
-                return
-            with self.lock:
-                self.output.extend(data)
-
-    def wait_for(self, pattern: bytes, timeout: float, start: int = 0) -> float:
-        """Seconds since the spawn until ``pattern`` (a regex) appears after byte ``start``."""
-        regex = re.compile(pattern)
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            with self.lock:
-                if regex.search(self.output, start):
-                    return time.perf_counter() - self.started
-            time.sleep(0.002)
-        raise TimeoutError(f"{pattern!r} not on the terminal after {timeout:.0f} s")
-
-    def mark(self) -> int:
-        """How much output there is now (to wait for what comes after)."""
-        with self.lock:
-            return len(self.output)
-
-    def send(self, data: bytes) -> None:
-        """Type ``data``."""
-        os.write(self.fd, data)
-
-    def close(self) -> None:
-        """End the child (started here) and stop reading."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-        self._done = True
-        self._thread.join(timeout=1)
-        os.close(self.fd)
-
-
 # -- the measurements -----------------------------------------------------------------------------
 def headless(log: Path, rounds: int) -> dict[str, float]:
     """``replay --headless --json`` against a line-by-line ``json.loads`` of the same file."""
@@ -211,7 +137,7 @@ def headless(log: Path, rounds: int) -> dict[str, float]:
         parse_times.append(wall)
         parse_cpu.append(cpu)
         wall, cpu, out = timed([sys.executable, "-m", "ftwatch", "replay", str(log), "--headless", "--json"],
-                               env=child_env())
+                               env=terminal_env())
         replay_times.append(wall)
         replay_cpu.append(cpu)
         summary = json.loads(out)
@@ -224,7 +150,7 @@ def headless(log: Path, rounds: int) -> dict[str, float]:
 
 def dashboard(log: Path, steps: int) -> dict[str, float]:
     """First frame, final state and a step back of ``ftwatch replay LOG`` in a pseudo-terminal."""
-    proc = PtyProcess([sys.executable, "-m", "ftwatch", "replay", str(log)], child_env())
+    proc = PtyProcess([sys.executable, "-m", "ftwatch", "replay", str(log)], terminal_env(), cwd=REPO)
     try:
         first = proc.wait_for(rb"bench-1m", 60)
         final = proc.wait_for(rb"FINISHED", 600)
@@ -252,7 +178,7 @@ def attach_first_frame(rounds: int) -> dict[str, float]:
         text = re.sub(r"(?m)^max_steps = \d+", "max_steps = 100000", text)
         text = text.replace('log_dir = "ftwatch-runs"', f'log_dir = "{Path(tmp) / "runs"}"')
         config.write_text(text)
-        env = dict(child_env(), FTWATCH_HOME=str(Path(tmp) / "home"))
+        env = dict(terminal_env(), FTWATCH_HOME=str(Path(tmp) / "home"))
         _, _, out = timed([sys.executable, "-m", "ftwatch", "run", str(config), "--detach"], env=env)
         pid = int(out.split("pid ")[1].split(",")[0])
         try:
@@ -264,7 +190,7 @@ def attach_first_frame(rounds: int) -> dict[str, float]:
                 time.sleep(0.2)
             times = []
             for _ in range(rounds):
-                proc = PtyProcess([sys.executable, "-m", "ftwatch", "attach", str(pid)], env)
+                proc = PtyProcess([sys.executable, "-m", "ftwatch", "attach", str(pid)], env, cwd=REPO)
                 try:
                     times.append(proc.wait_for(rb"(?s)LIVE.*?step \d+/100000", 60))
                     proc.send(b"d")  # detach: the training goes on

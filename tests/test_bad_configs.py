@@ -71,6 +71,15 @@ def test_directory_instead_of_config(tmp_path):
     _assert_one_clear_line(result, str(tmp_path), ["is a directory"])
 
 
+def test_unusable_log_dir_names_the_key(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    config = tmp_path / "logdir.toml"
+    config.write_text(GOOD_MODEL + GOOD_DATA + f'[monitor]\nlog_dir = "{blocker / "runs"}"\n')
+    result = run_cli("run", str(config), "--headless")
+    _assert_one_clear_line(result, "logdir.toml", ["[monitor].log_dir", "cannot create a run directory"])
+
+
 def test_usage_error_exits_2():
     result = run_cli("run")
     assert result.returncode == 2

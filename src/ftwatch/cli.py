@@ -63,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STOPPED
     except BrokenPipeError:  # `ftwatch ... | head`
         return EXIT_OK
+    except OSError as exc:  # an unreadable or unwritable path the user gave: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ftwatch {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

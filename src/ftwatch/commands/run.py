@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftwatch import registry
-from ftwatch.config import load_config
+from ftwatch.config import ConfigError, load_config
 from ftwatch.events import EVENTS_FILE
 from ftwatch.exporters.cli import add_metrics_arguments, start_metrics, stop_metrics
 from ftwatch.follow import follow_headless, record_vanished_worker
@@ -62,7 +62,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None) -> int:
-    run_dir = new_run_dir(cfg.monitor.log_dir, cfg.name)
+    try:
+        run_dir = new_run_dir(cfg.monitor.log_dir, cfg.name)
+    except OSError as exc:
+        raise ConfigError(cfg.path, f"[monitor].log_dir: cannot create a run directory in "
+                                    f"{cfg.monitor.log_dir} ({exc.strerror or exc})") from None
     shutil.copyfile(cfg.path, run_dir / "config.toml")
     handle = start_worker(cfg.path, run_dir, strict=args.strict)
     if args.detach:
