@@ -2,7 +2,7 @@
 
 The sections use the names users already know from Hugging Face: ``[model]`` takes the
 ``from_pretrained`` options, ``[lora]`` the fields of ``peft.LoraConfig``, ``[training]`` the fields
-of ``transformers.TrainingArguments``; ``[data]`` and ``[monitor]`` are ftwatch's own.
+of ``transformers.TrainingArguments``; ``[data]``, ``[monitor]`` and ``[launch]`` are ftwatch's own.
 
 :func:`load_config` checks everything that can be checked without importing torch (syntax,
 sections, ftwatch's own keys, the common LoRA/training keys, files). The training worker then
@@ -25,7 +25,7 @@ import tomllib
 
 from ftwatch.units import parse_size
 
-SECTIONS = ("model", "lora", "training", "data", "monitor")
+SECTIONS = ("model", "lora", "training", "data", "monitor", "launch")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
@@ -76,6 +76,41 @@ class MonitorConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """``[launch]``: how many training processes ``ftwatch run`` starts, through ``torchrun``.
+
+    The fields are torchrun's (``--nproc-per-node``, ``--nnodes``, ``--node-rank``,
+    ``--master-addr``, ``--master-port``). With one node and no ``master_port`` torchrun runs
+    ``--standalone`` (it picks a free port itself).
+    """
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all nodes."""
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def distributed(self) -> bool:
+        """True when the run needs torchrun (more than one process in all)."""
+        return self.world_size > 1
+
+    def torchrun_arguments(self) -> list[str]:
+        """The ``torch.distributed.run`` options for this launch."""
+        args = [f"--nproc-per-node={self.nproc_per_node}"]
+        if self.nnodes == 1 and self.master_port is None:
+            return ["--standalone", *args]
+        args += [f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}",
+                 f"--master-addr={self.master_addr or '127.0.0.1'}", f"--master-port={self.master_port or 29500}"]
+        return args
+
+
+@dataclass
 class Config:
     """A validated config file."""
 
@@ -85,6 +120,7 @@ class Config:
     training: dict[str, Any] = field(default_factory=dict)
     data: DataConfig | None = None
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     @property
     def name(self) -> str:
@@ -117,6 +153,9 @@ _ALIASES: dict[str, dict[str, str]] = {
                  "optimizer": "optim", "checkpointing": "gradient_checkpointing"},
     "model": {"model": "name", "path": "name", "torch_dtype": "dtype"},
     "data": {"file": "path", "seq_len": "max_length", "max_seq_length": "max_length", "field": "text_field"},
+    "launch": {"nproc": "nproc_per_node", "gpus": "nproc_per_node", "processes": "nproc_per_node",
+               "nodes": "nnodes", "num_nodes": "nnodes", "rank": "node_rank", "port": "master_port",
+               "addr": "master_addr", "master": "master_addr"},
 }
 
 
@@ -316,7 +355,25 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
         preflight=mon.get_bool("preflight", True),
     )
     return Config(path=cfg_path, model=model, lora=sections["lora"], training=sections["training"],
-                  data=data, monitor=monitor)
+                  data=data, monitor=monitor, launch=_parse_launch(_Section(cfg_path, "launch", raw.get("launch", {}))))
+
+
+def _parse_launch(section: _Section) -> LaunchConfig:
+    section.check_keys(list(LaunchConfig.__dataclass_fields__))
+    nnodes = section.get_positive_int("nnodes", 1) or 1
+    node_rank = section.table.get("node_rank", 0)
+    if isinstance(node_rank, bool) or not isinstance(node_rank, int) or not 0 <= node_rank < nnodes:
+        raise section.err("node_rank", f"must be an integer from 0 to nnodes - 1 ({nnodes - 1}), got {_show(node_rank)}")
+    port = section.table.get("master_port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+        raise section.err("master_port", f"must be a port number (1-65535), got {_show(port)}")
+    if nnodes > 1 and port is None:
+        raise section.err("master_port", "is needed when nnodes > 1 (every node must name the same one)")
+    master_addr = section.get_str("master_addr", None)
+    if nnodes > 1 and not master_addr:
+        raise section.err("master_addr", "is needed when nnodes > 1 (the address of node 0)")
+    return LaunchConfig(nproc_per_node=section.get_positive_int("nproc_per_node", 1) or 1, nnodes=nnodes,
+                        node_rank=node_rank, master_addr=master_addr, master_port=port)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -375,11 +432,13 @@ def build_lora_config(cfg: Config) -> Any:
     return LoraConfig(**kwargs)
 
 
-def build_training_arguments(cfg: Config, output_dir: str) -> Any:
-    """The ``TrainingArguments`` for this config, with ftwatch's quiet defaults where unset."""
+def build_training_arguments(cfg: Config, output_dir: str, **forced: Any) -> Any:
+    """The ``TrainingArguments`` for this config, with ftwatch's quiet defaults where unset and
+    ``forced`` fields over the config's (the worker forces ``use_cpu`` for DDP on the CPU)."""
     from transformers import TrainingArguments
 
     kwargs = dict(cfg.training)
+    kwargs.update(forced)
     kwargs.setdefault("output_dir", output_dir)
     kwargs.setdefault("report_to", "none")
     kwargs.setdefault("disable_tqdm", True)

@@ -1,11 +1,13 @@
 """Following a run without the dashboard: fold its events and print progress until it ends.
 
-Used by ``ftwatch run --headless`` and ``ftwatch attach --headless``.
+Used by ``ftwatch run --headless`` and ``ftwatch attach --headless``; a multi-process run (one log
+per rank) is followed by :func:`follow_ranks_headless`.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,14 @@ from typing import Any, TextIO
 
 from ftwatch import registry
 from ftwatch.events import EVENTS_FILE, EventWriter
+from ftwatch.ranks import (
+    MultiLogFollower,
+    RankedRun,
+    process_alive,
+    read_launch,
+    record_vanished_rank,
+    vanished_ranks,
+)
 from ftwatch.report import ProgressPrinter
 from ftwatch.sources import LogFollower, WorkerHandle
 from ftwatch.state import RunState
@@ -87,3 +97,90 @@ def record_vanished_worker(run_dir: Path, handle: WorkerHandle, state: RunState)
     writer.close()
     registry.unregister(handle.pid)
     state.apply({"v": 1, "t": time.time(), "kind": "exit", **fields})
+
+
+#: Above this many ranks only the lowest prints step lines (every rank still prints the rest).
+STEP_LINES_MAX_RANKS = 4
+#: How often the rank processes are checked for having vanished.
+VANISH_CHECK_SECONDS = 1.0
+
+
+def follow_ranks_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int | None = None,
+                          publish: Callable[[RankedRun], None] | None = None) -> tuple[RankedRun, Any]:
+    """:func:`follow_headless` for a multi-process run: every rank's log, lines prefixed with the
+    rank. A rank whose process is gone without an exit event is recorded as vanished in its own
+    log at once (the others keep reporting); it ends when the launcher and every rank have."""
+    follower = MultiLogFollower(run_dir)
+    run = RankedRun(read_launch(run_dir))
+    printers: dict[int, ProgressPrinter] = {}
+    host = socket.gethostname()
+    last_check = 0.0
+    interrupts = 0
+
+    def printer(rank: int) -> ProgressPrinter:
+        if rank not in printers:
+            many = len(run.expected_ranks) > STEP_LINES_MAX_RANKS
+            printers[rank] = ProgressPrinter(out, every=every, prefix=f"rank {rank}: ",
+                                             steps=not many or rank == min(run.expected_ranks or [rank]))
+        return printers[rank]
+
+    def fold(pairs: list[tuple[int, dict[str, Any]]]) -> None:
+        for rank, event in pairs:
+            run.apply(rank, event)
+            printer(rank).handle(run.ranks[rank], event)
+
+    def check_vanished() -> None:
+        gone = vanished_ranks(run, host)
+        if gone:
+            fold(follower.poll())  # what they wrote before they went
+            for rank in gone:
+                if run.ranks[rank].exit is None:
+                    record_vanished_rank(run_dir, rank, run.ranks[rank], apply=False)
+            fold(follower.poll())  # the exit events just written, read like any other
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            handle.request_stop()
+        else:
+            handle.terminate()
+        message = "stopping every rank at the next step boundary (Ctrl-C again to stop now)" if interrupts == 1 \
+            else "stopping now"
+        out.write(f"ftwatch: {message}\n")
+        out.flush()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        while True:
+            launcher_alive = handle.is_alive()
+            pairs = follower.poll()
+            fold(pairs)
+            if pairs and publish is not None:
+                publish(run)
+            now = time.time()
+            if now - last_check >= VANISH_CHECK_SECONDS or not launcher_alive:
+                last_check = now
+                check_vanished()
+            if run.ended or (not launcher_alive and not _ranks_running(run, host)):
+                break
+            time.sleep(POLL_SECONDS)
+        deadline = time.time() + EXIT_GRACE_SECONDS
+        while not run.ended and time.time() < deadline:
+            time.sleep(POLL_SECONDS / 2)
+            fold(follower.poll())
+        fold(follower.finish())
+        check_vanished()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        follower.close()
+    registry.unregister(handle.pid)
+    if publish is not None:
+        publish(run)
+    return run, follower.stats
+
+
+def _ranks_running(run: RankedRun, host: str) -> bool:
+    """True while a rank on this host has not ended and its process is still there."""
+    return any(state.exit is None and state.header.get("host") == host
+               and process_alive(state.header.get("pid"), state.first_t) for state in run.ranks.values())

@@ -20,3 +20,28 @@ def new_run_dir(log_dir: str | os.PathLike[str], name: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"cannot create a run directory under {base}")
+
+
+def rank_dir(run_dir: str | os.PathLike[str], rank: int) -> Path:
+    """Where rank ``rank`` of a multi-process run keeps its log: ``run_dir/rank<N>``."""
+    return Path(run_dir) / f"rank{int(rank)}"
+
+
+def distributed_rank() -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from the environment ``torchrun`` sets (``0, 0, 1`` alone)."""
+    def number(name: str, default: int) -> int:
+        try:
+            return int(os.environ.get(name, default))
+        except ValueError:
+            return default
+    return number("RANK", 0), number("LOCAL_RANK", 0), max(1, number("WORLD_SIZE", 1))
+
+
+def shared_run_dir(log_dir: str | os.PathLike[str], name: str, launcher_pid: int, launcher_started: float) -> Path:
+    """The run directory every local rank of one ``torchrun`` job agrees on without talking:
+    named after the launcher (the ranks' parent) and the time it started."""
+    base = Path(log_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(launcher_started))
+    path = base / f"{name}-{stamp}-p{launcher_pid}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path

@@ -5,11 +5,14 @@ Reads only :class:`ftwatch.state.RunState`; used by ``run --headless`` and ``rep
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from ftwatch.events import CATEGORIES
+from ftwatch.events import CATEGORIES, TENSOR_CATEGORIES
 from ftwatch.state import RunState
 from ftwatch.units import format_bytes, format_duration
+
+if TYPE_CHECKING:
+    from ftwatch.ranks import RankedRun
 
 SHORT = {"weights": "weights", "lora": "lora", "grads": "grads", "optimizer": "optim",
          "activations": "activ", "other": "other", "cache": "cache", "non_torch": "ctx",
@@ -34,9 +37,11 @@ def capacity_text(state: RunState, used: int) -> str:
 class ProgressPrinter:
     """Prints a line at each phase change, every ``every`` steps, and for warnings and notes."""
 
-    def __init__(self, out: TextIO, every: int | None = None) -> None:
+    def __init__(self, out: TextIO, every: int | None = None, prefix: str = "", steps: bool = True) -> None:
         self.out = out
         self.every = every
+        self.prefix = prefix  # "rank 1: " when several ranks print to one stream
+        self.steps = steps  # False: no step lines (many ranks: only the first prints them)
         self._last_step_printed = -1
 
     def _every(self, state: RunState) -> int:
@@ -45,7 +50,7 @@ class ProgressPrinter:
         return max(1, (state.max_steps or 100) // 10)
 
     def _print(self, state: RunState, text: str) -> None:
-        self.out.write(f"[{format_duration(state.elapsed):>7}] {text}\n")
+        self.out.write(f"[{format_duration(state.elapsed):>7}] {self.prefix}{text}\n")
         self.out.flush()
 
     def handle(self, state: RunState, event: dict[str, Any]) -> None:
@@ -86,7 +91,7 @@ class ProgressPrinter:
         if step is None:
             self._print(state, f"  {event.get('phase')}: {breakdown_line(cats)} | {capacity_text(state, used)}")
             return
-        if step != 1 and step % self._every(state) != 0:
+        if not self.steps or (step != 1 and step % self._every(state) != 0):
             return
         total = f"/{state.max_steps}" if state.max_steps else ""
         loss = f" loss {event['loss']:.4f}" if event.get("loss") is not None else ""
@@ -136,6 +141,29 @@ def summary_text(state: RunState, stats: Any = None) -> str:
         lines.append(f"log: {stats.corrupt_lines} corrupt lines skipped, {stats.unknown_kinds} events of unknown "
                      f"kinds skipped" + (", last line cut off" if stats.truncated_tail else ""))
     return "\n".join(lines) + "\n"
+
+
+def ranks_summary_text(run: RankedRun, stats: Any = None) -> str:
+    """The report of a multi-process run: a line per rank, then the worst rank's full report."""
+    worst = run.worst_rank()
+    if worst is None:
+        return "no rank has written its log yet\n"
+    lines = [f"{len(run.ranks)} ranks here (world size {run.world_size}); worst: rank {worst}"]
+    lines.append(f"  {'rank':<5}{'status':<10}{'step':>6}  {'peak tensors':>12}  {'peak process':>12}  device")
+    for rank, state in run.ranks.items():
+        s = state.summary() if state.exit else {**state.summary(), "status": "running"}
+        peaks = s["peak_bytes"]
+        tensors = sum(v for k, v in peaks.items() if k in TENSOR_CATEGORIES)
+        process = peaks.get("total") or s.get("peak_rss_bytes")
+        index = state.device.get("index")
+        device = f"{state.device.get('type')}:{index}" if index is not None else str(state.device.get("type"))
+        why = f"  {state.exit.get('error_type')}" if state.exit and state.exit.get("error_type") else ""
+        lines.append(f"  {rank:<5}{s['status']:<10}{s['steps']:>6}  {format_bytes(tensors):>12}  "
+                     f"{format_bytes(process):>12}  {device}{why}")
+    for rank in run.missing_ranks:
+        lines.append(f"  {rank:<5}{'no log':<10}")
+    lines.append(f"rank {worst}:")
+    return "\n".join(lines) + "\n" + summary_text(run.ranks[worst], stats)
 
 
 def _count(n: int | None) -> str:

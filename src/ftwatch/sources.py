@@ -65,10 +65,14 @@ class LogFollower:
 class WorkerHandle:
     """The viewer's grip on a training process it started (or attached to): stop, detach, status."""
 
-    def __init__(self, pid: int, run_dir: Path, process: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(self, pid: int, run_dir: Path, process: subprocess.Popen[bytes] | None = None,
+                 group: bool = False) -> None:
         self.pid = pid
         self.run_dir = Path(run_dir)
         self.process = process
+        #: The pid leads a process group of its own (a ``torchrun`` launcher and its ranks):
+        #: :meth:`terminate` signals the whole group.
+        self.group = group
 
     def is_alive(self) -> bool:
         """True while the training process runs (a zombie waiting to be reaped has ended)."""
@@ -86,11 +90,17 @@ class WorkerHandle:
         return self.process.poll() if self.process is not None else None
 
     def request_stop(self) -> None:
-        """Ask the worker to stop cleanly at the next step boundary (SIGINT)."""
+        """Ask the worker to stop cleanly at the next step boundary (SIGINT; a ``torchrun``
+        launcher passes it on to its ranks as SIGTERM, and they agree on the step)."""
         self._signal(signal.SIGINT)
 
     def terminate(self) -> None:
-        """Ask the worker to stop now (SIGTERM: it still writes its exit event)."""
+        """Ask the worker to stop now (SIGTERM: it still writes its exit event); for a launcher,
+        every process of its group gets it (a rank that sees two signals stops at once)."""
+        if self.group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGTERM)
+            return
         self._signal(signal.SIGTERM)
 
     def _signal(self, sig: int) -> None:
@@ -99,5 +109,5 @@ class WorkerHandle:
 
     def reattach_hint(self) -> str:
         """How a user gets back to this run."""
-        return f"training continues (pid {self.pid}); follow it with: ftwatch attach {self.pid}  " \
-               f"(log: {self.run_dir / EVENTS_FILE})"
+        log = self.run_dir if self.group else self.run_dir / EVENTS_FILE
+        return f"training continues (pid {self.pid}); follow it with: ftwatch attach {self.pid}  (log: {log})"

@@ -7,6 +7,10 @@ or out of memory, 2 config error, 130 stopped.
 
 SIGINT/SIGTERM ask for a clean stop: during training at the next step boundary, before training at
 once. A second signal stops at once.
+
+Under ``torchrun`` (``[launch]``) every rank runs this module: each writes its own log in
+``D/rank<N>/``, trains on ``cuda:<LOCAL_RANK>`` (or the CPU, with gloo), and the ranks agree on a
+stop request at each step boundary (one small all-reduce), so they all stop after the same step.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ class StopControl:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.in_training and not self.requested:
             self.requested = True
-            print(f"ftwatch worker: {signal.Signals(signum).name}: stopping at the next step boundary", flush=True)
+            _log(f"{signal.Signals(signum).name}: stopping at the next step boundary")
             return
         raise StopRequested(signal.Signals(signum).name)
 
@@ -50,8 +54,36 @@ class StopControl:
         return self.requested
 
 
+_LOG_PREFIX = "ftwatch worker"
+
+
 def _log(message: str) -> None:
-    print(f"ftwatch worker: {message}", flush=True)
+    print(f"{_LOG_PREFIX}: {message}", flush=True)
+
+
+class AgreedStop:
+    """A stop request all ranks agree on: at each step boundary the ranks all-reduce their flags
+    (max), so a signal seen by any rank stops every rank after the same step (DDP would hang if
+    one rank stopped a step before the others). Alone, it is the local flag."""
+
+    def __init__(self, stop: StopControl) -> None:
+        self.stop = stop
+
+    def __call__(self) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return self.stop.requested
+        backend = str(dist.get_backend())
+        on_cpu = "gloo" in backend or not torch.cuda.is_available()
+        device = torch.device("cpu") if on_cpu else torch.device("cuda", torch.cuda.current_device())
+        flag = torch.tensor([1 if self.stop.requested else 0], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not self.stop.requested:
+            self.stop.requested = True
+            _log("another rank was asked to stop: stopping at this step boundary")
+        return self.stop.requested
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +98,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from ftwatch.config import ConfigError, load_config, validate_library_sections
     from ftwatch.events import EVENTS_FILE, EventWriter
+    from ftwatch.probe_paths import distributed_rank, rank_dir
 
+    global _LOG_PREFIX
     run_dir = Path(args.run_dir)
+    rank, _, world_size = distributed_rank()
+    if world_size > 1:  # torchrun: each rank keeps its own log in the run directory
+        _LOG_PREFIX = f"ftwatch worker [rank {rank}]"
+        run_dir = rank_dir(run_dir, rank)
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         cfg = load_config(args.config)
         validate_library_sections(cfg)
@@ -93,8 +132,14 @@ class Training:
         self.run_dir = run_dir
         self.stop = stop
         self.torch = torch
+        from ftwatch.probe_paths import distributed_rank
+
         use_cpu = bool(cfg.training.get("use_cpu") or cfg.training.get("no_cuda"))
+        _, local_rank, self.world_size = distributed_rank()
         self.device = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+        if self.device == "cuda" and self.world_size > 1:  # one GPU per local rank, as DDP expects
+            torch.cuda.set_device(local_rank)
+            self.device = f"cuda:{local_rank}"
         max_steps = cfg.training.get("max_steps")
         self.probe = Probe(
             run_dir, name=cfg.name, model_name=cfg.model.name, config_path=str(cfg.path.resolve()),
@@ -268,8 +313,12 @@ class Training:
         self.probe.phase("preparing_trainer")
         dataset = build_dataset(tokenizer, self.cfg.data, self.cfg.path)
         _log(f"{len(dataset)} training examples of up to {self.cfg.data.max_length} tokens")
-        args = build_training_arguments(self.cfg, output_dir=str(self.run_dir / "output"))
-        callback = FtwatchCallback(probe=self.probe, stop_requested=self.stop)
+        overrides = {}
+        if self.world_size > 1 and self.device == "cpu":  # DDP over gloo (else every rank would train alone)
+            overrides["use_cpu"] = True
+        output_dir = self.run_dir.parent if self.world_size > 1 else self.run_dir
+        args = build_training_arguments(self.cfg, output_dir=str(output_dir / "output"), **overrides)
+        callback = FtwatchCallback(probe=self.probe, stop_requested=AgreedStop(self.stop))
         kwargs: dict[str, Any] = {"model": model, "args": args, "train_dataset": dataset,
                                   "data_collator": data_collator(tokenizer, self.cfg.data), "callbacks": [callback]}
         if "processing_class" in inspect.signature(Trainer.__init__).parameters:

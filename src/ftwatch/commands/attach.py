@@ -12,15 +12,20 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from ftwatch import registry
 from ftwatch.cli import UsageError
 from ftwatch.exporters.cli import add_metrics_arguments, start_metrics, stop_metrics
-from ftwatch.follow import follow_headless
-from ftwatch.report import summary_text
+from ftwatch.follow import follow_headless, follow_ranks_headless
+from ftwatch.ranks import launcher_of, multi_rank_root, run_key
+from ftwatch.report import ranks_summary_text, summary_text
 from ftwatch.sources import WorkerHandle
+
+if TYPE_CHECKING:
+    from ftwatch.exporters.prometheus import MetricsServer
 
 HELP = "watch a run that is already going, by PID"
 
@@ -34,9 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def choose_run(pid: int | None) -> registry.RunEntry | int:
-    """The registered run to attach to, or the PID of an uninstrumented process; raises UsageError."""
+    """The registered run to attach to, or the PID of an uninstrumented process; raises UsageError.
+
+    The launcher and the ranks of one multi-process run count as one run.
+    """
     if pid is None:
-        runs = registry.live_runs()
+        runs = one_entry_per_run(registry.live_runs())
         if not runs:
             raise UsageError("no monitored runs on this machine (ftwatch ls); give a PID to watch any process")
         if len(runs) == 1:
@@ -61,6 +69,19 @@ def choose_run(pid: int | None) -> registry.RunEntry | int:
         owner = _username(process)
         raise UsageError(f"PID {pid} belongs to user {owner}; ftwatch attaches only to your own runs")
     return pid
+
+
+def one_entry_per_run(entries: list[registry.RunEntry]) -> list[registry.RunEntry]:
+    """One entry per run: of a multi-process run's launcher and ranks, the launcher (else the
+    lowest pid)."""
+    chosen: dict[Path, registry.RunEntry] = {}
+    for entry in entries:
+        key = run_key(entry.run_dir)
+        current = chosen.get(key)
+        is_launcher = Path(entry.run_dir) == key
+        if current is None or (is_launcher and Path(current.run_dir) != key):
+            chosen[key] = entry
+    return list(chosen.values())
 
 
 def _username(process: psutil.Process) -> str:
@@ -93,6 +114,12 @@ def main(args: argparse.Namespace) -> int:
         watcher.start()
         log_path, handle, name = watcher.log_path, None, f"pid {target}"
     else:
+        root = multi_rank_root(target.run_dir)
+        if root is not None:
+            try:
+                return _attach_ranks(args, target, root, metrics)
+            finally:
+                stop_metrics(metrics, args)
         log_path, name = target.log_path, target.name
         handle = WorkerHandle(target.pid, Path(target.run_dir))
     try:
@@ -119,3 +146,29 @@ def main(args: argparse.Namespace) -> int:
         if watcher is not None:
             watcher.stop()
         stop_metrics(metrics, args)
+
+
+def _attach_ranks(args: argparse.Namespace, target: registry.RunEntry, root: Path,
+                  metrics: MetricsServer | None) -> int:
+    """Attach to a multi-process run: every rank's log, through its launcher when there is one."""
+    if Path(target.run_dir) == root:  # the launcher `ftwatch run` started, in a session of its own
+        handle = WorkerHandle(target.pid, root, group=True)
+    else:  # a rank: stop and detach go through its torchrun launcher
+        handle = WorkerHandle(launcher_of(target.pid) or target.pid, root)
+    if not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty():
+        from ftwatch.tui.app import run_dashboard
+
+        if metrics is not None:
+            metrics.follow(root)
+        ending = run_dashboard(root, handle, title=target.name)
+        if ending == "detached":
+            print(handle.reattach_hint())
+        return 0
+    out = sys.stderr if args.json else sys.stdout
+    run, stats = follow_ranks_headless(root, handle, out,
+                                       publish=metrics.publish_ranks if metrics is not None else None)
+    if args.json:
+        sys.stdout.write(json.dumps(run.summary(), indent=2) + "\n")
+    else:
+        out.write(ranks_summary_text(run, stats))
+    return 0

@@ -7,11 +7,13 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ftwatch import registry
 from ftwatch.categories import process_total
-from ftwatch.events import EventDecoder, SchemaVersionError
+from ftwatch.events import EVENTS_FILE, EventDecoder, SchemaVersionError
+from ftwatch.ranks import find_rank_dirs, is_multi_rank_dir, run_key
 from ftwatch.state import RunState, sample_used
 from ftwatch.units import format_bytes, format_duration
 
@@ -46,22 +48,56 @@ def peek(log_path: os.PathLike[str] | str) -> RunState:
     return state
 
 
-def describe(entry: registry.RunEntry) -> dict[str, Any]:
-    """One row of ``ftwatch ls``."""
-    state = peek(entry.log_path)
+def where_it_stands(log_path: os.PathLike[str] | str) -> dict[str, Any]:
+    """Phase, step and memory of a run from the tail of its log."""
+    state = peek(log_path)
     used = None
     if state.last_snapshot:
         used = process_total(state.categories)
     if state.is_cuda and state.last_sample:
         used = sample_used(state.last_sample)
-    return {"pid": entry.pid, "name": entry.name, "phase": state.phase, "step": state.step,
-            "max_steps": state.max_steps, "used_bytes": used, "capacity_bytes": state.capacity,
+    return {"phase": state.phase, "step": state.step, "max_steps": state.max_steps, "used_bytes": used,
+            "capacity_bytes": state.capacity}
+
+
+def describe(entry: registry.RunEntry) -> dict[str, Any]:
+    """One row of ``ftwatch ls``."""
+    return {"pid": entry.pid, "name": entry.name, **where_it_stands(entry.log_path),
             "age_seconds": round(time.time() - entry.started, 1), "log": str(entry.log_path)}
+
+
+def describe_ranks(root: Path, entries: list[registry.RunEntry]) -> dict[str, Any]:
+    """One row for a multi-process run: its launcher's pid (else the lowest), the slowest rank's
+    step, the fullest rank's memory, every rank's pid."""
+    rank_rows = [where_it_stands(d / EVENTS_FILE) for d in find_rank_dirs(root).values()]
+    launcher = next((e for e in entries if Path(e.run_dir) == root), None)
+    first = launcher or min(entries, key=lambda e: e.pid)
+    fullest = max(rank_rows, key=lambda r: (r["used_bytes"] or 0) / (r["capacity_bytes"] or 1), default=None)
+    slowest = min(rank_rows, key=lambda r: r["step"] or 0, default=None)
+    return {"pid": first.pid, "name": first.name, "phase": (slowest or {}).get("phase"),
+            "step": (slowest or {}).get("step") or 0, "max_steps": (slowest or {}).get("max_steps"),
+            "used_bytes": (fullest or {}).get("used_bytes"), "capacity_bytes": (fullest or {}).get("capacity_bytes"),
+            "age_seconds": round(time.time() - first.started, 1), "log": str(root),
+            "ranks": len(rank_rows), "pids": sorted(e.pid for e in entries)}
+
+
+def rows_of(entries: list[registry.RunEntry]) -> list[dict[str, Any]]:
+    """The rows of ``ftwatch ls``: one per run (a multi-process run's launcher and ranks are one)."""
+    groups: dict[Path, list[registry.RunEntry]] = {}
+    for entry in entries:
+        groups.setdefault(run_key(entry.run_dir), []).append(entry)
+    rows = []
+    for key, members in groups.items():
+        if is_multi_rank_dir(key):
+            rows.append(describe_ranks(key, members))
+        else:
+            rows.extend(describe(entry) for entry in members)
+    return rows
 
 
 def main(args: argparse.Namespace) -> int:
     """Print the live runs."""
-    rows = [describe(entry) for entry in registry.live_runs()]
+    rows = rows_of(registry.live_runs())
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
@@ -72,6 +108,7 @@ def main(args: argparse.Namespace) -> int:
     for r in rows:
         step = f"{r['step']}/{r['max_steps']}" if r["max_steps"] else str(r["step"])
         memory = f"{format_bytes(r['used_bytes'])} / {format_bytes(r['capacity_bytes'])}"
-        print(f"{r['pid']:>8}  {r['name'][:20]:<20} {str(r['phase'] or '-'):<18} {step:>11}  {memory:<24} "
+        name = f"{r['name']} ({r['ranks']} ranks)" if r.get("ranks") else r["name"]
+        print(f"{r['pid']:>8}  {name[:20]:<20} {str(r['phase'] or '-'):<18} {step:>11}  {memory:<24} "
               f"{format_duration(r['age_seconds']):>7}  {r['log']}")
     return 0

@@ -7,6 +7,10 @@ On a terminal the run plays in the dashboard (:mod:`ftwatch.tui.replay`); ``--sp
 fast: ``max`` (the default) opens at the end, which is what the morning after a run needs (the
 outcome, the peaks, the whole timeline, the post-mortem); ``home`` and ``space`` then play it from
 the start at the ``auto`` rate (the whole run in about a minute), ``+``/``-`` change the rate.
+
+A multi-process run directory (``rank0/``, ``rank1/``, ...) replays every rank: the report gives a
+line per rank and the worst rank's details, ``--json`` the summary with ``ranks``, ``--csv`` a
+``rank`` column, ``--plot`` the worst rank; ``--rank N`` replays one rank alone (with playback).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from ftwatch.events import (
     read_events,
     resolve_log_path,
 )
-from ftwatch.report import summary_text
+from ftwatch.ranks import MultiLogFollower, RankedRun, find_rank_dirs, is_multi_rank_dir, read_launch
+from ftwatch.report import ranks_summary_text, summary_text
 from ftwatch.state import RunState
 
 HELP = "replay a recorded run log (events.jsonl or its run directory)"
@@ -59,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--csv", action="store_true",
                         help="print the time series as CSV: one row per device sample, with the breakdown then")
     output.add_argument("--plot", action="store_true", help="print a chart of the categories over the run")
+    parser.add_argument("--rank", type=int, metavar="N",
+                        help="a multi-process run: replay this rank alone (its rankN/events.jsonl)")
     parser.add_argument("--speed", type=_speed, default="max", metavar="N|auto|max",
                         help="dashboard: run seconds per second (1 = as it happened), auto (the whole run "
                              "in about a minute) or max (open at the end; the default)")
@@ -86,6 +93,16 @@ def load_state(log: str | os.PathLike[str]) -> tuple[RunState, EventDecoder]:
 def main(args: argparse.Namespace) -> int:
     """Print the report (JSON summary, CSV, chart) of a recorded run, or show it in the dashboard."""
     try:
+        if is_multi_rank_dir(args.log):
+            if args.rank is None:
+                return replay_ranks(Path(args.log), args)
+            ranks = find_rank_dirs(args.log)
+            if args.rank not in ranks:
+                return _usage_error(f"{args.log} has no log of rank {args.rank} (it has ranks "
+                                    f"{', '.join(map(str, ranks)) or 'none'})")
+            args.log = str(ranks[args.rank])
+        elif args.rank is not None and args.rank != 0:
+            return _usage_error(f"{args.log} is the log of one process; --rank takes a multi-process run directory")
         path = resolve_log_path(args.log)
         if args.csv:
             return print_csv(path, sys.stdout)
@@ -159,6 +176,78 @@ def print_report(path: Path, as_json: bool, out: Any) -> int:
         out.write(summary_text(state, stats))
         if stats.unknown_kind_names:
             out.write(f"log: unknown kinds (from a newer ftwatch?): {', '.join(sorted(stats.unknown_kind_names))}\n")
+    return 0
+
+
+# -- multi-process runs --------------------------------------------------------------------------
+def load_ranks(run_dir: Path) -> tuple[RankedRun, ReadStats]:
+    """Fold every rank's log of a multi-process run directory."""
+    follower = MultiLogFollower(run_dir)
+    run = RankedRun(read_launch(run_dir))
+    try:
+        run.apply_all(follower.poll())
+        run.apply_all(follower.finish())
+    finally:
+        follower.close()
+    return run, follower.stats
+
+
+def replay_ranks(run_dir: Path, args: argparse.Namespace) -> int:
+    """``replay`` of a multi-process run directory: every rank (see the module's docstring)."""
+    if args.csv:
+        return print_csv_ranks(run_dir, sys.stdout)
+    run, stats = load_ranks(run_dir)
+    if stats.events == 0:
+        raise LogUnreadable(no_events_message(stats))
+    for state in run.ranks.values():
+        if state.exit is None:
+            state.notes.append({"code": "no_exit", "message": _no_exit_message(state)})
+    worst = run.worst_rank()
+    if args.plot:
+        width, height = plot_size(sys.stdout)
+        colour = _isatty(sys.stdout) and not os.environ.get("NO_COLOR")
+        sys.stdout.write(f"rank {worst} (the worst of {len(run.ranks)}; --rank N for another)\n")
+        sys.stdout.write(plot_text(run.ranks[worst], width, height - 1, colour) + "\n")
+        return 0
+    interactive = not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty()
+    if interactive and _show_ranks_dashboard(run_dir, run, args.speed):
+        return 0
+    if args.json:
+        summary = run.summary()
+        summary["log"] = {"events": stats.events, "corrupt_lines": stats.corrupt_lines,
+                          "unknown_kinds": stats.unknown_kinds, "truncated_tail": stats.truncated_tail,
+                          "unknown_kind_names": sorted(stats.unknown_kind_names)}
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        sys.stdout.write(ranks_summary_text(run, stats))
+    return 0
+
+
+def _show_ranks_dashboard(run_dir: Path, run: RankedRun, speed: float | str) -> bool:
+    try:
+        from ftwatch.tui.app import run_dashboard
+    except ImportError:
+        return False
+    if speed != "max":
+        print(f"ftwatch replay: playback is per rank (ftwatch replay {run_dir} --rank N --speed ...): "
+              "showing every rank at its end", file=sys.stderr)
+    run_dashboard(run_dir, None, title=run.worst.header.get("name"))
+    return True
+
+
+def print_csv_ranks(run_dir: Path, out: Any) -> int:
+    """The CSV of every rank, one after the other, with a leading ``rank`` column."""
+    writer = csv.writer(out, lineterminator="\n")
+    decoder = EventDecoder()
+    wrote_header = False
+    for rank, path in find_rank_dirs(run_dir).items():
+        for row in csv_rows(read_events(path, decoder)):
+            if not wrote_header:
+                writer.writerow(("rank", *CSV_COLUMNS))
+                wrote_header = True
+            writer.writerow((rank, *row))
+    if not wrote_header:
+        raise LogUnreadable(no_events_message(decoder.stats))
     return 0
 
 

@@ -4,6 +4,10 @@ The worker runs in its own session and writes its own run log, so closing this v
 the SSH link) never stops training. With a terminal the dashboard shows; with ``--headless`` (or
 when stdout is not a terminal) progress lines are printed, and ``--json`` prints the run summary
 alone on stdout at the end.
+
+With ``[launch] nproc_per_node`` (or ``nnodes``) above one the worker is started through
+``torchrun`` (``python -m torch.distributed.run``); every rank writes its own log in
+``<run dir>/rank<N>/`` and the viewer follows them all (see :mod:`ftwatch.ranks`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -23,9 +28,17 @@ from ftwatch import registry
 from ftwatch.config import ConfigError, load_config
 from ftwatch.events import EVENTS_FILE
 from ftwatch.exporters.cli import add_metrics_arguments, start_metrics, stop_metrics
-from ftwatch.follow import follow_headless, record_vanished_worker
+from ftwatch.follow import follow_headless, follow_ranks_headless, record_vanished_worker
 from ftwatch.probe_paths import new_run_dir
-from ftwatch.report import summary_text
+from ftwatch.ranks import (
+    MultiLogFollower,
+    RankedRun,
+    read_launch,
+    record_vanished_rank,
+    vanished_ranks,
+    write_launch,
+)
+from ftwatch.report import ranks_summary_text, summary_text
 from ftwatch.sources import LogFollower, WorkerHandle
 from ftwatch.state import RunState
 
@@ -68,6 +81,8 @@ def _run(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None) -
         raise ConfigError(cfg.path, f"[monitor].log_dir: cannot create a run directory in "
                                     f"{cfg.monitor.log_dir} ({exc.strerror or exc})") from None
     shutil.copyfile(cfg.path, run_dir / "config.toml")
+    if cfg.launch.distributed:
+        return _run_ranks(args, cfg, metrics, run_dir)
     handle = start_worker(cfg.path, run_dir, strict=args.strict)
     if args.detach:
         print(f"started {cfg.name}: pid {handle.pid}, run directory {run_dir}")
@@ -94,14 +109,21 @@ def _run(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None) -
     return EXIT_CODES.get(state.status, 1)
 
 
-def start_worker(config_path: Path, run_dir: Path, strict: bool = False) -> WorkerHandle:
-    """Start the training worker in its own session, its output going to ``worker.log``."""
+def start_worker(config_path: Path, run_dir: Path, strict: bool = False,
+                 torchrun: list[str] | None = None) -> WorkerHandle:
+    """Start the training worker in its own session, its output going to ``worker.log``.
+
+    ``torchrun``: the launcher's options; the worker then runs once per rank under
+    ``python -m torch.distributed.run`` and the handle is the launcher's (its process group).
+    """
     log_fd = os.open(run_dir / WORKER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    worker = ["-m", "ftwatch.worker", "--config", str(config_path.resolve()),
+              "--run-dir", str(run_dir.resolve()), *(["--strict"] if strict else [])]
+    launcher = ["-m", "torch.distributed.run", *torchrun] if torchrun is not None else []
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ftwatch.worker", "--config", str(config_path.resolve()),
-             "--run-dir", str(run_dir.resolve()), *(["--strict"] if strict else [])],
+            [sys.executable, *launcher, *worker],
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
             start_new_session=True, env=env,
         )
@@ -109,7 +131,76 @@ def start_worker(config_path: Path, run_dir: Path, strict: bool = False) -> Work
         os.close(log_fd)
     with contextlib.suppress(OSError):  # visible to `ftwatch ls` before its probe starts
         registry.register(process.pid, run_dir, config_path.stem)
-    return WorkerHandle(process.pid, run_dir, process)
+    return WorkerHandle(process.pid, run_dir, process, group=torchrun is not None)
+
+
+def _run_ranks(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None, run_dir: Path) -> int:
+    """``ftwatch run`` of a ``[launch]`` config: torchrun starts the ranks, we follow every log."""
+    launch = cfg.launch
+    first = launch.node_rank * launch.nproc_per_node
+    handle = start_worker(cfg.path, run_dir, strict=args.strict, torchrun=launch.torchrun_arguments())
+    write_launch(run_dir, launcher="torchrun", launcher_pid=handle.pid, world_size=launch.world_size,
+                 nproc_per_node=launch.nproc_per_node, nnodes=launch.nnodes, node_rank=launch.node_rank,
+                 ranks=list(range(first, first + launch.nproc_per_node)))
+    if args.detach:
+        print(f"started {cfg.name} ({launch.nproc_per_node} processes through torchrun): launcher pid "
+              f"{handle.pid}, run directory {run_dir}")
+        print(f"watch it with: ftwatch attach {handle.pid}   (or ftwatch replay {run_dir})")
+        return 0
+    if not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty():
+        dashboard = _load_dashboard()
+        if dashboard is not None:
+            if metrics is not None:
+                metrics.follow(run_dir)
+            return _watch_ranks_in_dashboard(dashboard, run_dir, handle, cfg.name)
+    out = sys.stderr if args.json else sys.stdout
+    run, stats = follow_ranks_headless(run_dir, handle, out, every=cfg.monitor.print_every,
+                                       publish=metrics.publish_ranks if metrics is not None else None)
+    return _end_ranks(args, run, stats, run_dir, out)
+
+
+def _end_ranks(args: argparse.Namespace, run: RankedRun, stats: Any, run_dir: Path, out: Any) -> int:
+    config_errors = [s for s in run.ranks.values() if _is_config_error(s)]
+    if config_errors and len(config_errors) == len(run.ranks):
+        print(f"ftwatch run: {config_errors[0].exit['message']}", file=sys.stderr)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return 2
+    if not run.ranks:
+        print(f"ftwatch run: no rank started (see {run_dir / WORKER_LOG})", file=sys.stderr)
+        if args.json:
+            sys.stdout.write(json.dumps(run.summary(), indent=2) + "\n")
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(run.summary(), indent=2) + "\n")
+    else:
+        out.write(ranks_summary_text(run, stats))
+        out.write(f"run logs: {run_dir}/rank*/{EVENTS_FILE}\n")
+    return 0 if run.status == "finished" and not run.missing_ranks else EXIT_CODES.get(run.status, 1)
+
+
+def _watch_ranks_in_dashboard(run_dashboard: Any, run_dir: Path, handle: WorkerHandle, name: str) -> int:
+    ending = run_dashboard(run_dir, handle, title=name)
+    if ending == "detached":
+        print(handle.reattach_hint())
+        return 0
+    if ending == "stopped":
+        deadline = time.time() + 40  # torchrun gives its ranks 30 s after the signal
+        while handle.is_alive() and time.time() < deadline:
+            time.sleep(0.1)
+    follower = MultiLogFollower(run_dir)
+    run = RankedRun(read_launch(run_dir))
+    run.apply_all(follower.poll() + follower.finish())
+    follower.close()
+    if not handle.is_alive():
+        for rank in vanished_ranks(run, socket.gethostname()):
+            record_vanished_rank(run_dir, rank, run.ranks[rank])
+    if not run.ended and handle.is_alive():
+        print(ranks_summary_text(run, follower.stats), end="")
+        print(handle.reattach_hint())
+        return 0
+    args = argparse.Namespace(json=False)
+    return _end_ranks(args, run, follower.stats, run_dir, sys.stdout)
+
 
 
 def _is_config_error(state: RunState) -> bool:

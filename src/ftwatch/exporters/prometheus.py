@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -37,14 +37,13 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ftwatch.analysis.forecast import step_occupied
 from ftwatch.events import CATEGORIES, END_STATUSES, PHASES, SchemaVersionError
 from ftwatch.exporters import DEFAULT_ADDR
+from ftwatch.ranks import MultiLogFollower, RankedRun, is_multi_rank_dir
+from ftwatch.risk import occupied_bytes, risk_level
 from ftwatch.sources import LogFollower
 from ftwatch.state import RunState, sample_used
 
-#: ``ftwatch_risk_level`` values.
-RISK_LEVELS: dict[str, int] = {"ok": 0, "watch": 1, "danger": 2}
 #: Values of the ``status`` label of ``ftwatch_run_status``.
 STATUSES: tuple[str, ...] = ("running", *END_STATUSES)
 #: The labels every series carries, in this order.
@@ -108,35 +107,6 @@ def device_label(device: dict[str, Any]) -> str:
     kind = str(device.get("type") or "unknown")
     index = device.get("index")
     return f"{kind}:{index}" if index is not None else kind
-
-
-def occupied_bytes(state: RunState) -> int | None:
-    """What the run leaves unavailable, the measure the live forecast's headroom is taken on.
-
-    The last snapshot's figure (CUDA: this process's peak in the step plus the other processes;
-    CPU: the tensor categories, drawn against the budget or the RAM); on CUDA before any
-    snapshot (loading), the latest sample's device usage (NVML, else this process, else the
-    allocator's reservation).
-    """
-    if state.last_snapshot is not None:
-        occupied = step_occupied(state.last_snapshot, state.is_cuda)
-        if occupied is not None:
-            return occupied
-    if state.is_cuda and state.last_sample is not None:
-        nvml = state.last_sample.get("nvml") or {}
-        cuda = state.last_sample.get("cuda") or {}
-        for value in (nvml.get("used"), nvml.get("process"), cuda.get("reserved")):
-            if _int(value) is not None:
-                return _int(value)
-    return None
-
-
-def risk_level(state: RunState) -> int:
-    """0 ok, 1 watch, 2 danger: the level of the latest warning while the run goes on (the
-    dashboard's rule: the forecast raises the level with a warning); 0 once the run has ended."""
-    if state.exit is not None or not state.warnings:
-        return 0
-    return RISK_LEVELS.get(str(state.warnings[-1].get("level")), 0)
 
 
 def snapshot_of(state: RunState) -> MetricsSnapshot | None:
@@ -286,20 +256,31 @@ class RunStateCollector:
 
     :meth:`publish` is called by the thread that folds the state; :meth:`collect` by the HTTP
     server's threads on each scrape. Publishing swaps one reference, so a scrape always renders
-    one consistent snapshot.
+    one consistent snapshot. A multi-process run publishes every rank (:meth:`publish_ranks`):
+    one series per rank, told apart by the ``rank`` label.
     """
 
     def __init__(self) -> None:
-        self._snapshot: MetricsSnapshot | None = None
+        self._snapshots: tuple[MetricsSnapshot, ...] = ()
 
     def publish(self, state: RunState) -> None:
         """Take a consistent copy of ``state`` (call it in the thread that folds it)."""
-        self._snapshot = snapshot_of(state)
+        snap = snapshot_of(state)
+        self._snapshots = (snap,) if snap is not None else ()
+
+    def publish_ranks(self, states: Iterable[RunState]) -> None:
+        """Take a consistent copy of every rank's state (ranks without a header yet left out)."""
+        self._snapshots = tuple(snap for snap in map(snapshot_of, states) if snap is not None)
 
     @property
     def snapshot(self) -> MetricsSnapshot | None:
-        """The snapshot the next scrape renders."""
-        return self._snapshot
+        """The (first) snapshot the next scrape renders."""
+        return self._snapshots[0] if self._snapshots else None
+
+    @property
+    def snapshots(self) -> tuple[MetricsSnapshot, ...]:
+        """Every snapshot the next scrape renders (one per rank)."""
+        return self._snapshots
 
     def describe(self) -> Iterator[Metric]:
         """Every family this collector can serve (lets ``?name[]=...`` scrapes find it)."""
@@ -310,18 +291,19 @@ class RunStateCollector:
         """The families of the latest snapshot (none before the run's header is read); a family
         whose figure is not known is left out, never shown as 0 (``ftwatch_warnings_total`` is
         always there: no warning yet is a count of 0)."""
-        snap = self._snapshot
-        if snap is None:
-            return
-        base = snap.base
+        snaps = self._snapshots
         for metric in METRICS:
-            samples = _values(snap, metric.name)
-            if not samples and metric.kind != "counter":
-                continue
             family = _family(metric)
-            for extra, value in samples:
-                family.add_metric([*base, *extra], value)
-            yield family
+            present = False
+            for snap in snaps:
+                samples = _values(snap, metric.name)
+                if not samples and metric.kind != "counter":
+                    continue
+                present = True
+                for extra, value in samples:
+                    family.add_metric([*snap.base, *extra], value)
+            if present:
+                yield family
 
 
 # -- the server -------------------------------------------------------------------------------------
@@ -418,8 +400,9 @@ class MetricsServer:
         self._follow_thread.start()
 
     def _follow(self, log_path: Path) -> None:
-        follower = LogFollower(log_path)
-        state = RunState()
+        multi = is_multi_rank_dir(log_path)
+        follower: Any = MultiLogFollower(log_path) if multi else LogFollower(log_path)
+        run = RankedRun()
         try:
             while not self._stopping.is_set():
                 try:
@@ -432,12 +415,13 @@ class MetricsServer:
                 if not events:
                     self._stopping.wait(self.poll_seconds)
                     continue
-                for event in events:
+                for item in events:
+                    rank, event = item if multi else (0, item)
                     try:
-                        state.apply(event)
+                        run.apply(rank, event)
                     except (TypeError, ValueError, KeyError):  # a malformed figure: skip the event
                         self.skipped_events += 1
-                self.publish(state)
+                self.publish_ranks(run)
         finally:
             follower.close()
 
@@ -445,6 +429,10 @@ class MetricsServer:
         """Serve ``state`` from now on (call it in the thread that folds it; a consistent copy is
         taken at once)."""
         self.collector.publish(state)
+
+    def publish_ranks(self, run: RankedRun) -> None:
+        """Serve every rank of a multi-process run from now on (as :meth:`publish`)."""
+        self.collector.publish_ranks(run.ranks.values())
 
     def stop(self, linger: float = 0.0) -> None:
         """Close the endpoint and stop following. ``linger`` seconds first keep the final state up

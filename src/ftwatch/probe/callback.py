@@ -87,6 +87,9 @@ class FtwatchCallback(TrainerCallback):
                        **kwargs: Any) -> None:
         """Attach to the (now placed) model and the optimizer the Trainer built."""
         probe = self._ensure_probe()
+        world_size = int(getattr(args, "world_size", 1) or 1)
+        if getattr(args, "average_tokens_across_devices", False) and world_size > 1:
+            probe.loss_scale = float(world_size)  # the Trainer's own rescaling of each rank's loss
         if model is not None:
             probe.attach_model(model, emit_model_event=self._own_probe or probe.model is not model)
         if optimizer is not None:

@@ -25,6 +25,7 @@ import platform
 import socket
 import sys
 import threading
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -43,7 +44,7 @@ from ftwatch.probe.devices import (
     ReaderUnavailable,
     SystemReader,
 )
-from ftwatch.probe_paths import new_run_dir
+from ftwatch.probe_paths import distributed_rank, new_run_dir, rank_dir, shared_run_dir
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -106,6 +107,9 @@ class Probe:
         self._optimizer_bytes = 0
         self._optimizer_meter = accounting.OptimizerStateMeter()
         self._losses: list[torch.Tensor] = []
+        #: The forward's loss times this is the step's loss (a Trainer that averages tokens over
+        #: ranks divides each rank's loss by the world size inside the model, then multiplies).
+        self.loss_scale = 1.0
         self._tokens = 0
         self._seq_len = 0
         self._hooks: list[Any] = []
@@ -125,11 +129,24 @@ class Probe:
     def for_script(cls, name: str | None = None, log_dir: str | os.PathLike[str] | None = None,
                    **kwargs: Any) -> Probe:
         """A started probe for a user's own script, writing under ``log_dir`` (``FTWATCH_LOG_DIR``,
-        default ``./ftwatch-runs``); it records a failure if the script dies before ``finish``."""
+        default ``./ftwatch-runs``); it records a failure if the script dies before ``finish``.
+
+        Under ``torchrun`` every rank writes ``<run dir>/rank<N>/events.jsonl`` in one run
+        directory, named after the launcher process (``FTWATCH_RUN_DIR`` names it instead: give
+        every node the same one on shared storage)."""
         name = name or Path(sys.argv[0] or "python").stem or "run"
         log_dir = log_dir or os.environ.get("FTWATCH_LOG_DIR", "ftwatch-runs")
         kwargs.setdefault("reset_peak_each_step", False)
-        probe = cls(new_run_dir(log_dir, name), name=name, **kwargs)
+        rank, _, world_size = distributed_rank()
+        if os.environ.get("FTWATCH_RUN_DIR"):
+            root = Path(os.environ["FTWATCH_RUN_DIR"])
+            run_dir = rank_dir(root, rank) if world_size > 1 else root
+        elif world_size > 1:
+            launcher = os.getppid()
+            run_dir = rank_dir(shared_run_dir(log_dir, name, launcher, _start_time(launcher)), rank)
+        else:
+            run_dir = new_run_dir(log_dir, name)
+        probe = cls(run_dir, name=name, **kwargs)
         probe.start()
         probe.install_exit_hooks()
         return probe
@@ -170,8 +187,7 @@ class Probe:
             "header", run_id=uuid.uuid4().hex[:12], name=self.name, config_path=self.config_path,
             pid=os.getpid(), host=socket.gethostname(), user=_user(), versions=library_versions(),
             model=self.model_name, device=device_info, budget=self.budget, sample_hz=self.sample_hz,
-            max_steps=self.max_steps, rank=int(os.environ.get("RANK", 0)),
-            world_size=int(os.environ.get("WORLD_SIZE", 1)),
+            max_steps=self.max_steps, **_distributed_fields(),
         )
         for code, message in pending_notes:
             self.note(code, message)
@@ -360,6 +376,7 @@ class Probe:
         if loss is None and self._losses:
             losses = self._losses
             loss = float(losses[0].item()) if len(losses) == 1 else float(torch.stack(losses).float().mean().item())
+            loss *= self.loss_scale
         if lr is None and self.optimizer is not None and self.optimizer.param_groups:
             lr = float(self.optimizer.param_groups[0].get("lr", 0.0))
         carried = {"activations_measured": False} if self._activations_carried and self.meter.step_peak else {}
@@ -416,6 +433,25 @@ def _default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     return torch.device("cpu")
+
+
+def _distributed_fields() -> dict[str, Any]:
+    """The header's place in a ``torchrun`` job: rank, local rank, world size, node."""
+    rank, local_rank, world_size = distributed_rank()
+    fields: dict[str, Any] = {"rank": rank, "world_size": world_size}
+    if world_size > 1:
+        fields.update(local_rank=local_rank, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1),
+                      node_rank=int(os.environ.get("GROUP_RANK", 0) or 0))
+    return fields
+
+
+def _start_time(pid: int) -> float:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # the launcher is gone or hidden: fall back to now
+        return time.time()
 
 
 def _user() -> str:
