@@ -154,6 +154,9 @@ def _run_ranks(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | N
                 metrics.follow(run_dir)
             return _watch_ranks_in_dashboard(dashboard, run_dir, handle, cfg.name)
     out = sys.stderr if args.json else sys.stdout
+    out.write(f"ftwatch: torchrun (pid {handle.pid}) starts {launch.nproc_per_node} processes on this node "
+              f"(world size {launch.world_size}); their logs: {run_dir}/rank*/{EVENTS_FILE}\n")
+    out.flush()
     run, stats = follow_ranks_headless(run_dir, handle, out, every=cfg.monitor.print_every,
                                        publish=metrics.publish_ranks if metrics is not None else None)
     return _end_ranks(args, run, stats, run_dir, out)
