@@ -292,3 +292,19 @@ def test_metrics_serve_one_series_per_rank() -> None:
     assert steps == {"0": 60.0, "1": 60.0}
     expected = {str(r): float(run.ranks[r].categories["lora"]) for r in (0, 1)}
     assert lora == expected
+
+
+def test_a_directory_of_runs_points_to_the_newest_multi_process_run(tmp_path: Path) -> None:
+    import os
+
+    from ftwatch.events import resolve_log_path
+
+    shutil.copytree(FIXTURES / "cpu-finished", tmp_path / "older")
+    shutil.copytree(FINISHED, tmp_path / "newer")
+    os.utime(tmp_path / "older" / EVENTS_FILE, (T0, T0))
+    with pytest.raises(FileNotFoundError, match=f"the newest run in it is {tmp_path / 'newer'}$"):
+        resolve_log_path(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"is a multi-process run \(rank0, rank1\)"):
+        resolve_log_path(tmp_path / "newer")
+    result = run_cli("replay", str(tmp_path), "--json", timeout=120)
+    assert result.returncode == 2 and f"the newest run in it is {tmp_path / 'newer'}" in result.stderr

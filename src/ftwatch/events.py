@@ -205,8 +205,15 @@ def resolve_log_path(path: str | os.PathLike[str]) -> Path:
         for name in (EVENTS_FILE, EVENTS_FILE + ".gz"):
             if (p / name).exists():
                 return p / name
-        runs = sorted(p.glob(f"*/{EVENTS_FILE}*"), key=lambda f: f.stat().st_mtime)
-        hint = f"; the newest run in it is {runs[-1].parent}" if runs else ""
+        ranks = sorted(p.glob(f"rank*/{EVENTS_FILE}*"))
+        if ranks:
+            names = ", ".join(f.parent.name for f in ranks)
+            raise FileNotFoundError(f"{p} is a multi-process run ({names}): give it to ftwatch replay or "
+                                    f"attach as it is, or name one rank's directory")
+        runs = p.glob(f"*/{EVENTS_FILE}*")
+        multi = (f.parent for f in p.glob(f"*/rank*/{EVENTS_FILE}*"))  # a multi-process run's ranks
+        newest = sorted([*runs, *multi], key=lambda f: f.stat().st_mtime)
+        hint = f"; the newest run in it is {newest[-1].parent}" if newest else ""
         raise FileNotFoundError(f"{p} is a directory without an {EVENTS_FILE}{hint}")
     if not p.exists():
         raise FileNotFoundError(f"no such file: {p}")
