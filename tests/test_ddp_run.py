@@ -97,6 +97,17 @@ def test_two_ranks_each_measure_their_own_replica(tiny_config, tmp_path):
         header = rank_events(tmp_path / "runs", rank)[0]
         assert (header["rank"], header["local_rank"], header["world_size"]) == (rank, rank, 2)
 
+    # each rank's loss is on the Trainer's scale: their mean is what the Trainer logs (every step here)
+    import ast
+
+    logged = [float(ast.literal_eval(line[line.index("{"):])["loss"])
+              for line in (run_dir / "worker.log").read_text().splitlines() if line.startswith("{'loss'")]
+    per_rank = [{e["step"]: e["loss"] for e in rank_events(tmp_path / "runs", r) if e["kind"] == "snapshot"
+                 and e.get("step")} for r in (0, 1)]
+    assert len(logged) == 6
+    for step, trainer_loss in enumerate(logged, 1):
+        assert (per_rank[0][step] + per_rank[1][step]) / 2 == pytest.approx(trainer_loss, abs=6e-4), step
+
     # the endpoint served one series per rank, with each rank's own figures
     assert scraped[("ftwatch_step", "0")] == scraped[("ftwatch_step", "1")] == 6
     assert scraped[("ftwatch_memory_bytes", "0")] == scraped[("ftwatch_memory_bytes", "1")] == expected["lora"]
