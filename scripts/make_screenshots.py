@@ -9,7 +9,9 @@ three moments (while the model loads, in the middle of training, at the end) at 
 moments before the end are the same log cut at that event, shown as a live run. The synthetic
 CUDA runs (``ftwatch.tui.demo``: an 8B fine-tune with all ten categories, and a 70B model that
 runs out of memory while loading) are drawn too, named ``synthetic-*``, since a CPU run only has
-the tensor categories.
+the tensor categories. Two multi-process (torchrun) runs close the set: the recorded two-rank run
+whose rank 1 was killed (``tests/fixtures/logs/ddp-rank-died``, named ``ddp-*``) and a synthetic
+four-GPU run, live, one of whose ranks vanished (``synthetic-cuda-ddp``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
+from ftwatch.events import encode  # noqa: E402
+from ftwatch.ranks import is_multi_rank_dir  # noqa: E402
 from ftwatch.tui.app import FtwatchApp  # noqa: E402
 from ftwatch.tui.demo import synthetic_lines  # noqa: E402
 
@@ -95,15 +99,16 @@ def worker_log_until(log: str, loss_lines: int | None) -> str:
 
 
 async def shoot(run_dir: Path, out: Path, title: str, live: bool, wait_step: int | None = None) -> None:
-    """Draw the run in ``run_dir`` and save an SVG."""
-    app = FtwatchApp(run_dir / "events.jsonl", StillRunning(run_dir) if live else None)  # type: ignore[arg-type]
+    """Draw the run in ``run_dir`` (a single run's, or a multi-process run's) and save an SVG."""
+    target = run_dir if is_multi_rank_dir(run_dir) else run_dir / "events.jsonl"
+    app = FtwatchApp(target, StillRunning(run_dir) if live else None)  # type: ignore[arg-type]
     async with app.run_test(size=SIZE) as pilot:
         for _ in range(200):
             await pilot.pause(0.05)
             view = app.view
             if view is None:
                 continue
-            if (live and view.samples and (wait_step is None or view.step >= wait_step)) or view.ended:
+            if (live and view.samples and (wait_step is None or view.step >= wait_step)) or view.run_ended:
                 break
         await pilot.pause(0.5)
         out.write_text(app.export_screenshot(title=title))
@@ -188,6 +193,47 @@ async def make_all(source: Path, out_dir: Path, tmp: Path) -> list[Path]:
     return made
 
 
+def synthetic_ranks(tmp: Path) -> Path:
+    """A four-GPU run directory, live: three ranks training (one a little behind), rank 2 killed at step 21."""
+    run = tmp / "synthetic-cuda-ddp"
+    cuda = synthetic_lines("cuda", ending="running")
+    cuts = {0: 40, 1: 38, 2: 21, 3: 40}
+    log = []
+    for rank, step in cuts.items():
+        header = json.loads(cuda[0])
+        header.update(rank=rank, local_rank=rank, world_size=4, local_world_size=4, node_rank=0,
+                      pid=4321 + rank, device=dict(header["device"], index=rank))
+        cut = next(i for i, line in enumerate(cuda) if f'"kind":"snapshot","phase":"training","step":{step},' in line)
+        lines = [json.dumps(header, separators=(",", ":")) + "\n", *cuda[1:cut + 3]]
+        if rank == 2:
+            last_t = json.loads(lines[-1])["t"]
+            lines.append(encode("exit", {"status": "failed", "step": step, "error_type": "WorkerVanished",
+                                         "message": f"the training process of rank {rank} ended without an exit event",
+                                         "by": "monitor", "last_event_t": last_t}, last_t + 1.0))
+        (run / f"rank{rank}").mkdir(parents=True)
+        (run / f"rank{rank}" / "events.jsonl").write_text("".join(lines))
+        log += [f"ftwatch worker [rank {rank}]: training {header['model']} on cuda:{rank}\n"]
+    log += [f"ftwatch worker [rank 0]: {{'loss': {2.4 - 0.1 * i:.3f}, 'epoch': {i / 10}}}\n" for i in range(4)]
+    (run / "launch.json").write_text(json.dumps({"launcher": "torchrun", "launcher_pid": 4320, "world_size": 4,
+                                                 "nproc_per_node": 4, "nnodes": 1, "node_rank": 0,
+                                                 "ranks": [0, 1, 2, 3]}))
+    (run / "worker.log").write_text("".join(log))
+    return run
+
+
+async def make_ranks(out_dir: Path, tmp: Path) -> list[Path]:
+    """The multi-process screenshots: the recorded run whose rank 1 died, a synthetic four-GPU run."""
+    made = []
+    for shot, run, title, live in (
+        ("ddp-rank-died", REPO / "tests" / "fixtures" / "logs" / "ddp-rank-died", "ftwatch: ddp-dead", False),
+        ("synthetic-cuda-ddp", synthetic_ranks(tmp), "ftwatch: synthetic 4-GPU run", True),
+    ):
+        out = out_dir / f"{shot}.svg"
+        await shoot(run, out, title, live)
+        made.append(out)
+    return made
+
+
 def main() -> None:
     """Record (or take) a run and draw the screenshots."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -200,6 +246,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         source = args.from_run.resolve() if args.from_run else record_example(tmp)
         made = asyncio.run(make_all(source, args.out, tmp / "shots"))
+        made += asyncio.run(make_ranks(args.out, tmp / "ranks"))
     if not args.no_png:
         if shutil.which("rsvg-convert") is None:
             print("rsvg-convert not found (apt-get install librsvg2-bin): SVG only")

@@ -158,3 +158,39 @@ def test_killing_the_terminal_leaves_the_training_to_finish(tiny_config, tmp_pat
         tmux.kill()
         if worker_pid is not None and alive(worker_pid):
             os.kill(worker_pid, 9)
+
+
+def test_two_rank_run_at_80x24_shows_every_rank_then_stops_them_all(tiny_config, tmp_path: Path) -> None:
+    config = tiny_config(launch={"nproc_per_node": 2}, training={"max_steps": 3000, "logging_steps": 50})
+    tmux = Tmux("ranks")
+    pids: list[int] = []
+    try:
+        start_run(tmux, config)
+        wait_until(lambda: "phase training" in tmux.screen() and "r1 cpu" in tmux.screen(), 240,
+                   "both ranks training", tmux.screen)
+        screen = tmux.screen()
+        lines = screen.splitlines()
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+        assert "Ranks 2/2" in screen and "r0 cpu" in screen and "r1 cpu" in screen
+        run = run_dir_of(tmp_path / "runs")
+        pids = [events(run / f"rank{r}")[0]["pid"] for r in (0, 1)]
+        launcher = json.loads((run / "launch.json").read_text())["launcher_pid"]
+        assert all(alive(pid) for pid in [*pids, launcher])
+
+        tmux.keys("]")  # the focus moves off the worst rank, and the memory title follows
+        wait_until(lambda: "Memory · rank" in tmux.screen(), 10, "a rank in the memory title", tmux.screen)
+
+        tmux.keys("q")
+        wait_until(lambda: "still running" in tmux.screen(), 10, "the quit question", tmux.screen)
+        tmux.keys("s")
+        wait_until(lambda: "FTWATCH-EXIT=" in tmux.screen(), 120, "ftwatch to exit", tmux.screen)
+        assert "FTWATCH-EXIT=130" in tmux.screen()
+        wait_until(lambda: not any(alive(p) for p in [*pids, launcher]), 60, "every process to be gone", tmux.screen)
+        ends = [events(run / f"rank{r}")[-1] for r in (0, 1)]
+        assert [e["status"] for e in ends] == ["stopped", "stopped"] and ends[0]["step"] == ends[1]["step"]
+        assert all(e["by"] == "worker" for e in ends)
+    finally:
+        tmux.kill()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, 9)

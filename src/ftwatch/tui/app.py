@@ -4,6 +4,8 @@
 it with ``App.run_test()``). A background thread (:class:`~ftwatch.tui.feed.RunFeed`) reads the
 files and folds the events (for a replay, :class:`~ftwatch.tui.replay.ReplayFeed` releases them by
 their time instead); a timer redraws at most ``render_hz`` times a second, and only what changed.
+A multi-process (torchrun) run directory is followed by :class:`~ftwatch.tui.multi_feed.MultiRunFeed`:
+the ranks panel lists every rank, the other panels show the focused rank (``[``/``]``/``w``).
 Nothing here can slow the training: the training process only appends to its log.
 """
 
@@ -21,16 +23,19 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
+from ftwatch.ranks import is_multi_rank_dir
 from ftwatch.sources import WorkerHandle
 from ftwatch.tui import fmt
 from ftwatch.tui.breakdown import Breakdown, compute_breakdown
 from ftwatch.tui.feed import WORKER_LOG, RunFeed, RunView
+from ftwatch.tui.multi_feed import MultiRunFeed
 from ftwatch.tui.replay import ReplayFeed
 from ftwatch.tui.screens import ConfirmStopScreen, HelpScreen, QuitScreen, TerminateScreen
 from ftwatch.tui.widgets.alerts import AlertsPanel, alerts_text
 from ftwatch.tui.widgets.membar import Legend, MemoryBar, ZoomBar
 from ftwatch.tui.widgets.outside import outside_notice
 from ftwatch.tui.widgets.phases import PhaseStrip, phase_cells
+from ftwatch.tui.widgets.ranks import RanksBox, RanksList, ranks_title
 from ftwatch.tui.widgets.status import StatusLine, status_lines
 from ftwatch.tui.widgets.timeline import TimelinePlot, build_series, legend_text
 from ftwatch.tui.widgets.worklog import WorkerLog
@@ -39,6 +44,9 @@ from ftwatch.tui.widgets.worklog import WorkerLog
 ENDINGS = ("stopped", "detached", "quit")
 #: The keys of a replay (hidden on a live run).
 REPLAY_ACTIONS = ("play_pause", "step", "jump", "rate")
+#: The keys of a multi-process run (hidden for a single process).
+RANK_ACTIONS = ("focus_rank", "follow_worst")
+RANK_KEYS = Binding.Group("Rank")
 
 TALL_FROM = 32
 WIDE_FROM = 110
@@ -47,7 +55,12 @@ WIDE_FROM = 110
 class FtwatchApp(App[str]):
     """The dashboard of one run. ``handle`` is None for the replay of a finished log (``feed`` is
     then a :class:`~ftwatch.tui.replay.ReplayFeed`, which adds the replay's keys) and for a process
-    watched from outside (``attach PID`` without a probe: the no-breakdown view)."""
+    watched from outside (``attach PID`` without a probe: the no-breakdown view).
+
+    ``log_path`` may also be the run directory of a multi-process run (``launch.json``,
+    ``rankN/events.jsonl``): it is then followed by a :class:`~ftwatch.tui.multi_feed.MultiRunFeed`
+    (``handle``: the launcher's, or None for a replay, shown at its end), the ranks panel shows
+    every rank and ``[``, ``]`` and ``w`` pick the rank the other panels show."""
 
     CSS_PATH = "app.tcss"
     ENABLE_COMMAND_PALETTE = False
@@ -65,6 +78,10 @@ class FtwatchApp(App[str]):
         Binding("end", "jump('end')", "End", priority=True, show=False),
         Binding("plus,equals_sign", "rate(1)", "Faster", show=False),
         Binding("minus", "rate(-1)", "Slower", show=False),
+        # A multi-process run's keys: which rank the panels show.
+        Binding("left_square_bracket", "focus_rank(-1)", "Previous rank", group=RANK_KEYS),
+        Binding("right_square_bracket", "focus_rank(1)", "Next rank", group=RANK_KEYS),
+        Binding("w", "follow_worst", "Worst rank", show=False),  # in the help and the ranks panel's title
         Binding("l", "toggle_log", "Log"),
         Binding("s", "screenshot", "Screenshot"),
         Binding("question_mark", "help", "Help"),
@@ -80,8 +97,13 @@ class FtwatchApp(App[str]):
         self.run_title = title
         if title:
             self.title = f"ftwatch: {title}"
+        if feed is None and is_multi_rank_dir(self.log_path):
+            feed = MultiRunFeed(self.log_path, handle)
         self.feed = feed or RunFeed(self.log_path, handle)
         self.replay = isinstance(self.feed, ReplayFeed)
+        self.multi = isinstance(self.feed, MultiRunFeed)
+        self._plot_focus: int | None = None
+        self._ranks_focus: int | None = None
         self._plot_after: int | None = None
         self.render_interval = 1.0 / max(render_hz, 0.5)
         self.plot_interval = 1.0 / max(plot_hz, 0.1)
@@ -102,8 +124,11 @@ class FtwatchApp(App[str]):
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        """Status, memory bar and legend, phases, timeline beside warnings, worker log, keys."""
+        """Status, ranks (multi-process runs), memory bar and legend, phases, timeline beside
+        warnings, worker log, keys."""
         yield StatusLine(id="status")
+        with RanksBox(id="ranks-box", classes="panel"):
+            yield RanksList(id="ranks")
         with Vertical(id="memory", classes="panel"):
             yield MemoryBar(id="bar")
             yield ZoomBar(id="zoom")
@@ -138,7 +163,14 @@ class FtwatchApp(App[str]):
         self.w_log = self.query_one(WorkerLog)
         self.w_plot = self.query_one(TimelinePlot)
         self.w_plot_legend = self.query_one("#timeline-legend", Static)
+        self.w_timeline_box = self.query_one("#timeline-box")
+        self.w_ranks_box = self.query_one(RanksBox)
+        self.w_ranks = self.query_one(RanksList)
         self.main_screen = self.screen
+        self.main_screen.set_class(self.multi, "-multi")
+        if self.multi:  # the rank keys: the footer drops its padding to keep every key on 80 columns
+            self.query_one(Footer).compact = True
+        self.w_ranks_box.border_title = "Ranks"
         self.w_memory.border_title = "Memory"
         self.w_phase_box.border_title = "Phases"
         self.query_one("#timeline-box").border_title = "Timeline"
@@ -173,13 +205,13 @@ class FtwatchApp(App[str]):
     @property
     def live(self) -> bool:
         """True while a training process is attached and has not ended."""
-        return (self.handle is not None and self.feed.state.exit is None
+        return (self.handle is not None and not self.feed.ended
                 and self.feed.worker_alive is not False)
 
     # -- rendering ---------------------------------------------------------------------------
     def _tick(self) -> None:
         """The render timer: redraw what changed, at most ``render_hz`` times a second."""
-        if self.quit_when_stopped and (self.feed.state.exit is not None or self.feed.worker_alive is False):
+        if self.quit_when_stopped and (self.feed.ended or self.feed.worker_alive is False):
             self.exit("stopped")
             return
         if self.paused:
@@ -210,6 +242,8 @@ class FtwatchApp(App[str]):
         self.w_status.show(status_lines(view, max(width - 2, 20), paused=self.paused,
                                                      live=self.handle is not None, title=self.run_title,
                                                      now=now, mono=self.mono))
+        if view.ranks is not None:
+            self._show_ranks(view, compact=not (tall and width >= WIDE_FROM))
         bd = compute_breakdown(view)
         self.breakdown = bd
         self.w_bar.show(bd, rows=2 if tall else 1, mono=self.mono)
@@ -232,12 +266,29 @@ class FtwatchApp(App[str]):
         if self._plot_after is not None and view.version > self._plot_after:  # a replay key: at once
             plot_due, self._plot_after = True, None
         ended_now = view.ended and not self._ended_shown
-        if (plot_due and view.version != self._plot_version) or ended_now or self._plot_width != width:
+        focus = view.ranks.focus if view.ranks is not None else None
+        if (plot_due and view.version != self._plot_version) or ended_now or self._plot_width != width \
+                or focus != self._plot_focus:
             self._draw_timeline(view, bd, width)
             self._last_plot = now
             self._plot_version = view.version
             self._plot_width = width
             self._ended_shown = view.ended
+            self._plot_focus = focus
+
+    def _show_ranks(self, view: RunView, compact: bool) -> None:
+        """A multi-process run: the rank rows, and the focused rank named in the panel titles."""
+        ranks = view.ranks
+        assert ranks is not None
+        self.w_ranks.show(ranks, mono=self.mono, compact=compact)
+        _set_title(self.w_ranks_box, escape(ranks_title(ranks)))
+        suffix = rank_suffix(view)
+        _set_title(self.w_phase_box, ("Not instrumented" if view.external else "Phases") + suffix)
+        _set_title(self.w_timeline_box, "Timeline" + suffix)
+        if ranks.focus != self._ranks_focus:
+            self._ranks_focus = ranks.focus
+            index = next((i for i, row in enumerate(ranks.rows) if row.rank == ranks.focus), 0)
+            self.call_after_refresh(self.w_ranks_box.keep_visible, index)
 
     def _show_outside(self, view: RunView) -> None:
         """A process watched from outside: the phase strip gives way to the no-breakdown notice."""
@@ -267,6 +318,8 @@ class FtwatchApp(App[str]):
             return self.live
         if action in REPLAY_ACTIONS:
             return self.replay
+        if action in RANK_ACTIONS:
+            return self.multi
         if action == "toggle_pause":
             return not self.replay
         return True
@@ -367,6 +420,20 @@ class FtwatchApp(App[str]):
         self._plot_after = self.feed.version  # redraw the timeline as soon as the feed has moved
         command(self.feed)
 
+    def action_focus_rank(self, direction: int) -> None:
+        """Multi-process run: show the next (``1``) or previous (``-1``) rank in the panels."""
+        if self._modal_open() or not isinstance(self.feed, MultiRunFeed):
+            return
+        self.feed.focus_step(direction)
+        self._tick()
+
+    def action_follow_worst(self) -> None:
+        """Multi-process run: show the worst rank again, and follow it as it changes."""
+        if self._modal_open() or not isinstance(self.feed, MultiRunFeed):
+            return
+        self.feed.follow_worst()
+        self._tick()
+
     def action_toggle_log(self) -> None:
         """Give the worker's output most of the screen, or shrink it back."""
         self.main_screen.toggle_class("-log-open")
@@ -389,7 +456,7 @@ class FtwatchApp(App[str]):
     def action_help(self) -> None:
         """Show the keys and what the colours mean."""
         if not self._modal_open():
-            self.push_screen(HelpScreen(replay=self.replay))
+            self.push_screen(HelpScreen(replay=self.replay, ranks=self.multi))
 
 
 def _set_title(widget: Widget, title: str) -> None:
@@ -398,21 +465,29 @@ def _set_title(widget: Widget, title: str) -> None:
         widget.border_title = title
 
 
+def rank_suffix(view: RunView) -> str:
+    """`` · rank 1`` in a multi-process run's panel titles (the focused rank); else nothing."""
+    if view.ranks is None or view.ranks.focus is None:
+        return ""
+    return f" · rank {view.ranks.focus}"
+
+
 def memory_title(view: RunView, bd: Breakdown) -> str:
     """The memory panel's title: how much is used of what, and what is left."""
+    memory = "Memory" + rank_suffix(view)
     if not bd.parts:
-        return "Memory"
+        return memory
     where = {"snapshot": f"step {view.step}" if view.phase == "training" else "phase end",
              "live": "live", "oom": "at the failure", "outside": "no breakdown"}.get(bd.source, "")
     device = view.device
     if view.is_cuda:
         free = next((p.bytes for p in bd.parts if p.name == "free"), None)
-        head = f"Memory · GPU {device.get('index', 0)} · {fmt.size(bd.used)} of {fmt.size(bd.scale)}"
+        head = f"{memory} · GPU {device.get('index', 0)} · {fmt.size(bd.used)} of {fmt.size(bd.scale)}"
         head += f" ({fmt.share(bd.share(bd.used))})"
         if free is not None:
             head += f" · free {fmt.size(free)}"
     else:
-        head = f"Memory · RSS {fmt.size(bd.used)} of {fmt.size(bd.scale)} {bd.capacity_label}"
+        head = f"{memory} · RSS {fmt.size(bd.used)} of {fmt.size(bd.scale)} {bd.capacity_label}"
         head += f" ({fmt.share(bd.share(bd.used))})"
         if bd.source != "outside":
             head += f" · tensors {fmt.size(bd.tensor_total)}"
@@ -420,13 +495,15 @@ def memory_title(view: RunView, bd: Breakdown) -> str:
 
 
 def alerts_title(view: RunView) -> str:
-    """The warnings panel's title."""
+    """The warnings panel's title (naming the focused rank of a multi-process run)."""
     status = (view.exit or {}).get("status")
     if status in ("oom", "failed"):
-        return "Post-mortem"
-    if view.ended:
-        return "Summary"
-    return f"Warnings ({len(view.warnings)})" if view.warnings else "Warnings"
+        title = "Post-mortem"
+    elif view.ended:
+        title = "Summary"
+    else:
+        title = f"Warnings ({len(view.warnings)})" if view.warnings else "Warnings"
+    return title + rank_suffix(view)
 
 
 def run_dashboard(log_path: Path, handle: WorkerHandle | None, *, title: str | None = None,
@@ -438,7 +515,14 @@ def run_dashboard(log_path: Path, handle: WorkerHandle | None, *, title: str | N
     ended (or this was a replay) and the user quit. A dashboard that dies for any other reason
     never stops the training: it reports ``"detached"`` while the worker still runs. ``feed``
     replaces the default reader (a :class:`~ftwatch.tui.replay.ReplayFeed` plays a recorded log).
+
+    ``log_path`` may be the run directory of a multi-process run, with the launcher's handle (its
+    ranks are followed, a vanished rank is recorded) or None (the recorded run at its end): it is
+    always read by a :class:`~ftwatch.tui.multi_feed.MultiRunFeed` (a ``feed`` of another kind,
+    never started, is dropped: there is no playback of a multi-process run).
     """
+    if feed is not None and not isinstance(feed, MultiRunFeed) and is_multi_rank_dir(log_path):
+        feed = None
     app = FtwatchApp(log_path, handle, title=title, feed=feed)
     result: str | None
     try:

@@ -18,11 +18,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftwatch.events import ReadStats, SchemaVersionError
 from ftwatch.sources import LogFollower, WorkerHandle
 from ftwatch.state import PhaseRecord, RunState, TimelinePoint
+
+if TYPE_CHECKING:
+    from ftwatch.tui.multi_feed import RanksView
 
 WORKER_LOG = "worker.log"
 
@@ -164,6 +167,8 @@ class RunView:
     summary: dict[str, Any] | None
     skipped: dict[str, int] = field(default_factory=dict)
     replay: ReplayInfo | None = None
+    #: Every rank of a multi-process run (the rest of the view is the focused rank's); else None.
+    ranks: RanksView | None = None
 
     @property
     def status(self) -> str:
@@ -171,6 +176,16 @@ class RunView:
         if self.exit is not None:
             return str(self.exit.get("status") or "failed")
         return "running" if self.header or self.samples else "waiting"
+
+    @property
+    def run_status(self) -> str:
+        """The whole run's status: :attr:`status`, or over every rank of a multi-process run."""
+        return self.ranks.status if self.ranks is not None else self.status
+
+    @property
+    def run_ended(self) -> bool:
+        """True once the whole run has ended (every rank of a multi-process run)."""
+        return self.ranks.ended if self.ranks is not None else self.ended
 
     @property
     def device(self) -> dict[str, Any]:
@@ -323,6 +338,11 @@ class RunFeed:
                                   "status": "failed", "step": self.state.step, "by": "monitor",
                                   "message": message})
             self.version += 1
+
+    @property
+    def ended(self) -> bool:
+        """True once the run has an exit (written by the worker, or recorded by this viewer)."""
+        return self.state.exit is not None
 
     # -- the UI side -------------------------------------------------------------------------
     def request_stop(self) -> None:

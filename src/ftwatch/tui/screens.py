@@ -36,6 +36,12 @@ REPLAY_KEYS = [
     ("?", "this help (↑↓ scroll, esc closes)"),
 ]
 
+#: The keys of a multi-process run (shown after the others).
+RANK_KEYS = [
+    ("[ ]", "show the previous / next rank in the panels"),
+    ("w", "show the worst rank again, and follow it"),
+]
+
 
 class QuitScreen(ModalScreen[str | None]):
     """The training is still running: stop it, leave it running, or stay."""
@@ -125,13 +131,16 @@ class TerminateScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-def help_text(mono: bool = False, replay: bool = False) -> Text:
-    """The keys (a live run's, or a replay's) and what the bar's colours mean."""
+def help_text(mono: bool = False, replay: bool = False, ranks: bool = False) -> Text:
+    """The keys (a live run's, or a replay's; a multi-process run's too) and what the bar's colours mean."""
     text = Text()
     text.append("Keys\n", Style(bold=True))
-    for key, meaning in REPLAY_KEYS if replay else KEYS:
+    for key, meaning in [*(REPLAY_KEYS if replay else KEYS), *(RANK_KEYS if ranks else [])]:
         text.append(f" {key:>5} ", Style(reverse=True, bold=True))
         text.append(f"  {meaning}\n")
+    if ranks:
+        text.append("\nRanks: one row per process, its share of its own device; ▸ the rank the panels\n"
+                    "show, ◀ the worst rank (the one that failed first, else the closest to running out).\n")
     text.append("\nThe bar, left to right\n", Style(bold=True))
     for name in (*CATEGORIES, PROCESS_REST):
         look = LOOKS[name]
@@ -154,14 +163,15 @@ class HelpScreen(ModalScreen[None]):
         Binding("q", "close", "Close", show=False),
     ]
 
-    def __init__(self, replay: bool = False) -> None:
+    def __init__(self, replay: bool = False, ranks: bool = False) -> None:
         super().__init__()
         self.replay = replay
+        self.ranks = ranks
 
     def compose(self) -> ComposeResult:
         """The help text, scrollable with the arrow keys on a small terminal."""
         with VerticalScroll(id="dialog", classes="help"):
-            yield Static(help_text(self.app.no_color, replay=self.replay))
+            yield Static(help_text(self.app.no_color, replay=self.replay, ranks=self.ranks))
 
     def on_mount(self) -> None:
         """Focus the text so the arrow keys scroll it."""

@@ -40,6 +40,13 @@ def _breakdown_line(categories: dict[str, Any], out: Text) -> None:
     out.append("\n")
 
 
+def rank_prefix(view: RunView) -> str:
+    """``rank 1: `` before what the panel says of a multi-process run's focused rank; else nothing."""
+    if view.ranks is None or view.ranks.focus is None:
+        return ""
+    return f"rank {view.ranks.focus}: "
+
+
 def post_mortem(view: RunView) -> Text:
     """Why the run ended badly: where, the error, the breakdown at the failure, what to change."""
     exit_event = view.exit or {}
@@ -51,7 +58,7 @@ def post_mortem(view: RunView) -> Text:
     where = f" while {SHORT.get(phase, phase)}" if phase else ""
     if phase == "training" and exit_event.get("step") is not None:
         where += f" (step {exit_event['step']})"
-    out.append(f"✖ {title}{where}\n", Style(color=DANGER, bold=True))
+    out.append(f"✖ {rank_prefix(view)}{title}{where}\n", Style(color=DANGER, bold=True))
     message = (oom or {}).get("message") or exit_event.get("message")
     if message:
         out.append(f"{message}\n")
@@ -79,7 +86,8 @@ def end_summary(view: RunView) -> Text:
     status = exit_event.get("status", "failed")
     out = Text()
     colour = GOOD if status == "finished" else (WATCH if status == "stopped" else DANGER)
-    out.append(f"run {status}", Style(color=colour, bold=True))
+    who = f"rank {view.ranks.focus}" if view.ranks is not None and view.ranks.focus is not None else "run"
+    out.append(f"{who} {status}", Style(color=colour, bold=True))
     out.append(f" after {view.step} step{'s' if view.step != 1 else ''} in {fmt.duration(view.elapsed)}\n")
     peak = max(view.peak_total, view.peak_rss if not view.is_cuda else 0)
     if peak and view.capacity:
@@ -113,7 +121,7 @@ def alerts_text(view: RunView) -> Text:
                                     f"· OOM in ~{soon} steps" if soon is not None else "") if x)
         if meta:
             out.append(f" {meta}", Style(color=DIM))
-        out.append(f"\n{warning.get('message', '')}\n")
+        out.append(f"\n{rank_prefix(view)}{warning.get('message', '')}\n")
         _suggestions(warning.get("suggestions"), out)
         out.append("\n")
     if not view.warnings and not view.ended and view.status != "waiting":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import PurePath
+from typing import Any
 
 from rich.style import Style
 from rich.text import Text
@@ -38,18 +39,19 @@ STALE_AFTER = 5.0
 
 
 def badge_for(view: RunView, *, paused: bool, live: bool) -> str:
-    """Which badge the run gets right now."""
+    """Which badge the run gets right now (a multi-process run's: over all its ranks)."""
     if view.error:
         return "error"
     if paused:
         return "paused"
-    if view.ended:
-        return view.status if view.status in BADGES else "failed"
+    status = view.run_status
+    if view.run_ended:
+        return status if status in BADGES else "failed"
     if view.replay is not None:
         return "replay" if view.replay.playing or view.replay.loading else "paused"
     if view.stop_requested_at is not None:
         return "stopping"
-    if view.status == "waiting":
+    if status == "waiting":
         return "waiting"
     return "running" if live or view.external else "replay"
 
@@ -61,17 +63,32 @@ def model_label(model: str) -> str:
     return model
 
 
-def risk_text(view: RunView) -> Text | None:
-    """The latest warning, when it still stands (watch or danger) and the run goes on."""
+def standing_warning(view: RunView) -> tuple[dict[str, Any] | None, str]:
+    """The warning the status line shows and whose it is: the run's latest while it goes on; in a
+    multi-process run the worst rank's (``"r1 "``)."""
+    if view.ranks is not None:
+        row = view.ranks.worst_row
+        if row is None or row.warning is None or view.run_ended:
+            return None, ""
+        return row.warning, f"r{row.rank} "
     if view.ended or not view.warnings:
+        return None, ""
+    return view.warnings[-1], ""
+
+
+def risk_text(view: RunView) -> Text | None:
+    """The latest warning, when it still stands (watch or danger) and the run goes on (with
+    several ranks: the worst rank's)."""
+    warning, who = standing_warning(view)
+    if warning is None:
         return None
-    warning = view.warnings[-1]
     level = warning.get("level")
     if level not in ("watch", "danger"):
         return None
     soon = warning.get("steps_to_oom")
     what = str(warning.get("code") or "warning").replace("_", " ")
-    text = f"{'▲' if level == 'danger' else '●'} {what}" + (f": OOM in ~{soon} steps" if soon is not None else "")
+    text = f"{'▲' if level == 'danger' else '●'} {who}{what}" + (
+        f": OOM in ~{soon} steps" if soon is not None else "")
     return Text(text, Style(color=DANGER if level == "danger" else WATCH, bold=True))
 
 
@@ -151,9 +168,13 @@ def status_lines(view: RunView, width: int, *, paused: bool = False, live: bool 
     line1.append(Text(str(name), Style(bold=True)))
     if header.get("model"):
         line1.append(Text(model_label(str(header["model"])), Style(color=ACCENT)))
+    dead = [r.rank for r in view.ranks.rows if r.vanished] if view.ranks is not None else []
+    if dead:
+        line1.append(Text(f"rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} vanished",
+                          Style(color=DANGER, bold=True)))
     if view.phase and not view.ended:
         line1.append(Text("phase " + PHASE_LABELS.get(view.phase, view.phase)))
-    elif view.ended and view.exit and view.exit.get("by") == "monitor":
+    elif view.ended and view.exit and view.exit.get("by") == "monitor" and view.ranks is None:
         line1.append(Text("worker vanished", Style(color=DANGER)))
     if device.get("name"):
         kind = "GPU" if device.get("type") == "cuda" else "CPU"
@@ -168,15 +189,17 @@ def status_lines(view: RunView, width: int, *, paused: bool = False, live: bool 
         line2.append(Text("waiting for the run to start writing its log…", Style(color=DIM)))
     else:
         line2 = outside_pieces(view) if view.external else progress_pieces(view)
+        if view.ranks is not None and view.ranks.focus is not None:
+            line2.insert(0, Text(f"rank {view.ranks.focus}:", Style(bold=True)))
         if view.replay is not None:
             line2.insert(0, replay_text(view.replay))
         elif paused:
             line2.insert(0, Text("display paused, training goes on (space)", Style(color=WATCH)))
-        elif view.stop_requested_at is not None and not view.ended:
+        elif view.stop_requested_at is not None and not view.run_ended:
             waited = now - view.stop_requested_at
             line2.insert(0, Text(f"stop requested {fmt.duration(waited)} ago: stopping at the next step",
                                  Style(color=WATCH)))
-        elif live and not view.ended and view.last_event_wall is not None:
+        elif live and not view.run_ended and view.last_event_wall is not None:
             quiet = now - view.last_event_wall
             if quiet > STALE_AFTER:
                 line2.insert(0, Text(f"no data for {fmt.duration(quiet)}", Style(color=WATCH, bold=True)))
