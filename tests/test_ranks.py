@@ -327,3 +327,44 @@ def test_each_ranks_loss_is_on_the_trainers_scale() -> None:
         steps = range(window * 10 + 1, window * 10 + 11)
         ours = statistics.mean((losses[0][s] + losses[1][s]) / 2 for s in steps)
         assert ours == pytest.approx(trainer_loss, abs=6e-4)  # the Trainer prints 4 significant digits
+
+
+def test_the_estimate_adds_ddps_gradient_buckets_as_measured(tiny_config) -> None:
+    """DDP keeps one more copy of the gradients in its buckets; the estimate of a [launch] config
+    adds exactly what DistributedDataParallel reports allocating for the same LoRA model."""
+    import torch
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from conftest import TINY_MODEL
+    from ftwatch.analysis.estimate import estimate
+
+    alone = estimate(load_config(tiny_config()), suggestions=False)
+    ddp = estimate(load_config(tiny_config(launch={"nproc_per_node": 4})), suggestions=False)
+    added = ddp.categories["other"] - alone.categories["other"]
+    assert {k: v for k, v in ddp.categories.items() if k != "other"} == \
+        {k: v for k, v in alone.categories.items() if k != "other"}
+    assert any("each of the 4 DDP processes" in note for note in ddp.notes)
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(TINY_MODEL, dtype=torch.float32)
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "v_proj"]))
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        ids = torch.randint(0, 100, (2, 16))
+        wrapped(input_ids=ids, labels=ids).loss.backward()
+        buckets = sum(int(size) for size in str(wrapped._get_ddp_logging_data()["bucket_sizes"]).split(", "))
+    finally:
+        dist.destroy_process_group()
+    assert added == buckets > 0
+
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -25,6 +25,12 @@ def quantization_of(inputs: EstimateInputs) -> str | None:
     return "4bit" if inputs.load_in_4bit else "8bit" if inputs.load_in_8bit else None
 
 
+def ddp_bucket_bytes(inputs: EstimateInputs, grads_bytes: int) -> int:
+    """What DistributedDataParallel adds on each rank: its gradient buckets, one more copy of the
+    gradients (``gradient_as_bucket_view`` is off in the Trainer), allocated by torch (``other``)."""
+    return grads_bytes if inputs.world_size > 1 else 0
+
+
 def estimate_inputs(inputs: EstimateInputs, capacity_bytes: int | None = None,
                     capacity_source: str | None = None) -> Estimate:
     """Estimate every category for ``inputs`` and judge it against ``capacity_bytes`` (no suggestions)."""
@@ -39,7 +45,7 @@ def estimate_inputs(inputs: EstimateInputs, capacity_bytes: int | None = None,
         "grads": counts.trainable_bytes,
         "optimizer": optimizer_state_bytes(counts.trainable_shapes, inputs.optim, inputs.training.get("optim_args")),
         "activations": activations.total,
-        "other": other_bytes(inputs),
+        "other": other_bytes(inputs) + ddp_bucket_bytes(inputs, counts.trainable_bytes),
     }
     if inputs.on_gpu:
         categories["non_torch"] = NON_TORCH_BYTES
@@ -53,6 +59,9 @@ def estimate_inputs(inputs: EstimateInputs, capacity_bytes: int | None = None,
 
 def _notes(inputs: EstimateInputs, activations: ActivationEstimate) -> list[str]:
     notes = []
+    if inputs.world_size > 1:
+        notes.append(f"per process: each of the {inputs.world_size} DDP processes holds all of this on its own "
+                     "device; `other` includes DDP's gradient buckets (a second copy of the grads)")
     if inputs.optim not in OPTIMIZERS:
         notes.append(f"optimizer {inputs.optim!r} is not known to ftwatch; its state is sized like AdamW's")
     if inputs.optim.startswith("paged_"):

@@ -24,6 +24,7 @@ class EstimateInputs:
     on_gpu: bool = True
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    world_size: int = 1  # training processes (``[launch]``): DDP keeps a replica on each
 
     @property
     def resolved_dtype(self) -> str:
@@ -106,6 +107,7 @@ def inputs_from_config(cfg: Config, on_gpu: bool | None = None) -> EstimateInput
         on_gpu=on_gpu,
         attn_implementation=cfg.model.attn_implementation,
         trust_remote_code=cfg.model.trust_remote_code,
+        world_size=cfg.launch.world_size,
     )
 
 
