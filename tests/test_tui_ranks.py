@@ -21,27 +21,20 @@ from ftwatch.tui.multi_feed import MultiRunFeed, RankRow, RanksView
 from ftwatch.tui.replay import ReplayFeed
 from ftwatch.tui.screens import HelpScreen
 from ftwatch.tui.widgets.ranks import render_rows
-from test_tui_app import BIG, SMALL, FakeHandle, region_text, screen_text, wait_for
+from test_tui_app import (  # noqa: F401 - the fixture applies here too
+    BIG,
+    SMALL,
+    FakeHandle,
+    make_app,
+    no_drawing_errors,
+    region_text,
+    screen_text,
+    wait_for,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 TENSORS = ("weights", "lora", "grads", "optimizer", "activations")
 
-_APPS: list[FtwatchApp] = []
-
-
-def make_app(*args, **kwargs) -> FtwatchApp:
-    """An app whose drawing errors fail the test (the app itself survives them)."""
-    app = FtwatchApp(*args, **kwargs)
-    _APPS.append(app)
-    return app
-
-
-@pytest.fixture(autouse=True)
-def no_drawing_errors():
-    _APPS.clear()
-    yield
-    for app in _APPS:
-        assert app.render_error is None, repr(app.render_error)
 
 
 # -- figures from the fixtures, computed here ----------------------------------------------------

@@ -41,18 +41,7 @@ def follow_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int
     follower = LogFollower(run_dir / EVENTS_FILE)
     state = RunState()
     printer = ProgressPrinter(out, every=every)
-    interrupts = 0
-
-    def on_interrupt(signum: int, frame: Any) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        handle.request_stop()
-        message = "stopping at the next step boundary (Ctrl-C again to stop now)" if interrupts == 1 \
-            else "stopping now"
-        out.write(f"ftwatch: {message}\n")
-        out.flush()
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous = signal.signal(signal.SIGINT, interrupt_handler(handle, out))
     try:
         while True:
             alive = handle.is_alive()
@@ -85,6 +74,29 @@ def follow_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int
     return state, follower.decoder.stats
 
 
+def interrupt_handler(handle: WorkerHandle, out: TextIO, whom: str = "") -> Callable[[int, Any], None]:
+    """A SIGINT handler for a headless viewer: the first Ctrl-C asks the training to stop at the next
+    step boundary, the next ones to stop now (a launcher's whole process group is signalled)."""
+    interrupts = 0
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            handle.request_stop()
+            message = f"stopping {whom}at the next step boundary (Ctrl-C again to stop now)"
+        else:
+            if handle.group:
+                handle.terminate()
+            else:
+                handle.request_stop()
+            message = "stopping now"
+        out.write(f"ftwatch: {message}\n")
+        out.flush()
+
+    return on_interrupt
+
+
 def record_vanished_worker(run_dir: Path, handle: WorkerHandle, state: RunState) -> None:
     """The worker ended without an exit event (killed): record that in its log, marked as ours."""
     code = handle.returncode()
@@ -115,7 +127,6 @@ def follow_ranks_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, ever
     printers: dict[int, ProgressPrinter] = {}
     host = socket.gethostname()
     last_check = 0.0
-    interrupts = 0
 
     def printer(rank: int) -> ProgressPrinter:
         if rank not in printers:
@@ -138,19 +149,7 @@ def follow_ranks_headless(run_dir: Path, handle: WorkerHandle, out: TextIO, ever
                     record_vanished_rank(run_dir, rank, run.ranks[rank], apply=False)
             fold(follower.poll())  # the exit events just written, read like any other
 
-    def on_interrupt(signum: int, frame: Any) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
-            handle.request_stop()
-        else:
-            handle.terminate()
-        message = "stopping every rank at the next step boundary (Ctrl-C again to stop now)" if interrupts == 1 \
-            else "stopping now"
-        out.write(f"ftwatch: {message}\n")
-        out.flush()
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous = signal.signal(signal.SIGINT, interrupt_handler(handle, out, "every rank "))
     try:
         while True:
             launcher_alive = handle.is_alive()

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from ftwatch.tui.multi_feed import RanksView
 
 WORKER_LOG = "worker.log"
+#: What a replay says of a log that ends without an exit event.
+NO_EXIT = "the log ends without an exit event: the training process was killed"
 
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -302,12 +304,11 @@ class RunFeed:
 
     def _check_end(self, now: float, had_events: bool) -> None:
         """Notice a run that is over: a replay read to its end, or a worker that went away."""
-        if self.state.exit is not None or self._finished_reading:
+        if self._ended_or_read():
             return
         if self.handle is None:
-            if had_events or not self.log_path.exists() or self.state.header.get("external"):
-                return  # an outside view's log grows until its watcher writes the exit
-            self._finish("the log ends without an exit event: the training process was killed")
+            if self._recording_complete(had_events):
+                self._finish(NO_EXIT)
             return
         if now < self._next_alive_check:
             return
@@ -322,11 +323,27 @@ class RunFeed:
             return
         if self._dead_since is None:
             self._dead_since = now
-        if had_events or now - self._dead_since < self.exit_grace:
+        if had_events or now - self._dead_since < self.exit_grace or self._still_writing():
             return  # give the last lines time to land
         code = self.handle.returncode()
-        detail = f" (exit code {code})" if code is not None else ""
+        detail = f" ({self.handle_name} exit code {code})" if code is not None else ""
         self._finish(f"the training process ended without writing an exit event{detail}")
+
+    #: What the handle's process is called in messages (a multi-process run's is the launcher).
+    handle_name = "worker"
+
+    def _ended_or_read(self) -> bool:
+        """True when nothing is left to notice: the run has its exit, or was read to its end."""
+        return self.state.exit is not None or self._finished_reading
+
+    def _recording_complete(self, had_events: bool) -> bool:
+        """A replay: True when the log has been read to its end without an exit event (an outside
+        view's log grows until its watcher writes the exit)."""
+        return not had_events and self.log_path.exists() and not self.state.header.get("external")
+
+    def _still_writing(self) -> bool:
+        """True while a writer other than the handle's process may still append (none here)."""
+        return False
 
     def _finish(self, message: str) -> None:
         events = self.follower.finish()

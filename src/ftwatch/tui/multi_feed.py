@@ -39,8 +39,6 @@ from ftwatch.tui.feed import RunFeed, RunView
 
 #: The ``error_type`` of an exit recorded for a rank whose process vanished.
 VANISHED = "WorkerVanished"
-#: What a replay says of a rank whose log ends without an exit event.
-NO_EXIT = "the log ends without an exit event: the training process was killed"
 
 
 @dataclass(frozen=True)
@@ -238,32 +236,16 @@ class MultiRunFeed(RunFeed):
                 return True
         return False
 
-    def _check_end(self, now: float, had_events: bool) -> None:
-        """Notice a run that is over: a replay read to its end, or a launcher gone with its ranks."""
-        if self.ended:
-            return
-        if self.handle is None:
-            if not had_events and self.run.ranks:
-                self._finish(NO_EXIT)
-            return
-        if now < self._next_alive_check:
-            return
-        self._next_alive_check = now + 0.5
-        alive = self.handle.is_alive()
-        if alive != self.worker_alive:
-            with self.lock:
-                self.worker_alive = alive
-                self.version += 1
-        if alive:
-            self._dead_since = None
-            return
-        if self._dead_since is None:
-            self._dead_since = now
-        if had_events or now - self._dead_since < self.exit_grace or self._rank_process_running():
-            return  # give the last lines time to land; a rank may outlive its launcher
-        code = self.handle.returncode()
-        detail = f" (launcher exit code {code})" if code is not None else ""
-        self._finish(f"the training process ended without writing an exit event{detail}")
+    handle_name = "launcher"
+
+    def _ended_or_read(self) -> bool:
+        return self.ended
+
+    def _recording_complete(self, had_events: bool) -> bool:
+        return not had_events and bool(self.run.ranks)
+
+    def _still_writing(self) -> bool:
+        return self._rank_process_running()  # a rank may outlive its launcher
 
     def _finish(self, message: str) -> None:
         """The writers are gone: read the last lines, and end in memory every rank left without an exit."""

@@ -38,7 +38,7 @@ from typing import IO, Any
 
 from ftwatch.events import EventDecoder, ReadStats, SchemaVersionError, resolve_log_path
 from ftwatch.state import RunState, Timeline
-from ftwatch.tui.feed import ReplayInfo, RunFeed
+from ftwatch.tui.feed import NO_EXIT, ReplayInfo, RunFeed
 
 MAX, AUTO = "max", "auto"
 #: ``auto``: the whole recording plays in about this many seconds.
@@ -55,7 +55,6 @@ LOADING_FRAME = 0.25
 PLAY_BATCH = 20000
 #: The rates ``+`` and ``-`` move between (run seconds per second).
 RATES: tuple[float, ...] = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 10800)
-NO_EXIT = "the log ends without an exit event: the training process was killed"
 
 
 def parse_speed(text: str) -> float | str:
