@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -190,9 +189,17 @@ def test_attach_to_a_rank_follows_the_whole_run(tiny_config, tmp_path):
     listing = run_cli("ls", "--json")
     rows = json.loads(listing.stdout)
     assert len(rows) == 1 and rows[0]["ranks"] == 2 and rank1_pid in rows[0]["pids"]
-    t0 = time.time()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    by_dir = subprocess.Popen([sys.executable, "-m", "ftwatch", "attach", str(run_dir), "--headless", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     attached = run_cli("attach", str(rank1_pid), "--headless", "--json", timeout=240)
-    assert attached.returncode == 0, attached.stderr[-2000:]
-    summary = json.loads(attached.stdout)
-    assert [r["status"] for r in summary["ranks"]] == ["finished", "finished"]
-    assert summary["steps"] == 150 and time.time() - t0 < 240
+    out, err = by_dir.communicate(timeout=120)
+    for code, text, errors in ((attached.returncode, attached.stdout, attached.stderr), (by_dir.returncode, out, err)):
+        assert code == 0, errors[-2000:]
+        summary = json.loads(text)
+        assert [r["status"] for r in summary["ranks"]] == ["finished", "finished"]
+        assert summary["steps"] == 150
+    ended = run_cli("attach", str(run_dir))
+    assert ended.returncode == 2
+    assert ended.stderr.strip() == f"ftwatch attach: no live run in {run_dir} (ftwatch ls lists them); " \
+                                   f"a finished one replays with: ftwatch replay {run_dir}"

@@ -32,17 +32,37 @@ HELP = "watch a run that is already going, by PID"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ftwatch attach``."""
-    parser.add_argument("pid", nargs="?", type=int, help="the training process (default: the only live run)")
+    parser.add_argument("pid", nargs="?", type=_pid_or_dir, metavar="PID|DIR",
+                        help="the training process, or a live run's directory (a multi-process run's too; "
+                             "default: the only live run)")
     parser.add_argument("--headless", action="store_true", help="print progress lines instead of the dashboard")
     parser.add_argument("--json", action="store_true", help="with --headless: print the summary as JSON at the end")
     add_metrics_arguments(parser)
 
 
-def choose_run(pid: int | None) -> registry.RunEntry | int:
+def _pid_or_dir(text: str) -> int | Path:
+    return int(text) if text.strip().isdigit() else Path(text)
+
+
+def run_in_directory(path: Path) -> registry.RunEntry:
+    """The live registered run whose directory ``path`` is (or holds: a rank's directory or log)."""
+    if not path.exists():
+        raise UsageError(f"no such run directory: {path}")
+    key = run_key(path.parent if path.is_file() else path)
+    live = [e for e in one_entry_per_run(registry.live_runs()) if run_key(e.run_dir).resolve() == key.resolve()]
+    if live:
+        return live[0]
+    raise UsageError(f"no live run in {path} (ftwatch ls lists them); a finished one replays with: "
+                     f"ftwatch replay {path}")
+
+
+def choose_run(pid: int | Path | None) -> registry.RunEntry | int:
     """The registered run to attach to, or the PID of an uninstrumented process; raises UsageError.
 
     The launcher and the ranks of one multi-process run count as one run.
     """
+    if isinstance(pid, Path):
+        return run_in_directory(pid)
     if pid is None:
         runs = one_entry_per_run(registry.live_runs())
         if not runs:
