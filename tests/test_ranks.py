@@ -368,3 +368,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_more_processes_than_gpus_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    from ftwatch.worker import check_gpu_for_rank
+
+    config = tmp_path / "c.toml"
+    check_gpu_for_rank(1, 2, config, 2)  # local rank 1 of 2 on two GPUs: fine
+    with pytest.raises(ConfigError) as info:
+        check_gpu_for_rank(2, 2, config, 4)
+    assert str(info.value) == (f"{config}: [launch].nproc_per_node = 4, but this node has 2 GPUs visible to "
+                               "torch (one process per GPU; set use_cpu = true in [training] to train on the CPU)")

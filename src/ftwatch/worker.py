@@ -110,13 +110,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         validate_library_sections(cfg)
+        training = Training(cfg, run_dir, stop, strict=args.strict)
     except ConfigError as exc:
-        print(f"ftwatch worker: {exc}", file=sys.stderr, flush=True)
+        print(f"{_LOG_PREFIX}: {exc}", file=sys.stderr, flush=True)
         writer = EventWriter(run_dir / EVENTS_FILE)
         writer.emit("exit", status="failed", error_type="ConfigError", message=str(exc), by="worker")
         writer.close()
         return EXIT_CONFIG
-    return Training(cfg, run_dir, stop, strict=args.strict).run()
+    return training.run()
+
+
+def check_gpu_for_rank(local_rank: int, gpus: int, config_path: Path, nproc_per_node: int) -> None:
+    """One GPU per local rank: a launch asking for more processes than the node has GPUs is a config
+    error naming the key (rather than every rank failing on an invalid device ordinal)."""
+    if local_rank >= gpus:
+        from ftwatch.config import ConfigError
+
+        raise ConfigError(config_path, f"[launch].nproc_per_node = {nproc_per_node}, but this node has "
+                                       f"{gpus} GPU{'s' if gpus != 1 else ''} visible to torch (one process "
+                                       "per GPU; set use_cpu = true in [training] to train on the CPU)")
 
 
 class Training:
@@ -138,6 +150,7 @@ class Training:
         _, local_rank, self.world_size = distributed_rank()
         self.device = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
         if self.device == "cuda" and self.world_size > 1:  # one GPU per local rank, as DDP expects
+            check_gpu_for_rank(local_rank, torch.cuda.device_count(), cfg.path, cfg.launch.nproc_per_node)
             torch.cuda.set_device(local_rank)
             self.device = f"cuda:{local_rank}"
         max_steps = cfg.training.get("max_steps")
