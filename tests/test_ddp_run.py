@@ -203,3 +203,22 @@ def test_attach_to_a_rank_follows_the_whole_run(tiny_config, tmp_path):
     assert ended.returncode == 2
     assert ended.stderr.strip() == f"ftwatch attach: no live run in {run_dir} (ftwatch ls lists them); " \
                                    f"a finished one replays with: ftwatch replay {run_dir}"
+
+
+@pytest.mark.gpu
+def test_each_rank_trains_on_its_own_gpu(tiny_config):
+    """Where a node has two GPUs or more: NCCL, one device per local rank, the CUDA split per rank."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    config = tiny_config(launch=LAUNCH, training={"use_cpu": False, "max_steps": 4})
+    result = run_cli("run", str(config), "--headless", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    expected = expected_tiny_bytes(8, ("q_proj", "v_proj"))
+    assert [r["device_index"] for r in summary["ranks"]] == [0, 1]
+    for entry in summary["ranks"]:
+        for category in ("weights", "lora", "grads", "optimizer"):
+            assert entry["peak_bytes"][category] == expected[category]
+        assert "other" in entry["peak_bytes"] and "cache" in entry["peak_bytes"]
