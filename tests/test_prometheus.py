@@ -496,3 +496,27 @@ def test_scraped_figures_match_the_runs_summary_and_log(tiny_config: Any, tmp_pa
     assert labels_of(final, "ftwatch_run_info")["run_id"] == events[0]["run_id"]
     assert value(final, "ftwatch_risk_level", **base) == 0
     assert len(summary["warnings"]) == sum(v for (n, _), v in final.items() if n == "ftwatch_warnings_total")
+
+
+def test_server_follows_every_rank_of_a_multi_process_run(tmp_path: Path) -> None:
+    """One endpoint for a torchrun job (what `ftwatch run`'s dashboard path serves): a series per rank."""
+    source = Path(__file__).parent / "fixtures" / "logs" / "ddp-finished"
+    run_dir = tmp_path / "job"
+    (run_dir / "rank0").mkdir(parents=True)
+    (run_dir / "launch.json").write_text((source / "launch.json").read_text())
+    rank0 = (source / "rank0" / "events.jsonl").read_text()
+    (run_dir / "rank0" / "events.jsonl").write_text(rank0)
+    server = MetricsServer(run_dir, "127.0.0.1", 0, poll_seconds=0.02).start()
+    try:
+        series = scrape_until(server.url, lambda s: value(s, "ftwatch_step", rank="0") == 60)
+        assert value(series, "ftwatch_step", rank="1") is None  # rank 1 has not written yet
+        (run_dir / "rank1").mkdir()
+        (run_dir / "rank1" / "events.jsonl").write_text((source / "rank1" / "events.jsonl").read_text())
+        series = scrape_until(server.url, lambda s: value(s, "ftwatch_step", rank="1") == 60)
+    finally:
+        server.stop()
+    for rank in ("0", "1"):
+        last = [json.loads(line) for line in (source / f"rank{rank}" / "events.jsonl").read_text().splitlines()
+                if '"kind":"snapshot"' in line][-1]
+        assert value(series, "ftwatch_loss", rank=rank) == last["loss"]
+        assert value(series, "ftwatch_run_status", status="finished", rank=rank) == 1
