@@ -283,8 +283,12 @@ class RunFeed:
                 self.version += 1
         more = len(events) > 0 and self._stream_was_cut()
         if not more:
+            self._caught_up(now)
             self._check_end(now, had_events=bool(events))
         return more
+
+    def _caught_up(self, now: float) -> None:
+        """Called when a round has read everything there was (a multi-process feed checks its ranks)."""
 
     def _stream_was_cut(self) -> bool:
         # poll() stops after batch_bytes; a full batch likely means more is waiting (a replay).

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftwatch.events import ReadStats, SchemaVersionError
+from ftwatch.events import ReadStats
 from ftwatch.ranks import (
     MultiLogFollower,
     RankedRun,
@@ -172,37 +172,19 @@ class MultiRunFeed(RunFeed):
         """True once every rank has ended (or the run was read to its end / its processes are gone)."""
         return self.run.ended or self._finished_reading
 
-    def pump(self) -> bool:
-        """One polling round (also callable directly, e.g. by tests). True when more is waiting."""
-        if self.error is not None:
-            return False
-        try:
-            pairs = self.follower.poll(max_bytes=self.batch_bytes)
-        except SchemaVersionError as exc:
-            with self.lock:
-                self.error = str(exc)
-                self.version += 1
-            return False
-        now = time.monotonic()
-        if pairs:
-            with self.lock:
-                self.run.apply_all(pairs)
-                self._refocus()
-                self.last_event_wall = now
-                self.version += 1
-        if self.worker_log.poll():
-            with self.lock:
-                self.log_version += 1
-                self.version += 1
-        more = bool(pairs) and self._stream_was_cut()
-        if not more:
-            if not self.run.launch:  # written by the launcher's starter, maybe after we began
-                self.run.launch = read_launch(self.run_dir)
-            if self.handle is not None and now >= self._next_vanish_check:
-                self._next_vanish_check = now + self.vanish_interval
-                self._record_vanished()
-            self._check_end(now, had_events=bool(pairs))
-        return more
+    def _fold(self, pairs: list[tuple[int, dict[str, Any]]], now: float) -> None:  # type: ignore[override]
+        with self.lock:
+            self.run.apply_all(pairs)
+            self._refocus()
+            self.last_event_wall = now
+            self.version += 1
+
+    def _caught_up(self, now: float) -> None:
+        if not self.run.launch:  # written by the launcher's starter, maybe after we began
+            self.run.launch = read_launch(self.run_dir)
+        if self.handle is not None and now >= self._next_vanish_check:
+            self._next_vanish_check = now + self.vanish_interval
+            self._record_vanished()
 
     def _stream_was_cut(self) -> bool:
         # poll() stops after batch_bytes per rank; a full batch likely means more is waiting.
