@@ -289,9 +289,9 @@ def test_metrics_serve_one_series_per_rank() -> None:
                 steps[sample.labels["rank"]] = sample.value
             if sample.name == "ftwatch_memory_bytes" and sample.labels["category"] == "lora":
                 lora[sample.labels["rank"]] = sample.value
-    assert steps == {"0": 60.0, "1": 60.0}
-    expected = {str(r): float(run.ranks[r].categories["lora"]) for r in (0, 1)}
-    assert lora == expected
+    last = {r: [e for e in raw_events(FINISHED, r) if e["kind"] == "snapshot"][-1] for r in (0, 1)}
+    assert lora == {str(r): float(last[r]["categories"]["lora"]) for r in (0, 1)}
+    assert steps == {str(r): float(last[r]["step"]) for r in (0, 1)}
 
 
 def test_a_directory_of_runs_points_to_the_newest_multi_process_run(tmp_path: Path) -> None:
@@ -308,25 +308,6 @@ def test_a_directory_of_runs_points_to_the_newest_multi_process_run(tmp_path: Pa
         resolve_log_path(tmp_path / "newer")
     result = run_cli("replay", str(tmp_path), "--json", timeout=120)
     assert result.returncode == 2 and f"the newest run in it is {tmp_path / 'newer'}" in result.stderr
-
-
-def test_each_ranks_loss_is_on_the_trainers_scale() -> None:
-    """The Trainer divides each rank's loss by the world size inside the model (tokens averaged over
-    ranks) and multiplies it back; the probe reads the model's output, so it must undo the same.
-    Checked against the Trainer's own logged losses (the mean over ranks and over its 10-step
-    logging window) in the run's worker.log."""
-    import ast
-    import statistics
-
-    logged = [float(ast.literal_eval(line[line.index("{"):])["loss"])
-              for line in (DIED / "worker.log").read_text().splitlines() if line.startswith("{'loss'")]
-    assert len(logged) >= 3
-    losses = {r: {e["step"]: e["loss"] for e in raw_events(DIED, r) if e["kind"] == "snapshot" and e.get("step")}
-              for r in (0, 1)}
-    for window, trainer_loss in enumerate(logged[:3]):
-        steps = range(window * 10 + 1, window * 10 + 11)
-        ours = statistics.mean((losses[0][s] + losses[1][s]) / 2 for s in steps)
-        assert ours == pytest.approx(trainer_loss, abs=6e-4)  # the Trainer prints 4 significant digits
 
 
 def test_the_estimate_adds_ddps_gradient_buckets_as_measured(tiny_config) -> None:

@@ -143,7 +143,8 @@ class Probe:
             run_dir = rank_dir(root, rank) if world_size > 1 else root
         elif world_size > 1:
             launcher = os.getppid()
-            run_dir = rank_dir(shared_run_dir(log_dir, name, launcher, _start_time(launcher)), rank)
+            started = registry.process_create_time(launcher) or time.time()  # gone or hidden: now
+            run_dir = rank_dir(shared_run_dir(log_dir, name, launcher, started), rank)
         else:
             run_dir = new_run_dir(log_dir, name)
         probe = cls(run_dir, name=name, **kwargs)
@@ -443,15 +444,6 @@ def _distributed_fields() -> dict[str, Any]:
         fields.update(local_rank=local_rank, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1),
                       node_rank=int(os.environ.get("GROUP_RANK", 0) or 0))
     return fields
-
-
-def _start_time(pid: int) -> float:
-    try:
-        import psutil
-
-        return float(psutil.Process(pid).create_time())
-    except Exception:  # the launcher is gone or hidden: fall back to now
-        return time.time()
 
 
 def _user() -> str:
