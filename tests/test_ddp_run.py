@@ -69,7 +69,12 @@ def test_two_ranks_each_measure_their_own_replica(tiny_config, tmp_path):
     try:
         wait_for(lambda: rank_events(tmp_path / "runs", 1) and rank_events(tmp_path / "runs", 1)[-1]["kind"] == "exit"
                  and rank_events(tmp_path / "runs", 0)[-1]["kind"] == "exit", timeout=240)
-        wait_for(lambda: len(scraped.update(scrape(f"http://127.0.0.1:{port}/metrics")) or scraped) == 4, timeout=30)
+        def final_state_served() -> bool:  # the viewer folds a moment after the logs end: wait for it
+            scraped.clear()
+            scraped.update(scrape(f"http://127.0.0.1:{port}/metrics"))
+            return scraped.get(("ftwatch_step", "0")) == scraped.get(("ftwatch_step", "1")) == 6
+
+        wait_for(final_state_served, timeout=30)
         out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
