@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftwatch.events import ReadStats, SchemaVersionError
+from ftwatch.safe_text import safe
 from ftwatch.sources import LogFollower, WorkerHandle
 from ftwatch.state import PhaseRecord, RunState, TimelinePoint
 
@@ -31,17 +31,9 @@ WORKER_LOG = "worker.log"
 #: What a replay says of a log that ends without an exit event.
 NO_EXIT = "the log ends without an exit event: the training process was killed"
 
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
 def clean_line(text: str) -> str:
     """A line as it would look on a terminal: carriage returns overwrite, escapes and controls go."""
-    text = text.rstrip("\r")
-    if "\r" in text:
-        text = text.rsplit("\r", 1)[-1]
-    text = _ANSI.sub("", text).replace("\t", "    ")
-    return _CONTROL.sub("", text)
+    return safe(text, one_line=False).replace("\t", "    ").replace("\n", " ")
 
 
 class TextTail:
