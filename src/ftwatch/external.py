@@ -19,6 +19,7 @@ import psutil
 from ftwatch import __version__
 from ftwatch.events import EVENTS_FILE, EventWriter
 from ftwatch.probe.devices import DeviceSampler, NvmlReader, ReaderUnavailable, SystemReader, load_nvml
+from ftwatch.probe_paths import private_dir
 
 NO_BREAKDOWN = ("PID {pid} is not instrumented by ftwatch: no category breakdown, only what NVML and psutil "
                 "see from outside. Add `callbacks=[FtwatchCallback()]` (from ftwatch import FtwatchCallback) "
@@ -51,7 +52,7 @@ class ExternalWatcher:
     def __init__(self, pid: int, run_dir: Path, sample_hz: float = 10.0) -> None:
         self.pid = pid
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.run_dir, "run directory")
         self.process = psutil.Process(pid)
         self.writer = EventWriter(self.run_dir / EVENTS_FILE)
         self.sample_hz = sample_hz

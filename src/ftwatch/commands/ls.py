@@ -14,6 +14,7 @@ from ftwatch import registry
 from ftwatch.categories import process_total
 from ftwatch.events import EVENTS_FILE, EventDecoder, SchemaVersionError
 from ftwatch.ranks import find_rank_dirs, is_multi_rank_dir, run_key
+from ftwatch.safe_text import safe
 from ftwatch.state import RunState, sample_used
 from ftwatch.units import format_bytes, format_duration
 
@@ -106,9 +107,20 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(f"{'PID':>8}  {'NAME':<20} {'PHASE':<18} {'STEP':>11}  {'MEMORY':<24} {'AGE':>7}  LOG")
     for r in rows:
-        step = f"{r['step']}/{r['max_steps']}" if r["max_steps"] else str(r["step"])
-        memory = f"{format_bytes(r['used_bytes'])} / {format_bytes(r['capacity_bytes'])}"
-        name = f"{r['name']} ({r['ranks']} ranks)" if r.get("ranks") else r["name"]
-        print(f"{r['pid']:>8}  {name[:20]:<20} {str(r['phase'] or '-'):<18} {step:>11}  {memory:<24} "
-              f"{format_duration(r['age_seconds']):>7}  {r['log']}")
+        print(table_line(r))
     return 0
+
+
+def table_line(row: dict[str, Any]) -> str:
+    """One line of the ``ftwatch ls`` table; every string from the registry or a log is made
+    :func:`~ftwatch.safe_text.safe` on one line (a crafted name cannot reach the terminal)."""
+    step = f"{row['step']}/{row['max_steps']}" if row["max_steps"] else str(row["step"])
+    step = safe(step, one_line=True)
+    memory = f"{format_bytes(row['used_bytes'])} / {format_bytes(row['capacity_bytes'])}"
+    name = safe(row["name"], one_line=True)
+    if row.get("ranks"):
+        name = f"{name} ({row['ranks']} ranks)"
+    phase = safe(str(row["phase"] or "-"), one_line=True)
+    log = safe(row["log"], one_line=True)
+    return (f"{row['pid']:>8}  {name[:20]:<20} {phase:<18} {step:>11}  {memory:<24} "
+            f"{format_duration(row['age_seconds']):>7}  {log}")

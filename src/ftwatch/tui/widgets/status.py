@@ -10,6 +10,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
+from ftwatch.safe_text import safe
 from ftwatch.tui import fmt
 from ftwatch.tui.feed import ReplayInfo, RunView
 from ftwatch.tui.palette import ACCENT, DANGER, DIM, GOOD, WATCH
@@ -160,7 +161,7 @@ def status_lines(view: RunView, width: int, *, paused: bool = False, live: bool 
     badge = Text(label, Style(bold=True, reverse=True) if mono else Style(bold=True, color="#000000", bgcolor=colour))
     header = view.header
     device = view.device
-    name = title or header.get("name") or "run"
+    name = safe(str(title or header.get("name") or "run"), one_line=True)  # a title: registry or config
     line1 = [badge]
     risk = risk_text(view)
     if risk is not None:
@@ -182,7 +183,7 @@ def status_lines(view: RunView, width: int, *, paused: bool = False, live: bool 
 
     line2: list[Text] = []
     if view.error:
-        line2.append(Text(view.error, Style(color=DANGER)))
+        line2.append(Text(safe(str(view.error), one_line=True), Style(color=DANGER)))
     elif view.status == "waiting" and view.replay is not None:
         line2.append(replay_text(view.replay))
     elif view.status == "waiting":
