@@ -83,7 +83,7 @@ def test_attach_to_a_process_without_probe_shows_the_outside_view():
 
 def test_attach_errors_are_one_clear_line(tmp_path):
     result = run_cli("attach", "999999")
-    assert result.returncode == 2 and result.stderr.strip() == "ftwatch attach: no process with PID 999999"
+    assert result.returncode == 2 and result.stderr.strip().startswith("ftwatch attach: no process with PID 999999")
     none = run_cli("attach")
     assert none.returncode == 2 and "no monitored runs" in none.stderr
     assert "Traceback" not in result.stderr + none.stderr
@@ -93,8 +93,8 @@ def test_attach_errors_are_one_clear_line(tmp_path):
 def test_attach_to_another_users_process_is_refused(tmp_path):
     sleeper = subprocess.Popen(["sleep", "30"])  # root's process
     home = tmp_path / "nobody-home"
-    home.mkdir(mode=0o777)
-    os.chmod(home, 0o777)
+    home.mkdir(mode=0o700)
+    os.chown(home, 65534, 65534)  # the other user's own, private state directory
     try:
         env = dict(os.environ, FTWATCH_HOME=str(home), HOME=str(home))
         try:
@@ -129,7 +129,44 @@ def test_another_users_process_is_refused_by_its_owner(monkeypatch):
         def username(self):
             return "alice"
 
+        def status(self):
+            return "sleeping"
+
     monkeypatch.setattr(attach.psutil, "Process", Foreign)
+    monkeypatch.setattr(attach, "is_kernel_thread", lambda process: False)
     monkeypatch.setattr(attach.os, "getuid", lambda: 1000)
     with pytest.raises(UsageError, match="PID 777 belongs to user alice; ftwatch attaches only to your own runs"):
         attach.choose_run(777)
+
+
+def test_ctrl_c_in_headless_attach_leaves_a_real_run_training(tiny_config, tmp_path):
+    """The run of the issue was stopped at step 94 by a Ctrl-C in attach: now it only detaches."""
+    config = tiny_config(training={"max_steps": 150, "logging_steps": 10})
+    pid = _detach(config)
+    viewer = subprocess.Popen([sys.executable, "-m", "ftwatch", "attach", str(pid), "--headless"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in viewer.stdout:
+            lines.append(line)
+
+    import threading
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("step " in line for line in lines), timeout=240)  # following, mid-training
+        viewer.send_signal(signal.SIGINT)
+        assert viewer.wait(timeout=60) == 0
+    finally:
+        if viewer.poll() is None:
+            viewer.kill()
+            viewer.wait()
+    reader.join(timeout=10)
+    text = "".join(lines)
+    assert "detached (Ctrl-C)" in text and f"ftwatch attach {pid}" in text, text
+    os.kill(pid, 0)  # still running
+    wait_for(lambda: any(e["kind"] == "exit" for e in _log(tmp_path)), timeout=300)
+    end = _log(tmp_path)[-1]
+    assert end["kind"] == "exit" and end["status"] == "finished" and end["step"] == 150  # trained to the end

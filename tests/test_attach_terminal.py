@@ -146,3 +146,52 @@ def test_replay_refuses_a_bad_log_before_the_dashboard_opens(tmp_path: Path, pri
         assert "FTWATCH-EXIT=2" in screen and message in screen and "Traceback" not in screen
     finally:
         tmux.kill()
+
+
+#: A monitored process stand-in: registers itself with a one-line log, notes any SIGINT it gets.
+REGISTERED_TARGET = """
+import os, signal, sys, time
+from pathlib import Path
+from ftwatch import registry
+from ftwatch.events import encode
+run, flag, ready = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+signal.signal(signal.SIGINT, lambda *a: open(flag, "a").write("SIGINT\\n"))
+run.mkdir()
+(run / "events.jsonl").write_text(encode("header", {"name": "target", "pid": os.getpid(), "model": "tiny",
+    "device": {"type": "cpu", "capacity": 8 << 30, "capacity_source": "ram"}, "sample_hz": 10.0,
+    "max_steps": 10, "rank": 0, "world_size": 1}))
+registry.register(os.getpid(), run, "target")
+open(ready, "w").write(str(os.getpid()))
+while True:
+    time.sleep(1)
+"""
+
+
+def test_ctrl_c_in_the_attach_dashboard_only_asks_and_the_target_gets_no_signal(
+        tmp_path: Path, private_state_dir: Path) -> None:
+    """The target runs in the terminal's foreground process group (a background job of a shell
+    without job control), so a Ctrl-C the terminal turned into SIGINT would reach it: the
+    dashboard reads Ctrl-C as a key (the quit question; twice: detach) and nothing is signalled."""
+    script, flag, ready = tmp_path / "target.py", tmp_path / "sigint-received", tmp_path / "ready"
+    script.write_text(REGISTERED_TARGET)
+    q = shlex.quote
+    attach = (f"{q(sys.executable)} {q(str(script))} {q(str(tmp_path / 'run'))} {q(str(flag))} {q(str(ready))} & "
+              f"while [ ! -s {q(str(ready))} ]; do sleep 0.1; done; "
+              f"{q(sys.executable)} -m ftwatch attach $!; echo FTWATCH-EXIT=$?; sleep 600")
+    tmux = Tmux("ctrl-c")
+    pid = None
+    try:
+        tmux.start(f"cd {q(str(REPO))}; export FTWATCH_HOME={q(str(private_state_dir))}; {attach}")
+        wait_until(lambda: "Detach" in tmux.screen(), 60, "the attached dashboard", tmux.screen)
+        pid = int(ready.read_text())
+        tmux.keys("C-c")
+        wait_until(lambda: "still running" in tmux.screen(), 10, "the quit question", tmux.screen)
+        assert alive(pid) and not flag.exists()
+        tmux.keys("C-c")  # twice: leave, harmlessly
+        wait_until(lambda: "FTWATCH-EXIT=0" in tmux.screen(), 20, "attach to exit", tmux.screen)
+        assert f"follow it with: ftwatch attach {pid}" in tmux.screen()
+        assert alive(pid) and not flag.exists()
+    finally:
+        tmux.kill()
+        if pid is not None and alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -21,17 +21,16 @@ import contextlib
 import json
 import os
 import re
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from ftwatch.events import EVENTS_FILE, EventWriter, ReadStats
+from ftwatch.events import EVENTS_FILE, ReadStats
 from ftwatch.probe_paths import rank_dir
 from ftwatch.risk import risk_level, used_fraction
-from ftwatch.sources import LogFollower
+from ftwatch.sources import LogFollower, record_monitor_exit
 from ftwatch.state import RunState
 
 LAUNCH_FILE = "launch.json"
@@ -269,16 +268,14 @@ def vanished_ranks(run: RankedRun, host: str) -> list[int]:
 
 def record_vanished_rank(run_dir: Path, rank: int, state: RunState, apply: bool = True) -> None:
     """Rank ``rank`` ended without an exit event (killed): record it in that rank's log, as ours,
-    with the time of its last event (when it was last seen alive). ``apply=False`` leaves the
-    folding to whoever follows the log."""
+    stamped at its last event (when it was last seen alive), which ``last_event_t`` repeats
+    (:func:`~ftwatch.sources.record_monitor_exit`). ``apply=False`` leaves the folding to whoever
+    follows the log. Raises ``OSError`` when that log cannot be written."""
     message = f"the training process of rank {rank} ended without an exit event"
-    fields = {"status": "failed", "step": state.step, "error_type": "WorkerVanished", "message": message,
-              "by": "monitor", "last_event_t": state.last_t}
-    writer = EventWriter(rank_dir(run_dir, rank) / EVENTS_FILE)
-    writer.emit("exit", **fields)
-    writer.close()
+    record = record_monitor_exit(rank_dir(run_dir, rank) / EVENTS_FILE, state, error_type="WorkerVanished",
+                                 message=message)
     if apply:
-        state.apply({"v": 1, "t": time.time(), "kind": "exit", **fields})
+        state.apply(record)
 
 
 def run_key(run_dir: str | os.PathLike[str]) -> Path:

@@ -12,12 +12,16 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from ftwatch.events import EVENTS_FILE, EventDecoder, open_log, resolve_log_path
+from ftwatch.events import EVENTS_FILE, EventDecoder, encode_event, make_event, open_log, resolve_log_path
+
+if TYPE_CHECKING:
+    from ftwatch.state import RunState
 
 
 class LogFollower:
@@ -50,6 +54,16 @@ class LogFollower:
                 if budget <= 0:
                     break
         return events
+
+    def log_deleted(self) -> bool:
+        """True when the log this follower has open was deleted (unlinked) from its directory."""
+        handle = self._handle
+        if handle is None:
+            return False
+        try:
+            return os.fstat(handle.fileno()).st_nlink == 0
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def finish(self) -> list[dict[str, Any]]:
         """Call once the writer is gone: returns a last line that had no newline, if it parses."""
@@ -111,3 +125,25 @@ class WorkerHandle:
         """How a user gets back to this run."""
         log = self.run_dir if self.group else self.run_dir / EVENTS_FILE
         return f"training continues (pid {self.pid}); follow it with: ftwatch attach {self.pid}  (log: {log})"
+
+
+def record_monitor_exit(log_path: str | os.PathLike[str], state: RunState, **fields: Any) -> dict[str, Any]:
+    """Append the exit of a process that ended without writing one (killed), marked ``by: monitor``,
+    and return it (not folded into ``state``: the caller does that, or reads it back).
+
+    It is stamped at the process's last event, when it was last seen alive, not when the viewer
+    noticed (so a replay's duration ends there), and carries that time as ``last_event_t``
+    (``null``, and stamped now, when it never wrote an event). Raises ``OSError`` when the log
+    cannot be written.
+    """
+    last = state.last_t
+    record = make_event("exit", {"status": "failed", "step": state.step, **fields, "by": "monitor",
+                                 "last_event_t": last}, t=last if last is not None else time.time())
+    data = encode_event(record).encode("utf-8")
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        while data:  # whole lines only
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+    return record

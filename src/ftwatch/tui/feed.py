@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftwatch.events import ReadStats, SchemaVersionError
+from ftwatch.follow import record_vanished_worker, signal_name
 from ftwatch.safe_text import safe
 from ftwatch.sources import LogFollower, WorkerHandle
 from ftwatch.state import PhaseRecord, RunState, TimelinePoint
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 WORKER_LOG = "worker.log"
 #: What a replay says of a log that ends without an exit event.
 NO_EXIT = "the log ends without an exit event: the training process was killed"
+
 
 def clean_line(text: str) -> str:
     """A line as it would look on a terminal: carriage returns overwrite, escapes and controls go."""
@@ -322,7 +324,10 @@ class RunFeed:
         if had_events or now - self._dead_since < self.exit_grace or self._still_writing():
             return  # give the last lines time to land
         code = self.handle.returncode()
-        detail = f" ({self.handle_name} exit code {code})" if code is not None else ""
+        if code is not None and code < 0:
+            detail = f" ({self.handle_name} killed by {signal_name(-code)})"
+        else:
+            detail = f" ({self.handle_name} exit code {code})" if code is not None else ""
         self._finish(f"the training process ended without writing an exit event{detail}")
 
     #: What the handle's process is called in messages (a multi-process run's is the launcher).
@@ -342,14 +347,19 @@ class RunFeed:
         return False
 
     def _finish(self, message: str) -> None:
+        """The run is over without an exit event: a live worker that vanished gets its exit
+        recorded in its log now, stamped at its last event (as a headless follower does); a
+        replay's end is told in memory only."""
         events = self.follower.finish()
         with self.lock:
             self.state.apply_all(events)
             self._finished_reading = True
-            if self.state.exit is None:
+            if self.state.exit is None and self.handle is not None:
+                record_vanished_worker(self.run_dir, self.handle, self.state, message)
+            elif self.state.exit is None:
                 self.state.apply({"v": 1, "t": self.state.last_t or time.time(), "kind": "exit",
                                   "status": "failed", "step": self.state.step, "by": "monitor",
-                                  "message": message})
+                                  "message": message, "last_event_t": self.state.last_t})
             self.version += 1
 
     @property
