@@ -84,3 +84,56 @@ def test_usage_error_exits_2():
     result = run_cli("run")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_run_dir_copy_and_output_are_private_whatever_the_umask(tmp_path):
+    """In-process: the config's copy is 0600 and the Trainer's output/ 0700 under umask 000."""
+    import os
+    import stat
+
+    from ftwatch.commands.run import prepare_run_dir
+    from ftwatch.config import load_config
+
+    config = tmp_path / "c.toml"
+    config.write_text(GOOD_MODEL + GOOD_DATA)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    old = os.umask(0)
+    try:
+        prepare_run_dir(load_config(config), run_dir)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((run_dir / "config.toml").stat().st_mode) == 0o600
+    assert stat.S_IMODE((run_dir / "output").stat().st_mode) == 0o700
+    assert (run_dir / "config.toml").read_bytes() == config.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_real_run_keeps_its_files_private_under_umask_000(tmp_path, tiny_config):
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    config = tiny_config(training={"max_steps": 1})
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "ftwatch", "run", str(config), "--headless"], capture_output=True,
+                          text=True, timeout=300, env=env, umask=0)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert stat.S_IMODE((run_dir / "config.toml").stat().st_mode) == 0o600
+    assert stat.S_IMODE((run_dir / "output").stat().st_mode) == 0o700
+
+
+def test_a_config_error_the_worker_finds_after_starting_is_still_one_line():
+    """Data that changed after the parent's check is found by the worker once it measures: the run
+    then ends as a config error too (one line, exit 2, run directory removed), not a failed run."""
+    from ftwatch.commands.run import _is_config_error
+    from ftwatch.state import RunState
+
+    state = RunState()
+    state.header = {"kind": "header", "name": "x"}
+    state.exit = {"kind": "exit", "status": "failed", "error_type": "ConfigError", "message": "c.toml: [data].path"}
+    assert _is_config_error(state)
+    state.exit["error_type"] = "RuntimeError"
+    assert not _is_config_error(state)

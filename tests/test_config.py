@@ -55,3 +55,44 @@ def test_library_check_catches_what_the_light_check_cannot(tmp_path):
     cfg = load_config(path)
     with pytest.raises(ConfigError, match=r'unknown key \[lora\].use_rslroa \(did you mean "use_rslora"\?\)'):
         validate_library_sections(cfg)
+
+
+@pytest.mark.parametrize(("section", "key", "literal"), [
+    ("training", "learning_rate", "inf"), ("training", "learning_rate", "nan"), ("monitor", "sample_hz", "nan"),
+    ("lora", "lora_alpha", "-inf"), ("training", "num_train_epochs", "inf"),
+])
+def test_non_finite_numbers_are_refused(tmp_path, section, key, literal):
+    sections = tiny_sections(tmp_path)
+    sections[section].pop(key, None)
+    path = write_config(tmp_path / "c.toml", sections)
+    path.write_text(path.read_text().replace(f"[{section}]\n", f"[{section}]\n{key} = {literal}\n", 1))
+    with pytest.raises(ConfigError, match=rf"\[{section}\]\.{key} must be a positive number, got {literal}"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("steps", "ok"), [(-1, True), (1, True), (0, False), (-7, False), (-2, False)])
+def test_max_steps_is_positive_or_minus_one(tmp_path, steps, ok):
+    path = write_config(tmp_path / "c.toml", tiny_sections(tmp_path, training={"max_steps": steps}))
+    if ok:
+        assert load_config(path).training["max_steps"] == steps
+        return
+    with pytest.raises(ConfigError, match=r"\[training\]\.max_steps must be a positive integer \(or -1"):
+        load_config(path)
+
+
+def test_errors_are_one_line_without_control_characters(tmp_path):
+    path = write_config(tmp_path / "c.toml", tiny_sections(tmp_path, data={"path": "PLACEHOLDER"}))
+    path.write_text(path.read_text().replace("PLACEHOLDER", r"evil\u001b]0;title\u0007\nname"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "\n" not in text and "\x1b" not in text and "\x07" not in text
+    assert "[data].path" in text
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_without_reading(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.toml")  # reading it would block forever
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(tmp_path / "pipe.toml")

@@ -471,3 +471,35 @@ def test_estimate_function_names_the_config_on_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         E.estimate(cfg, None)
     assert info.value.path == str(cfg.path)
+
+
+# --- the validation `ftwatch run` makes ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("training", "words"), [
+    ({"optim": "adamw_bogus"}, ["[training].optim", '"adamw_bogus"']),
+    ({"learnin_rate": 1e-3}, ["unknown key [training].learnin_rate", '"learning_rate"']),
+])
+def test_estimate_validates_the_library_sections_as_run_does(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            training: dict[str, Any], words: list[str]) -> None:
+    from conftest import tiny_sections
+    from ftwatch.config_checks import check_config
+
+    config = write_config(tmp_path / "tiny.toml", tiny_sections(tmp_path, training=training))
+    code, out, err = run_estimate(capsys, str(config), "--gpu-memory", "80GB")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and str(config) in err
+    for word in words:
+        assert word in err
+    with pytest.raises(ConfigError) as info:  # `ftwatch run`'s check says the same
+        check_config(load_config(config), "run")
+    assert err.strip() == f"ftwatch estimate: {info.value}"
+
+
+def test_estimate_of_a_config_only_model_notes_what_a_run_needs(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_estimate(capsys, str(motivating_config(tmp_path)), "--gpu-memory", "22.3GB", "--json")
+    assert code == 0
+    notes = [n for n in json.loads(out)["notes"] if "`ftwatch run` would refuse" in n]
+    assert len(notes) == 1 and "no weights" in notes[0] and "no tokenizer" in notes[0]
+    code, out, _ = run_estimate(capsys, str(REPO / "examples" / "tiny-lora.toml"), "--gpu-memory", "1GiB", "--json")
+    assert code == 0 and not any("would refuse" in n for n in json.loads(out)["notes"])

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import difflib
 import enum
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +25,25 @@ from typing import Any
 
 import tomllib
 
+from ftwatch.safe_text import safe
 from ftwatch.units import parse_size
 
 SECTIONS = ("model", "lora", "training", "data", "monitor", "launch")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class ConfigError(ValueError):
-    """A config problem, phrased for the user: ``file: [section].key <what is wrong>``."""
+    """A config problem, phrased for the user: ``file: [section].key <what is wrong>``.
+
+    The text is always one line, free of control characters (it quotes the user's files).
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None, message: str) -> None:
         self.path = str(path) if path is not None else None
-        self.message = message
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+        self.message = safe(message, one_line=True)
+        where = safe(self.path, one_line=True) if self.path else None
+        super().__init__(f"{where}: {self.message}" if where else self.message)
 
 
 @dataclass
@@ -137,10 +145,14 @@ def _type_name(value: Any) -> str:
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return f'"{value}"'
+        text = safe(value, one_line=True)
+        return f'"{text[:80]}..."' if len(text) > 80 else f'"{text}"'
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value)
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"a {len(str(abs(value))) if abs(value) < 10**4000 else 'huge'}-digit number"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 #: Names people often type for a field, by section (difflib cannot guess "rank" -> "r").
@@ -210,7 +222,7 @@ class _Section:
 
     def get_positive_number(self, key: str, default: float) -> float:
         value = self.table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if not _is_number(value) or not math.isfinite(value) or value <= 0:
             raise self.err(key, f"must be a positive number, got {_show(value)}")
         return float(value)
 
@@ -220,6 +232,7 @@ class _Section:
 _POSITIVE_INT = "positive_int"
 _NON_NEGATIVE_INT = "non_negative_int"
 _INT = "int"
+_MAX_STEPS = "max_steps"
 _POSITIVE_NUMBER = "positive_number"
 _PROBABILITY = "probability"
 _BOOL = "bool"
@@ -230,20 +243,26 @@ _COMMON_KEYS: dict[str, dict[str, str]] = {
     "lora": {"r": _POSITIVE_INT, "lora_alpha": _POSITIVE_NUMBER, "lora_dropout": _PROBABILITY,
              "target_modules": _STR_OR_LIST, "bias": _STR, "use_rslora": _BOOL, "use_dora": _BOOL},
     "training": {"per_device_train_batch_size": _POSITIVE_INT, "gradient_accumulation_steps": _POSITIVE_INT,
-                 "max_steps": _INT, "num_train_epochs": _POSITIVE_NUMBER, "learning_rate": _POSITIVE_NUMBER,
+                 "max_steps": _MAX_STEPS, "num_train_epochs": _POSITIVE_NUMBER, "learning_rate": _POSITIVE_NUMBER,
                  "gradient_checkpointing": _BOOL, "bf16": _BOOL, "fp16": _BOOL, "seed": _NON_NEGATIVE_INT,
                  "output_dir": _STR, "optim": _STR, "logging_steps": _POSITIVE_NUMBER},
 }
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_common(section: _Section, key: str, kind: str) -> None:
     value = section.table[key]
     is_int = isinstance(value, int) and not isinstance(value, bool)
-    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    is_num = _is_number(value) and math.isfinite(value)
     ok, expected = {
         _POSITIVE_INT: (is_int and value > 0, "a positive integer"),
         _NON_NEGATIVE_INT: (is_int and value >= 0, "a non-negative integer"),
         _INT: (is_int, "an integer"),
+        _MAX_STEPS: (is_int and (value > 0 or value == -1),
+                     "a positive integer (or -1: train for num_train_epochs instead)"),
         _POSITIVE_NUMBER: (is_num and value > 0, "a positive number"),
         _PROBABILITY: (is_num and 0 <= value < 1, "a number from 0 up to 1"),
         _BOOL: (isinstance(value, bool), "true or false"),
@@ -265,13 +284,29 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(cfg_path, "no such config file")
     if cfg_path.is_dir():
         raise ConfigError(cfg_path, "is a directory, expected a .toml config file")
+    if not cfg_path.is_file():  # a FIFO or a device would block the read (or never end)
+        raise ConfigError(cfg_path, "is not a regular file, expected a .toml config file")
+    if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(cfg_path, f"is {cfg_path.stat().st_size:,} bytes: too large for a config file")
     try:
         raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(cfg_path, f"TOML syntax error: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(cfg_path, f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except ValueError:  # a number tomllib cannot convert (an integer of thousands of digits)
+        raise ConfigError(cfg_path, f"{_huge_number_line(cfg_path)}: a number too long to read") from None
+    except OSError as exc:
         raise ConfigError(cfg_path, f"cannot read: {exc}") from None
     return parse_config(raw, cfg_path)
+
+
+def _huge_number_line(cfg_path: Path) -> str:
+    """``line N (key)`` of the first line holding a number of thousands of digits."""
+    for number, line in enumerate(cfg_path.read_text(encoding="utf-8").splitlines(), 1):
+        if re.search(r"[0-9_]{1000}", line):
+            return f"line {number} ({safe(line.split('=', 1)[0].strip(), one_line=True)[:60]})"
+    return "a value"
 
 
 def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
@@ -321,8 +356,12 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
         d = _Section(cfg_path, "data", raw["data"])
         d.check_keys(list(DataConfig.__dataclass_fields__))
         data_path = (base / d.get_str("path", required=True)).resolve()
-        if not data_path.is_file():
+        if not data_path.exists():
             raise d.err("path", f"no such data file: {d.table['path']} (paths are relative to {base or '.'})")
+        if data_path.is_dir():
+            raise d.err("path", f"{data_path} is a directory, expected a .jsonl or .txt file")
+        if not data_path.is_file():  # a FIFO or a device: a read could block or never end
+            raise d.err("path", f"{data_path} is not a regular file, expected a .jsonl or .txt file")
         data = DataConfig(
             path=data_path,
             text_field=d.get_str("text_field", "text"),
@@ -338,7 +377,7 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
     if "budget" in mon.table:
         try:
             budget = parse_size(mon.table["budget"])
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise mon.err("budget", f"is not a size: {exc}") from None
         if budget <= 0:
             raise mon.err("budget", "must be larger than zero")
@@ -393,12 +432,13 @@ def _resolve_local_model(base: Path, name: str) -> Path | None:
 
 # --- validation against the installed libraries (worker side: imports peft/transformers) -----
 
-def validate_library_sections(cfg: Config) -> None:
+def validate_library_sections(cfg: Config, *, dry: bool = False) -> None:
     """Check ``[lora]`` and ``[training]`` against ``peft.LoraConfig`` / ``TrainingArguments``.
 
     Unknown keys get the nearest field name as a suggestion; values are checked against the
     fields' type hints; finally the classes are built so their own checks run, and any error they
-    raise is reported against the section.
+    raise is reported against the section. ``dry``: build the arguments without setting up a
+    device (no CUDA context, no accelerate state), for the processes that do not train.
     """
     from peft import LoraConfig
     from transformers import TrainingArguments
@@ -417,8 +457,14 @@ def validate_library_sections(cfg: Config) -> None:
         build_lora_config(cfg)
     except (ValueError, TypeError) as exc:
         raise ConfigError(cfg.path, f"[lora] is rejected by peft: {exc}") from None
+    output_dir = str(cfg.training.get("output_dir", "/tmp/ftwatch-check"))
     try:
-        build_training_arguments(cfg, output_dir=str(cfg.training.get("output_dir", "/tmp/ftwatch-check")))
+        if dry:
+            from ftwatch.library_checks import dry_training_arguments
+
+            dry_training_arguments(training_kwargs(cfg, output_dir))
+        else:
+            build_training_arguments(cfg, output_dir=output_dir)
     except (ValueError, TypeError, ImportError) as exc:
         raise ConfigError(cfg.path, f"[training] is rejected by transformers: {_first_line(exc)}") from None
 
@@ -437,13 +483,18 @@ def build_training_arguments(cfg: Config, output_dir: str, **forced: Any) -> Any
     ``forced`` fields over the config's (the worker forces ``use_cpu`` for DDP on the CPU)."""
     from transformers import TrainingArguments
 
+    return TrainingArguments(**training_kwargs(cfg, output_dir, **forced))
+
+
+def training_kwargs(cfg: Config, output_dir: str, **forced: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`build_training_arguments`."""
     kwargs = dict(cfg.training)
     kwargs.update(forced)
     kwargs.setdefault("output_dir", output_dir)
     kwargs.setdefault("report_to", "none")
     kwargs.setdefault("disable_tqdm", True)
     kwargs.setdefault("save_strategy", "no")
-    return TrainingArguments(**kwargs)
+    return kwargs
 
 
 def _first_line(exc: BaseException) -> str:

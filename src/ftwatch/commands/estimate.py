@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ftwatch.config import Config, load_config
+from ftwatch.config_checks import check_config
 from ftwatch.units import format_bytes, parse_size
 
 HELP = "predict a config's memory before loading it, and what to change if it will not fit"
@@ -46,10 +47,12 @@ def main(args: argparse.Namespace) -> int:
         capacity, source, on_gpu = resolve_capacity(cfg, args.gpu_memory)
     except ValueError as exc:
         raise UsageError(f"--gpu-memory: {exc}") from None
+    notes = check_config(cfg, "estimate")  # the validation `ftwatch run` makes, word for word
 
     from ftwatch.analysis.estimate import estimate
 
     result = estimate(cfg, capacity, on_gpu=on_gpu, capacity_source=source)
+    result.notes.extend(notes)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

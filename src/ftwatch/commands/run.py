@@ -26,9 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from ftwatch import registry
 from ftwatch.config import ConfigError, load_config
+from ftwatch.config_checks import check_without_libraries
 from ftwatch.events import EVENTS_FILE
 from ftwatch.exporters.cli import add_metrics_arguments, start_metrics, stop_metrics
-from ftwatch.follow import follow_headless, follow_ranks_headless, record_vanished_worker
+from ftwatch.follow import (
+    DIRECTORY_DELETED,
+    EXIT_CODES,
+    follow_headless,
+    follow_ranks_headless,
+    record_vanished_rank_in_memory,
+    record_vanished_worker,
+)
+from ftwatch.prestart import Prestarted
 from ftwatch.probe_paths import new_run_dir
 from ftwatch.ranks import (
     MultiLogFollower,
@@ -48,7 +57,6 @@ if TYPE_CHECKING:
 
 HELP = "start a LoRA fine-tune from a TOML config and watch its memory"
 
-EXIT_CODES = {"finished": 0, "failed": 1, "oom": 1, "stopped": 130}
 WORKER_LOG = "worker.log"
 
 
@@ -67,23 +75,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Validate the config, start the worker, and follow it until it ends (or the user detaches)."""
     cfg = load_config(args.config)
-    metrics = start_metrics(args, "run")  # bound before training starts: a busy port costs nothing
+    registry.runs_dir()  # a state directory another user could steer is refused before anything starts
+    early = validate(cfg)
     try:
-        return _run(args, cfg, metrics)
+        metrics = start_metrics(args, "run")  # bound before training starts: a busy port costs nothing
+        try:
+            return _run(args, cfg, metrics, early)
+        finally:
+            stop_metrics(metrics, args)
     finally:
-        stop_metrics(metrics, args)
+        early.cancel()  # nothing left to end once it became the worker
 
 
-def _run(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None) -> int:
+def validate(cfg: Config) -> Prestarted:
+    """Every config error before the worker starts, as ``ftwatch estimate`` finds them
+    (:mod:`ftwatch.config_checks`): the torch-free checks here, then the library checks in a process
+    started ahead (:mod:`ftwatch.prestart`), which becomes the worker with its imports done."""
+    needs, _files = check_without_libraries(cfg)
+    if needs:
+        raise ConfigError(cfg.path, needs[0])
+    early = Prestarted(cfg.path)
+    try:
+        refused = early.verdict()
+    except BaseException:
+        early.cancel()
+        raise
+    if refused is not None:
+        raise ConfigError(None, refused)
+    return early
+
+
+def _run(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None, early: Prestarted) -> int:
     try:
         run_dir = new_run_dir(cfg.monitor.log_dir, cfg.name)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ConfigError(cfg.path, f"[monitor].log_dir: cannot create a run directory in "
-                                    f"{cfg.monitor.log_dir} ({exc.strerror or exc})") from None
-    shutil.copyfile(cfg.path, run_dir / "config.toml")
+                                    f"{cfg.monitor.log_dir} ({why})") from None
+    try:
+        prepare_run_dir(cfg, run_dir)
+    except OSError as exc:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise ConfigError(cfg.path, f"[monitor].log_dir: cannot write the run directory {run_dir} "
+                                    f"({exc.strerror or exc})") from None
     if cfg.launch.distributed:
+        early.cancel()  # torchrun starts the ranks itself
         return _run_ranks(args, cfg, metrics, run_dir)
-    handle = start_worker(cfg.path, run_dir, strict=args.strict)
+    handle = start_worker(cfg.path, run_dir, strict=args.strict, early=early)
     if args.detach:
         print(f"started {cfg.name}: pid {handle.pid}, run directory {run_dir}")
         print(f"watch it with: ftwatch attach {handle.pid}   (or ftwatch replay {run_dir})")
@@ -105,30 +143,49 @@ def _run(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None) -
         sys.stdout.write(json.dumps(state.summary(), indent=2) + "\n")
     else:
         out.write(summary_text(state, stats))
-        out.write(f"run log: {run_dir / EVENTS_FILE}\n")
+        if (state.exit or {}).get("error_type") != DIRECTORY_DELETED:
+            out.write(f"run log: {run_dir / EVENTS_FILE}\n")
     return EXIT_CODES.get(state.status, 1)
 
 
+def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
+    """Before the worker starts: the config's copy (``config.toml``, 0600) and, unless ``[training]``
+    names its own, the Trainer's ``output/`` (0700), private to their owner whatever the umask."""
+    data = cfg.path.read_bytes()
+    fd = os.open(run_dir / "config.toml", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(data)
+    if "output_dir" not in cfg.training:
+        output = run_dir / "output"
+        output.mkdir(mode=0o700)
+        os.chmod(output, 0o700, follow_symlinks=False)
+
+
 def start_worker(config_path: Path, run_dir: Path, strict: bool = False,
-                 torchrun: list[str] | None = None) -> WorkerHandle:
+                 torchrun: list[str] | None = None, early: Prestarted | None = None) -> WorkerHandle:
     """Start the training worker in its own session, its output going to ``worker.log``.
 
     ``torchrun``: the launcher's options; the worker then runs once per rank under
     ``python -m torch.distributed.run`` and the handle is the launcher's (its process group).
+    ``early``: a process started ahead that passed the checks; it becomes the worker.
     """
-    log_fd = os.open(run_dir / WORKER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    worker = ["-m", "ftwatch.worker", "--config", str(config_path.resolve()),
-              "--run-dir", str(run_dir.resolve()), *(["--strict"] if strict else [])]
-    launcher = ["-m", "torch.distributed.run", *torchrun] if torchrun is not None else []
-    try:
-        process = subprocess.Popen(
-            [sys.executable, *launcher, *worker],
-            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env,
-        )
-    finally:
-        os.close(log_fd)
+    arguments = ["--config", str(config_path.resolve()), "--run-dir", str(run_dir.resolve()),
+                 *(["--strict"] if strict else [])]
+    if early is not None and early.usable and torchrun is None:
+        process: subprocess.Popen[bytes] = early.hand_over(arguments, run_dir / WORKER_LOG)
+    else:
+        log_fd = os.open(run_dir / WORKER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        launcher = ["-m", "torch.distributed.run", *torchrun] if torchrun is not None else []
+        try:
+            process = subprocess.Popen(
+                [sys.executable, *launcher, "-m", "ftwatch.worker", *arguments],
+                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                start_new_session=True, env=env,
+            )
+        finally:
+            os.close(log_fd)
     with contextlib.suppress(OSError):  # visible to `ftwatch ls` before its probe starts
         registry.register(process.pid, run_dir, config_path.stem)
     return WorkerHandle(process.pid, run_dir, process, group=torchrun is not None)
@@ -196,7 +253,10 @@ def _watch_ranks_in_dashboard(run_dashboard: Any, run_dir: Path, handle: WorkerH
     follower.close()
     if not handle.is_alive():
         for rank in vanished_ranks(run, socket.gethostname()):
-            record_vanished_rank(run_dir, rank, run.ranks[rank])
+            try:
+                record_vanished_rank(run_dir, rank, run.ranks[rank])
+            except OSError:  # the log cannot be written (a full disk, a deleted directory): the report still tells
+                record_vanished_rank_in_memory(rank, run.ranks[rank])
     if not run.ended and handle.is_alive():
         print(ranks_summary_text(run, follower.stats), end="")
         print(handle.reattach_hint())
@@ -207,7 +267,9 @@ def _watch_ranks_in_dashboard(run_dashboard: Any, run_dir: Path, handle: WorkerH
 
 
 def _is_config_error(state: RunState) -> bool:
-    return bool(state.exit) and state.exit.get("error_type") == "ConfigError" and not state.header
+    """The worker stopped on a config error (before or after it started measuring): the run dir goes,
+    one line says why."""
+    return bool(state.exit) and state.exit.get("error_type") == "ConfigError"
 
 
 def _load_dashboard() -> Any:
