@@ -7,6 +7,7 @@ every viewer (and a replay next morning) sees the same warnings, even with no vi
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 from ftwatch.analysis.forecast import Forecaster
 from ftwatch.events import EventWriter
+from ftwatch.probe.guard import say
 
 #: ``suggest(warning, last_snapshot, last_sample) -> suggestions``
 Suggest = Callable[[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None], list[dict[str, Any]]]
@@ -38,6 +40,12 @@ class LiveAnalysis:
             self._queue.put(event)
 
     def _run(self) -> None:
+        try:
+            self._analyse()
+        except Exception as exc:  # analysis must never take training down
+            self._stopped(exc)
+
+    def _analyse(self) -> None:
         while True:
             event = self._queue.get()
             if event is None:
@@ -48,8 +56,8 @@ class LiveAnalysis:
                 self._last_sample = event
             try:
                 warnings = self.forecaster.observe(event)
-            except Exception as exc:  # analysis must never take training down
-                self.writer.emit("note", code="forecast_failed", message=f"live forecast stopped: {exc}")
+            except Exception as exc:
+                self._stopped(exc)
                 return
             for warning in warnings:
                 if self.suggest is not None and not warning.get("suggestions"):
@@ -59,9 +67,17 @@ class LiveAnalysis:
                         warning["suggestions"] = []
                 self.writer.emit("warning", **warning)
 
+    def _stopped(self, exc: BaseException) -> None:
+        """The forecast failed: stop feeding it (the queue would grow all the run long), record it once."""
+        with contextlib.suppress(ValueError):
+            self.writer.listeners.remove(self._enqueue)
+        message = f"live forecast stopped ({type(exc).__name__}: {exc}); training goes on without warnings"
+        say(message)
+        self.writer.emit("note", code="forecast_failed", message=message)
+
     def close(self, timeout: float = 5.0) -> None:
         """Analyse what is queued, then stop (call before the exit event is written)."""
-        if self._enqueue in self.writer.listeners:
+        with contextlib.suppress(ValueError):
             self.writer.listeners.remove(self._enqueue)
         self._queue.put(None)
         self._thread.join(timeout)

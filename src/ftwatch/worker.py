@@ -8,6 +8,11 @@ or out of memory, 2 config error, 130 stopped.
 SIGINT/SIGTERM ask for a clean stop: during training at the next step boundary, before training at
 once. A second signal stops at once.
 
+Nothing of the monitor stops training: the run log's writer counts what a full disk refuses (the
+exit event's ``lost_events``), and the worker's own stdout/stderr (``worker.log``, on that same
+disk) are wrapped so that a write that fails is counted and dropped, never raised into the
+Trainer, transformers' logging or tqdm.
+
 Under ``torchrun`` (``[launch]``) every rank runs this module: each writes its own log in
 ``D/rank<N>/``, trains on ``cuda:<LOCAL_RANK>`` (or the CPU, with gloo), and the ranks agree on a
 stop request at each step boundary (one small all-reduce), so they all stop after the same step.
@@ -22,6 +27,62 @@ from pathlib import Path
 from typing import Any
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_CONFIG, EXIT_STOPPED = 0, 1, 2, 130
+
+
+class SafeStream:
+    """A text stream whose failed writes (a full disk under ``worker.log``, a closed pipe) are
+    swallowed and counted instead of raised into whoever printed (the Trainer, tqdm, logging)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        #: Writes (and flushes) that failed.
+        self.lost = 0
+        self.last_error: BaseException | None = None
+
+    def _failed(self, exc: BaseException) -> None:
+        self.lost += 1
+        self.last_error = exc
+
+    def write(self, text: str) -> int:
+        """Write ``text``; a failure is counted, never raised (a reentrant write from a signal
+        handler included)."""
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError, RuntimeError) as exc:
+            self._failed(exc)
+            return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        """Write each line (see :meth:`write`)."""
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        """Flush; a failure is counted, never raised."""
+        try:
+            self._stream.flush()
+        except (OSError, ValueError, RuntimeError) as exc:
+            self._failed(exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def protect_output() -> list[SafeStream]:
+    """Wrap ``sys.stdout`` and ``sys.stderr`` in :class:`SafeStream` (before transformers or tqdm
+    take a reference to them); returns the wrappers."""
+    streams = []
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, SafeStream):
+            stream = SafeStream(stream)
+            setattr(sys, name, stream)
+        if isinstance(stream, SafeStream):
+            streams.append(stream)
+    return streams
+
+
+_PROTECTED: list[SafeStream] = []
 
 
 class StopRequested(BaseException):
@@ -93,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--strict", action="store_true", help="refuse to start when the estimate does not fit")
     args = parser.parse_args(argv)
+    _PROTECTED[:] = protect_output()
     stop = StopControl()
     stop.install()
 
@@ -159,13 +221,24 @@ class Training:
             sample_hz=cfg.monitor.sample_hz, budget=cfg.monitor.budget, device=self.device,
             max_steps=max_steps if isinstance(max_steps, int) and max_steps > 0 else None,
             track_activations=cfg.monitor.track_activations, activations_every=cfg.monitor.activations_every,
+            handle_signals=False,  # StopControl is the worker's handler
         )
         from ftwatch.analysis.forecast import Forecaster
         from ftwatch.live_analysis import LiveAnalysis
 
         self.analysis = LiveAnalysis(self.probe.writer, Forecaster(max_length=cfg.data.max_length))
         self.probe.before_finish.append(self.analysis.close)
+        self.probe.before_finish.append(self._note_lost_output)
         self.step = 0
+
+    def _note_lost_output(self) -> None:
+        """Say in the run log how much of the worker's own output ``worker.log`` could not take."""
+        lost = sum(stream.lost for stream in _PROTECTED)
+        if lost:
+            error = next((s.last_error for s in _PROTECTED if s.last_error is not None), None)
+            reason = (getattr(error, "strerror", None) or str(error)) if error is not None else "unknown"
+            self.probe.note("output_lost", f"{lost} write{'s' if lost != 1 else ''} of the worker's output "
+                                           f"to worker.log failed ({reason}): that output is lost")
 
     def run(self) -> int:
         """Go through the phases; write the exit event however it ends."""

@@ -160,7 +160,10 @@ class ActivationMeter:
         self.excluded = storage_keys(tensors)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        self._saved.append(weakref.ref(t))
+        try:  # noqa: SIM105 - inside autograd, per saved tensor: cheaper than suppress(); never raise
+            self._saved.append(weakref.ref(t))
+        except Exception:
+            pass
         return t
 
     @staticmethod
@@ -178,19 +181,28 @@ class ActivationMeter:
             self.stop()
         self.current = 0
         self._saved = []
-        self._context = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-        self._context.__enter__()
+        context = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        context.__enter__()
+        self._context = context  # only once entered: stop/abort pop exactly what was pushed
 
     def stop(self) -> int:
         """End the forward pass; returns the bytes still saved for backward and updates the step's peak."""
         if self._context is not None:
             context, self._context = self._context, None
             context.__exit__(None, None, None)
-        alive = [t for t in (ref() for ref in self._saved) if t is not None]
-        self._saved = []
+        saved, self._saved = self._saved, []
+        alive = [t for t in (ref() for ref in saved) if t is not None]
         self.current = unique_storage_bytes(alive, exclude=self.excluded)
         self.step_peak = max(self.step_peak, self.current)
         return self.current
+
+    def abort(self) -> None:
+        """End the forward pass without measuring it (after a failure): the hooks are popped and
+        nothing saved stays referenced; the step's peak keeps what was measured before."""
+        self._saved = []
+        if self._context is not None:
+            context, self._context = self._context, None
+            context.__exit__(None, None, None)
 
     def reset_step(self) -> None:
         """Start a new optimizer step (the peak is over its micro-batches)."""

@@ -6,6 +6,7 @@ and left out; the sampler itself never raises into the training process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -131,13 +132,19 @@ class DeviceSampler:
 
     ``phase`` is called for the current phase name. A reader that raises is dropped after
     reporting once through ``note``; the sampler thread is a daemon and never blocks training.
+    Any other failure of a tick ends the sampling: ``on_failure(exc)`` is told (once), nothing is
+    raised, not even from :meth:`stop` or :meth:`sample_once`.
     """
 
     def __init__(self, emit: Callable[..., None], note: Callable[[str, str], None], hz: float,
                  phase: Callable[[], str | None], system: SystemReader,
-                 cuda: CudaAllocatorReader | None = None, nvml: NvmlReader | None = None) -> None:
+                 cuda: CudaAllocatorReader | None = None, nvml: NvmlReader | None = None,
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.emit = emit
         self.note = note
+        self.on_failure = on_failure
+        #: Set once a tick failed: the sampler has stopped for good.
+        self.failed = False
         self.interval = 1.0 / hz
         self.phase = phase
         self.readers: dict[str, Any] = {"system": system}
@@ -162,7 +169,22 @@ class DeviceSampler:
         self.sample_once()
 
     def sample_once(self) -> None:
-        """Take and emit one sample now."""
+        """Take and emit one sample now (nothing once the sampler has failed; never raises)."""
+        if self.failed:
+            return
+        try:
+            self._sample()
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failed = True
+        self._stop.set()
+        if self.on_failure is not None:
+            with contextlib.suppress(Exception):
+                self.on_failure(exc)
+
+    def _sample(self) -> None:
         fields: dict[str, Any] = {"phase": self.phase()}
         for name, reader in list(self.readers.items()):
             try:
@@ -178,8 +200,8 @@ class DeviceSampler:
         self.emit("sample", **fields)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
+        try:
+            while not self._stop.wait(self.interval):
                 self.sample_once()
-            except Exception:  # the log may be closed during shutdown
-                return
+        except Exception as exc:  # (sample_once never raises; this is the thread's last guard)
+            self._failed(exc)

@@ -12,13 +12,27 @@ loop::
         loss.backward()
         optimizer.step(); optimizer.zero_grad()
         probe.step_end(step, loss=loss.item())
-    probe.finish("finished")
+        if probe.should_stop:                   # SIGINT (Ctrl-C, `k` in the dashboard): stop here
+            break
+    probe.finish("stopped" if probe.should_stop else "finished", step=step)
+
+Stopping: reading ``probe.should_stop`` (in the main thread) makes the probe handle SIGINT, which
+the dashboard's ``k`` and Ctrl-C send: the first one only sets ``should_stop``, for the loop to
+stop at its next step boundary; the next one goes to the handler the script had before (Python's
+default raises ``KeyboardInterrupt``). The handler is restored by ``finish``. A loop that never
+reads ``should_stop`` keeps Python's own Ctrl-C. Under ``torchrun`` no handler is installed (the
+ranks would not agree on the step to stop at): ``should_stop`` stays false.
+
+Nothing the probe does can stop training: a failed write to the log (a full disk) is counted and
+retried, an internal failure is recorded once (a ``probe_failed`` note and one line on stderr)
+and that measurement is switched off.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import getpass
 import os
 import platform
@@ -28,14 +42,15 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ftwatch import __version__, registry
 from ftwatch.categories import derive_device_categories
-from ftwatch.events import EVENTS_FILE, EventWriter
+from ftwatch.events import EVENTS_FILE, EventWriter, make_event
 from ftwatch.probe import accounting
 from ftwatch.probe.devices import (
     CudaAllocatorReader,
@@ -44,6 +59,8 @@ from ftwatch.probe.devices import (
     ReaderUnavailable,
     SystemReader,
 )
+from ftwatch.probe.guard import Guard, say
+from ftwatch.probe.stop import SigintStop
 from ftwatch.probe_paths import distributed_rank, new_run_dir, rank_dir, shared_run_dir
 
 
@@ -58,6 +75,30 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(part: str, *, disable: bool = False, default: Any = None) -> Callable[[F], F]:
+    """Run a probe method so that no exception of it reaches the caller (the training loop): a
+    failure is recorded once for ``part``; ``disable`` switches ``part`` off for the rest of the
+    run (later calls return ``default`` at once)."""
+
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        def run(self: Probe, *args: Any, **kwargs: Any) -> Any:
+            if disable and part in self.guard.off:
+                return default
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                self.guard.record(part, exc, disable=disable)
+                return default
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
 def library_versions() -> dict[str, str | None]:
     """Versions of the libraries that shape memory use."""
     versions: dict[str, str | None] = {"ftwatch": __version__, "python": platform.python_version(),
@@ -68,16 +109,47 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+class UnrecordedWriter:
+    """Stands for the event writer of a run whose log cannot be created: events go to the listeners
+    only (the reason was said once on stderr)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.lost_events = 0
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Hand the event to the listeners; nothing is written."""
+        record = make_event(kind, fields)
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):
+                listener(record)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 class Probe:
-    """Measures one training process and writes its run log."""
+    """Measures one training process and writes its run log.
+
+    No method of it raises into the training loop (see :mod:`ftwatch.probe.guard`); a hand-written
+    loop checks :attr:`should_stop` at each step boundary to stop on SIGINT (see the module's
+    docstring).
+    """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, name: str, model_name: str | None = None,
                  config_path: str | None = None, sample_hz: float = 10.0, budget: int | None = None,
                  device: str | None = None, max_steps: int | None = None, track_activations: bool = True,
                  activations_every: int = 10,
-                 reset_peak_each_step: bool = True) -> None:
+                 reset_peak_each_step: bool = True, handle_signals: bool = True, record: bool = True) -> None:
+        self.guard = Guard(self._failure_note)
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir_error: OSError | None = None
+        if record:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # the log cannot be written: training goes on, unrecorded
+                run_dir_error = exc
         self.name = name
         self.model_name = model_name
         self.config_path = config_path
@@ -95,7 +167,14 @@ class Probe:
         self._activations_carried = False
         self.reset_peak_each_step = reset_peak_each_step
         self.device = torch.device(device) if device else _default_device()
-        self.writer = EventWriter(self.run_dir / EVENTS_FILE)
+        self.writer: Any
+        if not record or run_dir_error is not None:
+            if run_dir_error is not None:
+                say(f"cannot create the run directory {self.run_dir} "
+                    f"({run_dir_error.strerror or run_dir_error}): this run is not recorded; training goes on")
+            self.writer = UnrecordedWriter(self.run_dir / EVENTS_FILE)
+        else:
+            self.writer = EventWriter(self.run_dir / EVENTS_FILE, retry_open=True)
         self.current_phase: str | None = None
         self.meter = accounting.ActivationMeter()
         self.model: torch.nn.Module | None = None
@@ -123,6 +202,10 @@ class Probe:
         self._registered = False
         self._lock = threading.Lock()
         self._notes: set[str] = set()
+        #: Whether reading :attr:`should_stop` may install the SIGINT handler (the ``ftwatch run``
+        #: worker has its own and passes ``False``).
+        self.handle_signals = handle_signals
+        self._sigint = SigintStop()
 
     # -- construction helpers --------------------------------------------------------------------
     @classmethod
@@ -146,7 +229,13 @@ class Probe:
             started = registry.process_create_time(launcher) or time.time()  # gone or hidden: now
             run_dir = rank_dir(shared_run_dir(log_dir, name, launcher, started), rank)
         else:
-            run_dir = new_run_dir(log_dir, name)
+            try:
+                run_dir = new_run_dir(log_dir, name)
+            except Exception as exc:  # no run directory: the script trains unrecorded, it does not die
+                run_dir = Path(log_dir) / f"{name}-unrecorded"
+                kwargs["record"] = False
+                say(f"cannot create a run directory in {log_dir} ({getattr(exc, 'strerror', None) or exc}): "
+                    "this run is not recorded; training goes on")
         probe = cls(run_dir, name=name, **kwargs)
         probe.start()
         probe.install_exit_hooks()
@@ -154,11 +243,55 @@ class Probe:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """Write the header and start the device sampler (call before the model loads)."""
-        system = SystemReader()
+        """Write the header and start the device sampler (call before the model loads). Never raises:
+        what cannot be read is left out and reported."""
+        try:
+            system: SystemReader | None = SystemReader()
+        except Exception as exc:
+            system = None
+            self.guard.record("system reader", exc, disable=True)
         cuda_reader = None
         pending_notes: list[tuple[str, str]] = []
-        device_info: dict[str, Any]
+        try:
+            device_info, cuda_reader = self._device_info(system, pending_notes)
+        except Exception as exc:
+            self.guard.record("device description", exc)
+            device_info = {"type": self.device.type, "index": self._cuda_index, "name": None,
+                           "capacity": self.budget, "capacity_source": "budget" if self.budget else None}
+        self.device_info = device_info
+        self.writer.emit(
+            "header", run_id=uuid.uuid4().hex[:12], name=self.name, config_path=self.config_path,
+            pid=os.getpid(), host=socket.gethostname(), user=_user(), versions=library_versions(),
+            model=self.model_name, device=device_info, budget=self.budget, sample_hz=self.sample_hz,
+            max_steps=self.max_steps, **_distributed_fields(),
+        )
+        for code, message in pending_notes:
+            self.note(code, message)
+        if self.device.type != "cuda":
+            reason = "no CUDA device visible to torch" if not torch.cuda.is_available() else "training on the CPU"
+            self.note("no_gpu", f"{reason}: tensor accounting only, drawn against "
+                                f"{'the budget' if self.budget else 'the RAM'}")
+        if system is not None:
+            try:
+                self._sampler = DeviceSampler(self.writer.emit, self.note, self.sample_hz,
+                                              lambda: self.current_phase, system, cuda=cuda_reader,
+                                              nvml=self._nvml, on_failure=self._sampler_failed)
+                self._sampler.sample_once()
+                self._sampler.start()
+            except Exception as exc:
+                self._sampler = None
+                self.guard.record("device sampler", exc, disable=True)
+        if isinstance(self.writer, UnrecordedWriter):
+            return  # nothing to attach to
+        try:
+            registry.register(os.getpid(), self.run_dir, self.name)
+            self._registered = True
+        except Exception as exc:  # an unwritable state dir must not stop training
+            self.note("no_registry", f"cannot register this run for `ftwatch attach`: {exc}")
+
+    def _device_info(self, system: SystemReader | None,
+                     pending_notes: list[tuple[str, str]]) -> tuple[dict[str, Any], CudaAllocatorReader | None]:
+        """The header's ``device`` (and the allocator reader on CUDA); applies the budget on CUDA."""
         if self.device.type == "cuda":
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
             self._cuda_index = index
@@ -179,38 +312,25 @@ class Probe:
                 fraction = min(1.0, self.budget / int(props.total_memory))
                 torch.cuda.set_per_process_memory_fraction(fraction, index)
                 device_info.update(capacity=min(self.budget, device_info["capacity"]), capacity_source="budget")
-        else:
-            ram = system.read()["sys_total"]
-            device_info = {"type": "cpu", "index": None, "name": platform.processor() or platform.machine(),
-                           "capacity": self.budget or ram, "capacity_source": "budget" if self.budget else "ram"}
-        self.device_info = device_info
-        self.writer.emit(
-            "header", run_id=uuid.uuid4().hex[:12], name=self.name, config_path=self.config_path,
-            pid=os.getpid(), host=socket.gethostname(), user=_user(), versions=library_versions(),
-            model=self.model_name, device=device_info, budget=self.budget, sample_hz=self.sample_hz,
-            max_steps=self.max_steps, **_distributed_fields(),
-        )
-        for code, message in pending_notes:
-            self.note(code, message)
-        if self.device.type != "cuda":
-            reason = "no CUDA device visible to torch" if not torch.cuda.is_available() else "training on the CPU"
-            self.note("no_gpu", f"{reason}: tensor accounting only, drawn against "
-                                f"{'the budget' if self.budget else 'the RAM'}")
-        self._sampler = DeviceSampler(self.writer.emit, self.note, self.sample_hz, lambda: self.current_phase,
-                                      system, cuda=cuda_reader, nvml=self._nvml)
-        self._sampler.sample_once()
-        self._sampler.start()
-        try:
-            registry.register(os.getpid(), self.run_dir, self.name)
-            self._registered = True
-        except OSError as exc:  # an unwritable state dir must not stop training
-            self.note("no_registry", f"cannot register this run for `ftwatch attach`: {exc}")
+            return device_info, cuda_reader
+        ram = system.read()["sys_total"] if system is not None else None
+        return {"type": "cpu", "index": None, "name": platform.processor() or platform.machine(),
+                "capacity": self.budget or ram, "capacity_source": "budget" if self.budget else "ram"}, None
 
+    def _failure_note(self, part: str, message: str) -> None:
+        """The run log's record of an internal failure (the guard calls it once per part)."""
+        self.writer.emit("note", code="probe_failed", part=part, message=message)
+
+    def _sampler_failed(self, exc: BaseException) -> None:
+        self.guard.record("device sampler", exc, disable=True, effect="training goes on without samples")
+
+    @guarded("phase")
     def phase(self, name: str, **fields: Any) -> None:
         """Enter a phase (``loading_model``, ``applying_lora``, ``preparing_trainer``, ``training``)."""
         self.current_phase = name
         self.writer.emit("phase", name=name, **fields)
 
+    @guarded("notes")
     def note(self, code: str, message: str) -> None:
         """Report a fact about the environment, once per code."""
         if code in self._notes:
@@ -218,24 +338,68 @@ class Probe:
         self._notes.add(code)
         self.writer.emit("note", code=code, message=message)
 
+    @guarded("warnings")
     def warn(self, code: str, level: str, message: str, **fields: Any) -> None:
         """Write a warning event (the worker's forecaster calls this)."""
         self.writer.emit("warning", code=code, level=level, message=message, **fields)
 
+    # -- stopping on SIGINT --------------------------------------------------------------------------
+    @property
+    def should_stop(self) -> bool:
+        """True once SIGINT (Ctrl-C, ``k`` in the dashboard) asked this script to stop: a hand-written
+        loop checks it at each step boundary and ends there (then ``finish("stopped", ...)``).
+
+        The first read (in the main thread, outside ``torchrun``) installs the probe's SIGINT
+        handler: the first SIGINT sets this flag, the next go to the handler the script had before
+        (Python's default raises ``KeyboardInterrupt``); ``finish`` restores that handler.
+        """
+        if not self._sigint.tried and self.handle_signals and not self._finished:
+            with contextlib.suppress(Exception):
+                self._sigint.install()
+        return self._sigint.requested
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a stop was asked for (by SIGINT or :meth:`request_stop`), without installing anything."""
+        return self._sigint.requested
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop at its next step boundary, as a SIGINT would."""
+        self._sigint.requested = True
+
+    def install_stop_handler(self) -> bool:
+        """Install the SIGINT handler now (what the first read of :attr:`should_stop` does); True when
+        it is ours. Nothing is installed for a probe made with ``handle_signals=False``."""
+        if not self.handle_signals or self._finished:
+            return False
+        try:
+            return self._sigint.install()
+        except Exception:
+            return False
+
+    # -- the end ---------------------------------------------------------------------------------------
     def finish(self, status: str, **fields: Any) -> None:
-        """Stop sampling and write the exit event (once)."""
+        """Stop sampling and write the exit event (once). Never raises: every part of the ending
+        that fails is recorded and skipped, and the exit event is written whatever happened."""
         with self._lock:
             if self._finished:
                 return
             self._finished = True
-        self.remove_hooks()
+        steps: list[tuple[str, Callable[[], Any]]] = [("SIGINT handler", self._sigint.restore),
+                                                      ("hooks", self.remove_hooks)]
         if self._sampler is not None:
-            self._sampler.stop()
-        for callback in self.before_finish:
-            callback()
+            steps.append(("device sampler", self._sampler.stop))
+        steps += [("ending", callback) for callback in self.before_finish]
         if self._registered:
-            with contextlib.suppress(OSError):
-                registry.unregister(os.getpid())
+            steps.append(("registry", lambda: registry.unregister(os.getpid())))
+        for part, step in steps:
+            try:
+                step()
+            except Exception as exc:
+                if part != "registry":  # an unregistered run is only stale in `ftwatch ls`
+                    self.guard.record(part, exc)
+        with contextlib.suppress(Exception):
+            fields.setdefault("lost_events", self.writer.lost_events)
         self.writer.emit("exit", status=status, step=fields.pop("step", None), by="worker", **fields)
         self.writer.close()
 
@@ -251,11 +415,18 @@ class Probe:
         message = f"{type(exc).__name__}: {exc}".strip()
         oom = None
         if status == "oom":
+            try:
+                last = self.categories(include_device=True)
+            except Exception:
+                last = None
             oom = {"phase": self.current_phase, "message": message, "requested_bytes": None,
-                   **(oom_details or {}), "last_categories": self.categories(include_device=True)}
-        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+                   **(oom_details or {}), "last_categories": last}
+        try:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
+        except Exception:
+            tb = None
         self.finish(status, step=step, error_type=type(exc).__name__, message=message,
-                    traceback="".join(tb)[-4000:], oom=oom, suggestions=suggestions or [])
+                    traceback=tb, oom=oom, suggestions=suggestions or [])
         return status
 
     def install_exit_hooks(self) -> None:
@@ -263,16 +434,20 @@ class Probe:
         previous = sys.excepthook
 
         def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
-            if isinstance(exc, KeyboardInterrupt):
-                self.finish("stopped", message="interrupted")
-            else:
-                self.finish_with_exception(exc)
+            try:
+                if isinstance(exc, KeyboardInterrupt):
+                    self.finish("stopped", message="interrupted")
+                else:
+                    self.finish_with_exception(exc)
+            except Exception:
+                pass
             previous(exc_type, exc, tb)
 
         sys.excepthook = hook
         atexit.register(lambda: self.finish("failed", message="the script exited before training finished"))
 
     # -- model and optimizer -----------------------------------------------------------------------
+    @guarded("model accounting")
     def attach_model(self, model: torch.nn.Module, emit_model_event: bool = True, base_only: bool = False) -> None:
         """Measure a model's weights/adapters and count activations in each of its forwards.
 
@@ -294,6 +469,7 @@ class Probe:
             self.writer.emit("model", params_total=total, params_trainable=trainable, dtype=dtypes,
                              lora_targets=sorted(targets) if targets else None)
 
+    @guarded("model accounting")
     def refresh_model(self) -> None:
         """Re-measure parameters (after the model moved to another device, for example)."""
         if self.model is None:
@@ -302,6 +478,7 @@ class Probe:
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.meter.exclude(self.model.parameters())
 
+    @guarded("optimizer accounting")
     def attach_optimizer(self, optimizer: Any, hooks: bool = True) -> None:
         """Measure gradients before and state after each ``optimizer.step()`` (hand-written loops).
 
@@ -313,14 +490,30 @@ class Probe:
             self._hooks.append(self.optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()))
 
     def remove_hooks(self) -> None:
-        """Detach every hook this probe installed."""
-        if self.meter.active:
-            self.meter.stop()
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks.clear()
+        """Detach every hook this probe installed (never raises; an active measurement is ended)."""
+        self._abort_forward()
+        hooks, self._hooks = self._hooks, []
+        for handle in hooks:
+            with contextlib.suppress(Exception):
+                handle.remove()
+
+    def _abort_forward(self) -> None:
+        """End a forward's measurement without a figure: the saved-tensors hooks are popped, nothing
+        stays referenced (after a failure inside the forward hooks, or at the end)."""
+        self._in_forward = False
+        with contextlib.suppress(Exception):
+            self.meter.abort()
 
     def _forward_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if "activations" in self.guard.off:
+            return
+        try:
+            self._measure_forward_pre(args, kwargs)
+        except Exception as exc:
+            self._abort_forward()
+            self.guard.record("activations", exc, disable=True)
+
+    def _measure_forward_pre(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not torch.is_grad_enabled():
             return
         self._in_forward = True
@@ -342,6 +535,13 @@ class Probe:
     def _forward_post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         if not self._in_forward:
             return
+        try:
+            self._measure_forward_post(output)
+        except Exception as exc:
+            self._abort_forward()
+            self.guard.record("activations", exc, disable=True)
+
+    def _measure_forward_post(self, output: Any) -> None:
         self._in_forward = False
         if self.meter.active:
             self._activations_by_shape[self._forward_key] = self.meter.stop()
@@ -353,8 +553,11 @@ class Probe:
             self._losses.append(loss.detach())
 
     # -- per step ------------------------------------------------------------------------------------
+    @guarded("step accounting")
     def step_begin(self) -> None:
         """Start an optimizer step: reset the per-step peaks."""
+        if self.meter.active or self._in_forward:  # a forward that raised left its measurement open
+            self._abort_forward()
         self.meter.reset_step()
         self._activations_carried = False
         self._losses.clear()
@@ -363,15 +566,18 @@ class Probe:
         if self._cuda_index is not None and self.reset_peak_each_step:
             torch.cuda.reset_peak_memory_stats(self._cuda_index)
 
+    @guarded("gradient accounting", disable=True)
     def before_optimizer_step(self) -> None:
         """Measure the gradients (call after backward, before the optimizer zeroes them)."""
         self._grads = accounting.grad_bytes(self._trainable)
 
+    @guarded("optimizer accounting", disable=True)
     def after_optimizer_step(self) -> None:
         """Measure the optimizer state (call after ``optimizer.step()``)."""
         if self.optimizer is not None:
             self._optimizer_bytes = self._optimizer_meter.measure(self.optimizer)
 
+    @guarded("snapshots")
     def step_end(self, step: int, loss: float | None = None, lr: float | None = None) -> None:
         """Write the step's snapshot."""
         if loss is None and self._losses:
@@ -417,15 +623,20 @@ class Probe:
                                            total=total, used=used, process_used=process_used)
         return derived, {"allocated_peak": allocated_peak, "reserved": reserved}
 
+    @guarded("snapshots")
     def snapshot(self, step: int | None = None, **fields: Any) -> None:
         """Write a snapshot of every category now (phase ends pass ``step=None``)."""
         if step is None and self.model is not None:
             self.refresh_model()
         cats = self.categories()
         extra: dict[str, Any] = {}
-        if self._cuda_index is not None:
-            derived, extra = self._device_categories(cats)
-            cats.update(derived)
+        if self._cuda_index is not None and "device categories" not in self.guard.off:
+            try:
+                derived, extra = self._device_categories(cats)
+                cats.update(derived)
+            except Exception as exc:
+                extra = {}
+                self.guard.record("device categories", exc, disable=True)
         self.writer.emit("snapshot", phase=self.current_phase, step=step, categories=cats, **extra,
                          **{k: v for k, v in fields.items() if v is not None})
 
