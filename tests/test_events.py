@@ -80,3 +80,62 @@ def test_resolve_log_path_errors(tmp_path):
         resolve_log_path(tmp_path / "absent.jsonl")
     with pytest.raises(FileNotFoundError, match="without an events.jsonl"):
         resolve_log_path(tmp_path)
+
+
+# -- what the reader refuses (issue 10) -----------------------------------------------------------
+def test_nan_infinity_deep_nesting_and_huge_numbers_are_corrupt_lines_not_exceptions():
+    decoder = EventDecoder()
+    good = encode("phase", {"name": "a"}, t=1)
+    bad = ['{"v":1,"t":NaN,"kind":"note"}', '{"v":1,"t":1,"kind":"snapshot","loss":Infinity}',
+           "[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000,
+           '{"v":1,"t":1,"kind":"sample","rss":' + "7" * 5000 + "}"]
+    events = decoder.feed(good + "\n".join(bad) + "\n" + good)
+    assert [e["name"] for e in events] == ["a", "a"]
+    assert decoder.stats.corrupt_lines == len(bad) and decoder.stats.invalid_events == 0
+
+
+@pytest.mark.parametrize(("fields", "where"), [
+    ({"kind": "snapshot", "loss": "low"}, "snapshot.loss"), ({"kind": "snapshot", "categories": [1]},
+                                                              "snapshot.categories"),
+    ({"kind": "sample", "rss": 10**400}, "sample.rss"), ({"kind": "header", "device": "cuda"}, "header.device"),
+    ({"kind": "sample", "cuda": {"reserved": "1"}}, "sample.cuda.reserved"), ({"kind": "phase"}, "phase.name"),
+    ({"kind": "exit", "step": 3}, "exit.status"), ({"kind": "note", "t": "now"}, "note.t"),
+    ({"kind": "snapshot", "step": True}, "snapshot.step"), ({"kind": "header", "pid": -1}, "header.pid"),
+])
+def test_an_event_whose_fields_do_not_fit_is_skipped_and_counted_with_the_field(fields, where):
+    decoder = EventDecoder()
+    line = json.dumps({"v": 1, "t": 5.0, **fields})
+    assert decoder.feed(line + "\n") == []
+    assert decoder.stats.corrupt_lines == 1 and decoder.stats.invalid_events == 1
+    assert decoder.stats.invalid_fields == {where}
+
+
+def test_strings_with_control_characters_are_made_safe_and_others_left_alone():
+    decoder = EventDecoder()
+    crafted = encode("note", {"code": "x\u009b2J", "message": "a\x1b]0;title\x07b\rc\u007f", "n": ["\x1b[31mred"]}, t=1)
+    plain = encode("note", {"code": "ok", "message": "multi\nline\ttab é"}, t=2)
+    first, second = decoder.feed(crafted + plain)
+    assert first == {"v": 1, "t": 1, "kind": "note", "code": "x", "message": "c", "n": ["red"]}
+    assert second == json.loads(plain)
+
+
+def test_a_fifo_is_refused_before_anything_opens_it(tmp_path):
+    import os
+
+    from ftwatch.events import NotALogError
+
+    fifo = tmp_path / "events.jsonl"
+    os.mkfifo(fifo)
+    for target in (fifo, tmp_path):
+        with pytest.raises(NotALogError, match="FIFO"):
+            resolve_log_path(target)
+    assert issubclass(NotALogError, FileNotFoundError)  # every caller already says it in one line
+
+
+def test_read_stats_add_up():
+    from ftwatch.events import ReadStats
+
+    total = ReadStats(events=1, corrupt_lines=2, invalid_events=1, invalid_fields={"a.b"})
+    total.add(ReadStats(events=3, corrupt_lines=1, long_lines=1, json_array=True, unknown_kind_names={"x"}))
+    assert (total.events, total.corrupt_lines, total.invalid_events, total.long_lines) == (4, 3, 1, 1)
+    assert total.json_array and total.invalid_fields == {"a.b"} and total.unknown_kind_names == {"x"}

@@ -323,3 +323,23 @@ def test_cli_directory_is_a_usage_error() -> None:
     proc = run_cli(str(FIXTURES))
     assert proc.returncode == 2
     assert "is a directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- figures that cannot be true (issue 10) --------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.txt")))
+def test_real_messages_have_plausible_figures(name: str) -> None:
+    diag = parse_oom_message((FIXTURES / name).read_text())
+    assert diag is None or diag.problems == []
+
+
+def test_impossible_figures_are_named_and_nothing_is_reasoned_from_them() -> None:
+    text = (FIXTURES / "current.txt").read_text().replace("1.23 GiB is free", "90.00 GiB is free")
+    diag = parse_oom_message(text)
+    assert diag is not None and len(diag.problems) == 1
+    assert "free memory (90.00 GiB)" in diag.problems[0] and "79.15 GiB" in diag.problems[0]
+    from ftwatch.analysis.oom import findings
+
+    assert findings(diag) == [f"The message's figures cannot be true ({diag.problems[0]}): nothing is concluded "
+                              "from them."]
+    assert all(s["saves_bytes"] is None for s in suggest_from_oom(diag))  # nothing sized from them
+    assert diag.to_json()["implausible"] == diag.problems

@@ -74,7 +74,7 @@ def test_a_log_cut_mid_line_is_read_up_to_the_cut(tmp_path: Path) -> None:
     complete = parsed(lines[:150])
     summary = replay_json(str(log))
     assert summary["log"] == {"events": 150, "corrupt_lines": 0, "unknown_kinds": 0, "truncated_tail": True,
-                              "unknown_kind_names": []}
+                              "unknown_kind_names": [], "invalid_events": 0, "invalid_fields": [], "long_lines": 0}
     assert summary["status"] == "failed"  # no exit event: the process was killed
     assert any("without an exit event" in note for note in summary["notes"])
     steps = [e["step"] for e in complete if e["kind"] == "snapshot" and e.get("step") is not None]
@@ -137,7 +137,8 @@ def test_an_empty_log_is_refused_clearly(tmp_path: Path, content: str, mode: lis
 
 def test_a_log_of_garbage_says_what_it_skipped(tmp_path: Path) -> None:
     log = write_log(tmp_path / "events.jsonl", ["garbage\n", "{\"kind\": 1}\n", encode("hologram", {}, 1.0)])
-    assert_one_line_error(replay(str(log), "--json"), "no events", "2 corrupt lines", "1 events of unknown kinds")
+    assert_one_line_error(replay(str(log), "--json"), "not an ftwatch run log", "no valid event", "2 corrupt lines",
+                          "1 events of unknown kinds")
 
 
 def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
@@ -339,3 +340,27 @@ def test_replay_of_a_run_still_going_points_to_attach(tmp_path):
     assert result.returncode == 0, result.stderr
     notes = json.loads(result.stdout)["notes"]
     assert f"watch it live with ftwatch attach {os.getpid()}" in " ".join(notes)
+
+
+# -- events whose fields do not fit (issue 10) ----------------------------------------------------
+def test_events_with_fields_of_the_wrong_type_are_counted_as_corrupt_and_named(tmp_path: Path) -> None:
+    lines = synthetic_lines("cuda", steps=20)
+    events = parsed(lines)
+    snap = next(i for i, e in enumerate(events) if e["kind"] == "snapshot" and e.get("step"))
+    sample = next(i for i, e in enumerate(events) if e["kind"] == "sample")
+    broken = list(lines)
+    broken[snap] = json.dumps({**events[snap], "loss": "low"}) + "\n"
+    broken[sample] = json.dumps({**events[sample], "rss": 10**400}) + "\n"
+    log = write_log(tmp_path / "events.jsonl", broken)
+    summary = replay_json(str(log))
+    assert summary["log"]["corrupt_lines"] == 2 and summary["log"]["invalid_events"] == 2
+    assert summary["log"]["invalid_fields"] == ["sample.rss", "snapshot.loss"]
+    assert summary["log"]["events"] == len(lines) - 2
+    report = replay(str(log), "--headless").stdout
+    assert "log: 2 corrupt lines skipped (2 with fields of the wrong type: sample.rss, snapshot.loss)" in report
+
+
+def test_a_log_of_only_broken_events_is_not_a_run_log(tmp_path: Path) -> None:
+    lines = [json.dumps({**e, "t": "later"}) + "\n" for e in parsed(synthetic_lines("cpu", steps=3))]
+    log = write_log(tmp_path / "events.jsonl", lines)
+    assert_one_line_error(replay(str(log), "--json"), "not an ftwatch run log", "wrong type", "header.t")

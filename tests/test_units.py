@@ -32,3 +32,25 @@ def test_format_duration():
     assert format_duration(185) == "3m05s"
     assert format_duration(3720) == "1h02m"
     assert format_duration(None) == "n/a"
+
+
+@pytest.mark.parametrize(("bad", "words"), [
+    ("inf", "finite"), ("nan", "finite"), ("-inf", "finite"), (float("inf"), "finite"), (float("nan"), "finite"),
+    ("9" * 400, "8 EiB"), ("9" * 400 + "GiB", "8 EiB"), (10**30, "8 EiB"), (1e300, "8 EiB"), ("8EiB", "unit"),
+    ("-5GiB", "positive"), ("-0.5", "positive"), (-1, "positive"), ("16 EB", "unit"),
+])
+def test_parse_size_refuses_what_no_size_is_in_one_clear_message(bad, words):
+    with pytest.raises(ValueError, match=words) as info:
+        parse_size(bad)
+    assert len(str(info.value)) < 120  # a 400-digit figure is not printed whole
+
+
+def test_parse_size_is_exact_and_bounded():
+    # no float rounding: a double cannot hold this figure to the byte
+    assert parse_size("8589934591.999999999 GiB") == 8589934591 * 2**30 + (999999999 * 2**30) // 10**9
+    assert parse_size(str((1 << 63) - 1)) == (1 << 63) - 1
+    with pytest.raises(ValueError, match="8 EiB"):
+        parse_size(str(1 << 63))
+    assert parse_size("0") == 0 and parse_size("-0") == 0
+    with pytest.raises(ValueError, match="positive"):
+        parse_size("0", positive=True)

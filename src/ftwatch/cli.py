@@ -1,18 +1,23 @@
 """The ``ftwatch`` command line: one module per command under ``ftwatch.commands``.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``main(args) -> int``. Usage errors exit 2 with one clear line and no traceback.
+``main(args) -> int``. Usage errors exit 2 with one clear line and no traceback: argparse's own
+errors too (:class:`Parser`), each naming the command and the option, e.g.
+``ftwatch estimate: --gpu-memory: expected one argument (ftwatch estimate --help)``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ftwatch import __version__
 from ftwatch.config import ConfigError
+from ftwatch.safe_text import safe
 
 #: Command name -> module under ftwatch.commands.
 COMMANDS: dict[str, str] = {
@@ -26,47 +31,134 @@ COMMANDS: dict[str, str] = {
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
 
+#: A value that starts with a dash and then a digit or a point (``-5GiB``, ``-0.5``, ``-3``) is an
+#: option's value, never an option: its own check then says what is wrong with it.
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d")
+#: argparse's "invalid int value: 'x'", said in words.
+_INVALID_VALUE = re.compile(r"^invalid (\w+) value: (.*)$", re.DOTALL)
+_TYPE_WORDS = {"int": "a whole number", "float": "a number"}
+#: Values longer than this are cut in messages (a 5,000-digit number needs not be printed whole).
+_SHOW_CHARS = 60
+
 
 class UsageError(Exception):
     """A mistake in how the command was called: printed as one line, exit code 2."""
 
 
+def show_value(text: object) -> str:
+    """A value the user gave, quoted and cut for a one-line message."""
+    shown = repr(str(text))
+    return shown if len(shown) <= _SHOW_CHARS else shown[: _SHOW_CHARS - 2] + "…'"
+
+
+def size_argument(text: str) -> int:
+    """An argparse type for a size option (``--gpu-memory 24GiB``): positive, finite, below 8 EiB;
+    its errors read ``ftwatch CMD: --option: a size must be positive, got '-5GiB' (ftwatch CMD --help)``."""
+    from ftwatch.units import parse_size
+
+    try:
+        return parse_size(text, positive=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with ftwatch's usage errors: one line on stderr, exit 2, naming the option.
+
+    Values that look like negative numbers or sizes (``--gpu-memory -5GiB``) reach the option's
+    own check (which says "a size must be positive") instead of being taken for options.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._negative_number_matcher = _NEGATIVE_VALUE
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: MESSAGE (PROG --help)`` as one line and exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: {usage_message(message)} ({self.prog} --help)\n")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        """Exit, printing ``message`` made safe (one line when it is an error)."""
+        if message:
+            text = safe(message.rstrip("\n"), one_line=status != 0) + "\n"
+            (sys.stderr if status else sys.stdout).write(text)
+        raise SystemExit(status)
+
+
+def usage_message(message: str) -> str:
+    """argparse's message in ftwatch's words: ``argument --x: invalid int value: 'y'`` becomes
+    ``--x: expected a whole number, got 'y'``."""
+    message = message.strip()
+    if message.startswith("argument "):
+        message = message.removeprefix("argument ")
+    option, sep, rest = message.partition(": ")
+    if sep:
+        invalid = _INVALID_VALUE.match(rest)
+        if invalid is not None:
+            kind, value = invalid.groups()
+            what = _TYPE_WORDS.get(kind, "a valid value")
+            shown = value if len(value) <= _SHOW_CHARS else value[: _SHOW_CHARS - 2] + "…'"
+            rest = f"expected {what}, got {shown}"
+        if option == "COMMAND" and rest.startswith("invalid choice: "):
+            return "unknown command " + rest.removeprefix("invalid choice: ")
+        message = f"{option}: {rest}"
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ftwatch",
         description="Watch the GPU memory of a LoRA fine-tune, and warn before it runs out.",
     )
     parser.add_argument("--version", action="version", version=f"ftwatch {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands: dict[str, argparse.ArgumentParser] = {}
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"ftwatch.commands.{module_name}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(_module=module)
+        commands[name] = cmd
+    parser.set_defaults(_commands=commands)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; arguments a command does not know are that command's usage error."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = args._commands.get(getattr(args, "command", None) or "", parser)
+        command.error(f"unrecognized arguments: {' '.join(show_value(a) for a in extra)}")
+    return args
+
+
+def _say(command: str, message: object) -> int:
+    print(f"ftwatch {command}: {safe(str(message), one_line=True)}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ftwatch`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = _parse(parser, argv)
+    except SystemExit as exc:  # a usage error (printed), --help or --version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
         return int(args._module.main(args) or 0)
     except (ConfigError, UsageError, FileNotFoundError) as exc:
-        print(f"ftwatch {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _say(args.command, exc)
     except KeyboardInterrupt:
         return EXIT_STOPPED
     except BrokenPipeError:  # `ftwatch ... | head`
         return EXIT_OK
     except OSError as exc:  # an unreadable or unwritable path the user gave: one line, not a traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"ftwatch {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _say(args.command, f"{where}{exc.strerror or exc}")
 
 
 if __name__ == "__main__":

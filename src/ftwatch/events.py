@@ -9,15 +9,24 @@ it imports nothing heavy (no torch, no textual) so every consumer can use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
+import io
 import json
+import math
 import os
+import re
+import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from ftwatch.event_fields import CHECKS as _FIELD_CHECKS
+from ftwatch.safe_text import safe, safe_value
 
 SCHEMA_VERSION = 1
 
@@ -46,8 +55,15 @@ def make_event(kind: str, fields: dict[str, Any], t: float | None = None) -> dic
 
 
 def encode_event(record: dict[str, Any]) -> str:
-    """Encode an event dict as a JSON line (with the trailing newline)."""
-    return json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default) + "\n"
+    """Encode an event dict as a JSON line (with the trailing newline).
+
+    Never raises for a value JSON cannot hold: a non-finite float (a NaN loss) becomes ``null``
+    (not known) and an object JSON does not know becomes its ``str``.
+    """
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default) + "\n"
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(_json_safe(record), separators=(",", ":"), allow_nan=False) + "\n"
 
 
 def encode(kind: str, fields: dict[str, Any], t: float | None = None) -> str:
@@ -63,76 +79,264 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-class EventWriter:
-    """Appends events to a run log; safe to call from several threads.
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` with what JSON cannot hold replaced: non-finite floats by ``None``, unknown objects
+    by their text (the slow path of :func:`encode_event`, taken only when the fast one refused)."""
+    if depth > 50:
+        return None
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value]
+    try:
+        converted = _json_default(value)
+    except Exception:
+        return str(value)
+    return _json_safe(converted, depth + 1) if converted is not value else str(value)
 
-    Each event is written and flushed at once, so the file is complete up to the last event even
-    if the process is killed (the data sits in the kernel's page cache). The file is private to
-    its owner (mode 0600).
+
+def _say(message: str) -> None:
+    """One line on this process's stderr; never raises (stderr may sit on the same full disk)."""
+    with contextlib.suppress(Exception):
+        from ftwatch.safe_text import safe
+
+        stream = sys.stderr
+        if stream is not None:
+            stream.write(f"ftwatch: {safe(message, one_line=True)}\n")
+            stream.flush()
+
+
+class EventWriter:
+    """Appends events to a run log; safe to call from several threads; never raises into its caller.
+
+    Each event is written and flushed at once (one ``write(2)``), so the file is complete up to the
+    last event even if the process is killed (the data sits in the kernel's page cache). The file
+    is private to its owner (mode 0600).
+
+    A write that fails (disk full, a read-only or immutable file, an I/O error, a closed descriptor)
+    never reaches the caller: the event is dropped and counted in :attr:`lost_events`, the first
+    failure is said once on stderr, and every later event tries again. When writing works again a
+    ``note`` (``events_lost``) goes first, in the same write, saying how many were lost since. A
+    line cut by a full disk is ended with a newline before the next event, so no event is glued
+    onto it. ``retry_open``: a log that cannot even be opened now is not an error either (events
+    are counted as lost and the open is tried again at each event); by default it raises, as before.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, retry_open: bool = False) -> None:
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._lock = threading.Lock()
         self._closed = False
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        #: Events that could not be written (all the run long).
+        self.lost_events = 0
+        #: Events lost since the last ``events_lost`` note (or since the start).
+        self._unreported = 0
+        self._lost_from_t: float | None = None
+        self._lost_to_t: float | None = None
+        self.last_error: OSError | None = None
+        self._said = False
+        self._cut_line = False  # the file ends inside a line (a write cut short by a full disk)
+        self._fd: int | None = None
+        try:
+            self._fd = self._open()
+        except OSError as exc:
+            if not retry_open:
+                raise
+            self._failed(exc)
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def emit(self, kind: str, **fields: Any) -> None:
         """Write one event, then hand it to the listeners (which must be quick and never raise
-        into the caller). Never raises on a closed writer (late sampler ticks are dropped)."""
-        record = make_event(kind, fields)
-        line = encode_event(record)
-        data = line.encode("utf-8")
+        into the caller). Never raises: a closed writer drops late events (late sampler ticks),
+        a failed write is counted (:attr:`lost_events`)."""
+        try:
+            record = make_event(kind, fields)
+            data = encode_event(record).encode("utf-8", "replace")
+        except Exception as exc:  # an event we cannot even encode is lost, not fatal
+            with self._lock:
+                if not self._closed:
+                    self._failed(OSError(f"an event could not be encoded ({exc})"))
+            return
         with self._lock:
             if self._closed:
                 return
-            while data:  # one write(2) per event: in the kernel at once, whole lines only
-                written = os.write(self._fd, data)
-                data = data[written:]
+            self._write(data, record["t"])
         for listener in self.listeners:
             with contextlib.suppress(Exception):
                 listener(record)
 
+    def _write(self, data: bytes, t: float) -> None:
+        """Write one encoded event (holding the lock), preceded by the pending ``events_lost`` note."""
+        note_end = 0  # bytes before the event's own line: a newline ending a cut line, the note
+        if self._unreported or self._cut_line:
+            prefix = self._recovery_prefix()
+            note_end, data = len(prefix), prefix + data
+        done = 0
+        try:
+            if self._fd is None:
+                self._fd = self._open()
+            while done < len(data):  # one write(2) per event: in the kernel at once, whole lines only
+                written = os.write(self._fd, data[done:] if done else data)
+                if written <= 0:
+                    raise OSError(errno.EIO, "the run log took no bytes")
+                done += written
+        except OSError as exc:
+            if done:  # part of it is in the file: does the file now end inside a line?
+                self._cut_line = data[done - 1] != 0x0A
+            if exc.errno == errno.EBADF:  # someone closed our descriptor: open the log again next time
+                self._fd = None
+            if note_end and done >= note_end:  # the note made it, the event did not
+                self._reported()
+            self._failed(exc, t)
+            return
+        if note_end:  # the pending newline and note went in with this event
+            self._cut_line = False
+            self._reported()
+
+    def _reported(self) -> None:
+        self._unreported = 0
+        self._lost_from_t = self._lost_to_t = None
+
+    def _recovery_prefix(self) -> bytes:
+        """What goes before the next event: a newline ending a cut line, the ``events_lost`` note."""
+        prefix = b"\n" if self._cut_line else b""
+        if self._unreported:
+            error = self.last_error
+            reason = (error.strerror or str(error)) if error is not None else "unknown error"
+            n = self._unreported
+            note = make_event("note", {
+                "code": "events_lost", "lost_events": n, "lost_from_t": self._lost_from_t,
+                "lost_to_t": self._lost_to_t,
+                "message": f"{n} event{'s' if n != 1 else ''} could not be written to this log ({reason}) "
+                           "and are lost; training went on",
+            })
+            prefix += encode_event(note).encode("utf-8", "replace")
+        return prefix
+
+    def _failed(self, exc: OSError, t: float | None = None) -> None:
+        """Count one lost event; say so on stderr the first time."""
+        self.lost_events += 1
+        self._unreported += 1
+        now = time.time() if t is None else t
+        self._lost_from_t = self._lost_from_t or now
+        self._lost_to_t = now
+        self.last_error = exc
+        if not self._said:
+            self._said = True
+            reason = exc.strerror or str(exc)
+            _say(f"cannot write the run log {self.path} ({reason}): its events are dropped and counted "
+                 "until writing works again; training goes on")
+
     def close(self) -> None:
-        """Flush and close the log; later ``emit`` calls are ignored."""
+        """Flush and close the log; later ``emit`` calls are ignored. Never raises."""
         with self._lock:
             if not self._closed:
                 self._closed = True
-                with contextlib.suppress(OSError):
-                    os.fsync(self._fd)
-                os.close(self._fd)
+                fd, self._fd = self._fd, None
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.fsync(fd)
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
 
-_raw_decode = json.JSONDecoder().raw_decode
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number an event may hold")
+
+
+#: ``json`` without its wrapper, refusing NaN and Infinity (which are not JSON, and not figures).
+_raw_decode = json.JSONDecoder(parse_constant=_reject_constant).raw_decode
+
+#: A line longer than this (in characters) is skipped and counted, never held whole in memory:
+#: real events are far shorter (the longest, an exit with its traceback, is some KiB).
+MAX_LINE_CHARS = 1 << 20
+#: Events nest a few levels (``exit.oom.last_categories``); a line nested deeper is not an event.
+MAX_DEPTH = 32
+#: Lines with more brackets than this get their nesting measured before they are parsed.
+_DEPTH_SCAN_FROM = 64
+#: How many distinct unknown kind names (and invalid field names) the stats keep.
+_MAX_NAMES = 20
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+#: In a raw line: a control character in a string, escaped as JSON writes it (``\u001b``,
+#: ``\u009b``, ``\u007f``, ``\b``, ``\f``, ``\r``) or raw (DEL, C1). Only such lines are sanitised.
+_CONTROL_IN_LINE = re.compile(r"\\u00[0189][0-9a-fA-F]|\\u007[fF]|\\[bfr]|[\x7f-\x9f]")
 
 
 class SchemaVersionError(ValueError):
     """The log was written by an incompatible ftwatch schema version."""
 
 
+class NotALogError(FileNotFoundError):
+    """The path is no run log: a FIFO, a device, a socket (reading one would block or never end)."""
+
+
 @dataclass
 class ReadStats:
-    """What a reader skipped, so consumers can report it instead of losing it silently."""
+    """What a reader skipped, so consumers can report it instead of losing it silently.
+
+    ``corrupt_lines`` counts every line skipped as unreadable; ``invalid_events`` (events whose
+    fields do not fit their kind, see :mod:`ftwatch.event_fields`) and ``long_lines`` (over
+    :data:`MAX_LINE_CHARS`) are the part of it with those causes.
+    """
 
     events: int = 0
     corrupt_lines: int = 0
     unknown_kinds: int = 0
     truncated_tail: bool = False
     unknown_kind_names: set[str] = field(default_factory=set)
+    invalid_events: int = 0
+    invalid_fields: set[str] = field(default_factory=set)
+    long_lines: int = 0
+    #: The first line read was a JSON array (``[...]``): a JSON file, not a log of one event per line.
+    json_array: bool = False
+
+    def add(self, other: ReadStats) -> None:
+        """Add another reader's counts to these (the logs of a multi-process run)."""
+        self.events += other.events
+        self.corrupt_lines += other.corrupt_lines
+        self.unknown_kinds += other.unknown_kinds
+        self.truncated_tail = self.truncated_tail or other.truncated_tail
+        self.unknown_kind_names |= other.unknown_kind_names
+        self.invalid_events += other.invalid_events
+        self.invalid_fields |= other.invalid_fields
+        self.long_lines += other.long_lines
+        self.json_array = self.json_array or other.json_array
+
+
+def _too_deep(line: str) -> bool:
+    """True when the JSON in ``line`` nests deeper than :data:`MAX_DEPTH` (strings ignored)."""
+    depth = 0
+    for char in _JSON_STRING.sub("", line):
+        if char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 class EventDecoder:
     """Turns chunks of text (a followed file, a pipe) into events.
 
-    Incomplete trailing lines are kept until their newline arrives; lines that are not JSON
-    objects are skipped and counted; kinds from a newer version are skipped and counted; a log
-    of another major schema version raises ``SchemaVersionError``.
+    Incomplete trailing lines are kept until their newline arrives (up to :data:`MAX_LINE_CHARS`:
+    a longer line is skipped and counted); lines that are not JSON objects, and events whose
+    fields do not fit their kind (:mod:`ftwatch.event_fields`), are skipped and counted; kinds
+    from a newer version are skipped and counted; a log of another major schema version raises
+    ``SchemaVersionError``. Every string of an event that holds control characters is made safe
+    for a terminal (:func:`ftwatch.safe_text.safe_value`) before anyone sees it.
     """
 
     def __init__(self) -> None:
         self.stats = ReadStats()
         self._partial = ""
+        self._skipping = False  # inside an over-long line: drop text up to its newline
 
     def feed(self, chunk: str) -> list[dict[str, Any]]:
         """Decode the complete lines in ``chunk`` (plus any partial line kept from before)."""
@@ -141,69 +345,132 @@ class EventDecoder:
     def iter_feed(self, chunk: str) -> Iterator[dict[str, Any]]:
         """Like :meth:`feed`, one event at a time (a big chunk's events are never all alive at once,
         which keeps the garbage collector out of long reads)."""
-        data = self._partial + chunk
+        if self._skipping:
+            newline = chunk.find("\n")
+            if newline < 0:
+                return
+            chunk, self._skipping = chunk[newline + 1:], False
+        data = self._partial + chunk if self._partial else chunk
         lines = data.split("\n")
-        self._partial = lines.pop()
+        partial = lines.pop()
+        if len(partial) > MAX_LINE_CHARS:
+            self._too_long()
+            partial, self._skipping = "", True
+        self._partial = partial
         decode = self.decode_line
         for line in lines:
             event = decode(line)
             if event is not None:
                 yield event
 
+    def _too_long(self) -> None:
+        self.stats.corrupt_lines += 1
+        self.stats.long_lines += 1
+
     def finish(self) -> list[dict[str, Any]]:
         """Decode what is left at the end of a finished log (a last line without newline)."""
-        rest, self._partial = self._partial, ""
+        rest, self._partial, self._skipping = self._partial, "", False
         if not rest.strip():
             return []
-        corrupt_before = self.stats.corrupt_lines
+        stats = self.stats
+        before = (stats.corrupt_lines, stats.invalid_events, stats.long_lines)
         event = self.decode_line(rest)
-        if event is None and self.stats.corrupt_lines > corrupt_before:
-            # A killed writer leaves a cut line: report it as such rather than as corruption.
-            self.stats.corrupt_lines -= 1
-            self.stats.truncated_tail = True
+        cut = stats.corrupt_lines > before[0] and (stats.invalid_events, stats.long_lines) == before[1:]
+        if event is None and cut and stats.events:
+            # A killed writer leaves a cut line: report it as such rather than as corruption (only
+            # after a good event: a file of nothing but one broken line is no log cut short).
+            stats.corrupt_lines -= 1
+            stats.truncated_tail = True
             return []
-        if event is None:  # a whole event of an unknown kind, just without its newline
+        if event is None:  # corrupt, or a whole event of an unknown kind just without its newline
             return []
         return [event]
 
     def decode_line(self, line: str) -> dict[str, Any] | None:
-        """Decode one line; ``None`` for blank, corrupt or unknown-kind lines (counted)."""
+        """Decode one line; ``None`` for blank, corrupt, invalid or unknown-kind lines (counted)."""
         line = line.strip()
         if not line:
             return None
+        stats = self.stats
+        if len(line) > MAX_LINE_CHARS:
+            self._too_long()
+            return None
         try:
+            if line[0] != "{" or (line.count("{") + line.count("[") > _DEPTH_SCAN_FROM and _too_deep(line)):
+                return self._corrupt(line)
             event, end = _raw_decode(line)  # json.loads without its wrapper: the line is stripped already
-        except ValueError:
-            self.stats.corrupt_lines += 1
+        except (ValueError, RecursionError):  # not JSON, NaN, a number past the int limit, nested too deep
+            return self._corrupt(line)
+        if end != len(line) or type(event) is not dict:  # trailing garbage after the object
+            return self._corrupt(line)
+        kind = event.get("kind")
+        if type(kind) is not str:
+            return self._corrupt(line)
+        if kind == "header":
+            version = event.get("v")
+            if type(version) is int and version != SCHEMA_VERSION:
+                shown = f"v{version}" if 0 <= version < 10**6 else "an unknown version"
+                raise SchemaVersionError(f"this log uses event schema {shown}; this ftwatch reads v{SCHEMA_VERSION}")
+        check = _FIELD_CHECKS.get(kind)
+        if check is None:
+            stats.unknown_kinds += 1
+            if len(stats.unknown_kind_names) < _MAX_NAMES:
+                stats.unknown_kind_names.add(safe(kind, one_line=True)[:60])
             return None
-        if end != len(line):  # trailing garbage after the object
-            self.stats.corrupt_lines += 1
+        bad_field = check(event)
+        if bad_field is not None:
+            stats.corrupt_lines += 1
+            stats.invalid_events += 1
+            if len(stats.invalid_fields) < _MAX_NAMES:
+                stats.invalid_fields.add(f"{kind}.{bad_field}")
             return None
-        if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
-            self.stats.corrupt_lines += 1
-            return None
-        version = event.get("v")
-        if event["kind"] == "header" and isinstance(version, int) and version != SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"this log uses event schema v{version}; this ftwatch reads v{SCHEMA_VERSION}"
-            )
-        if event["kind"] not in KINDS:
-            self.stats.unknown_kinds += 1
-            self.stats.unknown_kind_names.add(event["kind"])
-            return None
-        if not isinstance(event.get("t"), (int, float)):
-            self.stats.corrupt_lines += 1
-            return None
-        self.stats.events += 1
+        if ("\\" in line or "\x7f" in line or not line.isascii()) and _CONTROL_IN_LINE.search(line):
+            try:
+                event = safe_value(event)
+            except RecursionError:
+                return self._corrupt(line)
+        stats.events += 1
         return event
+
+    def _corrupt(self, line: str) -> None:
+        stats = self.stats
+        if not (stats.events or stats.corrupt_lines or stats.unknown_kinds) and line[:1] == "[":
+            stats.json_array = True
+        stats.corrupt_lines += 1
+        return None
+
+
+def _check_readable(p: Path) -> None:
+    """Refuse what is neither a regular file nor a directory, before anything opens it."""
+    try:
+        mode = p.stat().st_mode
+    except (FileNotFoundError, ValueError):  # (ValueError: a NUL in the name)
+        raise FileNotFoundError(f"no such file: {p}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise NotALogError(f"{p} is {_file_kind(mode)}, not a run log: give an events.jsonl file or its run "
+                           "directory")
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def resolve_log_path(path: str | os.PathLike[str]) -> Path:
-    """A run directory stands for its ``events.jsonl``; a file stands for itself."""
+    """A run directory stands for its ``events.jsonl``; a file stands for itself.
+
+    Raises ``FileNotFoundError`` (one line for the user) for a missing path, a directory without a
+    log, and (as :class:`NotALogError`) a path that is no regular file: a FIFO, a device, a socket.
+    """
     p = Path(path)
+    _check_readable(p)
     if p.is_dir():
         for name in (EVENTS_FILE, EVENTS_FILE + ".gz"):
             if (p / name).exists():
+                _check_readable(p / name)
                 return p / name
         ranks = sorted(p.glob(f"rank*/{EVENTS_FILE}*"))
         if ranks:
@@ -215,16 +482,43 @@ def resolve_log_path(path: str | os.PathLike[str]) -> Path:
         newest = sorted([*runs, *multi], key=lambda f: f.stat().st_mtime)
         hint = f"; the newest run in it is {newest[-1].parent}" if newest else ""
         raise FileNotFoundError(f"{p} is a directory without an {EVENTS_FILE}{hint}")
-    if not p.exists():
-        raise FileNotFoundError(f"no such file: {p}")
     return p
 
 
 def open_log(path: Path) -> IO[str]:
-    """Open a run log for reading text, transparently gunzipping ``.gz`` files."""
+    """Open a run log for reading text, transparently gunzipping ``.gz`` files.
+
+    Opened without blocking and checked on the open file: a FIFO or device put in the log's place
+    after :func:`resolve_log_path` looked raises :class:`NotALogError` instead of hanging.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotALogError(f"{path} is {_file_kind(mode)}, not a run log")
+        os.set_blocking(fd, True)
+        raw = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        return io.TextIOWrapper(_OwnGzipFile(raw), encoding="utf-8", errors="replace")
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+
+
+class _OwnGzipFile(gzip.GzipFile):
+    """A gzip reader that closes the file it was given when it is closed."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        """Close the gzip stream, then the file under it."""
+        try:
+            super().close()
+        finally:
+            self._raw.close()
 
 
 def read_events(path: str | os.PathLike[str], decoder: EventDecoder | None = None) -> Iterator[dict[str, Any]]:

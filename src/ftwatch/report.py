@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ftwatch.events import CATEGORIES, TENSOR_CATEGORIES
+from ftwatch.safe_text import safe
 from ftwatch.state import RunState
 from ftwatch.units import format_bytes, format_duration
 
@@ -58,14 +59,14 @@ class ProgressPrinter:
         kind = event["kind"]
         if kind == "header":
             dev = state.device
-            self._print(state, f"run {event.get('name')}  model {event.get('model')}  device "
-                               f"{dev.get('type')} {dev.get('name') or ''} "
-                               f"capacity {format_bytes(state.capacity)} ({dev.get('capacity_source')})")
+            self._print(state, f"run {_word(event.get('name'))}  model {_word(event.get('model'))}  device "
+                               f"{_word(dev.get('type'))} {_word(dev.get('name') or '')} "
+                               f"capacity {format_bytes(state.capacity)} ({_word(dev.get('capacity_source'))})")
         elif kind == "phase":
             self._print(state, f"phase {event['name']}")
         elif kind == "model":
-            self._print(state, f"model {event.get('params_total'):,} parameters, "
-                               f"{event.get('params_trainable'):,} trainable")
+            self._print(state, f"model {_count(event.get('params_total'))} parameters, "
+                               f"{_count(event.get('params_trainable'))} trainable")
         elif kind == "estimate":
             est = event.get("estimate_bytes") or {}
             verdict = {"fits": "fits", "tight": "TIGHT", "does_not_fit": "DOES NOT FIT"}.get(event.get("verdict"), "?")
@@ -138,8 +139,9 @@ def summary_text(state: RunState, stats: Any = None) -> str:
     for sug in s.get("suggestions") or []:
         lines.append(f"  fix: {suggestion_text(sug)}")
     if stats is not None and (stats.corrupt_lines or stats.unknown_kinds or stats.truncated_tail):
-        lines.append(f"log: {stats.corrupt_lines} corrupt lines skipped, {stats.unknown_kinds} events of unknown "
-                     f"kinds skipped" + (", last line cut off" if stats.truncated_tail else ""))
+        lines.append(f"log: {stats.corrupt_lines} corrupt lines skipped{corrupt_causes(stats)}, "
+                     f"{stats.unknown_kinds} events of unknown kinds skipped"
+                     + (", last line cut off" if stats.truncated_tail else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -168,3 +170,19 @@ def ranks_summary_text(run: RankedRun, stats: Any = None) -> str:
 
 def _count(n: int | None) -> str:
     return f"{n:,}" if isinstance(n, int) else "n/a"
+
+
+def _word(value: Any) -> str:
+    """A header field for a one-line progress message (the reader has taken control characters out
+    already; newlines go too, so a crafted name cannot fake a line of its own)."""
+    return safe(str(value), one_line=True)
+
+
+def corrupt_causes(stats: Any) -> str:
+    """Why lines were skipped as corrupt, when known: `` (2 with fields of the wrong type: sample.rss, snapshot.loss; 1 longer than 1 MiB)``."""
+    causes = []
+    if getattr(stats, "invalid_events", 0):
+        causes.append(f"{stats.invalid_events} with fields of the wrong type: {', '.join(sorted(stats.invalid_fields))}")
+    if getattr(stats, "long_lines", 0):
+        causes.append(f"{stats.long_lines} longer than 1 MiB")
+    return f" ({'; '.join(causes)})" if causes else ""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from fractions import Fraction
 
 _UNITS = {
     "": 1,
@@ -21,30 +23,57 @@ _UNITS = {
     "tib": 1024**4,
 }
 
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*([+-]?)\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+_NOT_FINITE = re.compile(r"^\s*[+-]?\s*(?:inf|infinity|nan)\s*[a-zA-Z]*\s*$", re.IGNORECASE)
+#: The largest size there is (int64: what the event log and every consumer can hold).
+MAX_SIZE = (1 << 63) - 1
+#: Sizes written longer than this are refused before they are read (nobody types 100 digits).
+_MAX_CHARS = 64
 
 
-def parse_size(text: str | int | float) -> int:
+def _shown(text: object) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 40 else f"{shown[:30]}…' ({len(str(text))} characters)"
+
+
+def parse_size(text: str | int | float, *, positive: bool = False) -> int:
     """Parse a size such as ``"20GiB"``, ``"22.3GB"``, ``"512 MiB"`` or a plain byte count.
 
     Decimal units (kB, MB, GB, TB) are powers of 1000, binary units (KiB, MiB, GiB, TiB) powers
-    of 1024, as on a GPU's spec sheet and in ``nvidia-smi`` respectively. Raises ``ValueError``
-    with a readable message for anything else.
+    of 1024, as on a GPU's spec sheet and in ``nvidia-smi`` respectively. The figure is read
+    exactly (no float rounding or overflow). Raises ``ValueError`` with a readable message for
+    anything else: negative, infinite or NaN sizes, sizes of 8 EiB or more, and zero when
+    ``positive``.
     """
     if isinstance(text, bool):
         raise ValueError(f"expected a size like \"20GiB\", got {text!r}")
     if isinstance(text, (int, float)):
+        if isinstance(text, float) and not math.isfinite(text):
+            raise ValueError(f"a size must be a finite number, got {text!r}")
         if text < 0:
-            raise ValueError(f"a size cannot be negative, got {text!r}")
-        return int(text)
-    match = _SIZE_RE.match(str(text))
-    if not match:
-        raise ValueError(f"expected a size like \"20GiB\" or \"22.3GB\", got {text!r}")
-    number, unit = match.groups()
-    factor = _UNITS.get(unit.lower())
-    if factor is None:
-        raise ValueError(f"unknown size unit {unit!r} in {text!r} (use B, kB, MB, GB, KiB, MiB, GiB)")
-    return int(float(number) * factor)
+            raise ValueError(f"a size must be positive, got {_shown(text)}")
+        value = int(text) if text <= MAX_SIZE else MAX_SIZE + 1
+    else:
+        raw = str(text)
+        match = _SIZE_RE.match(raw) if len(raw) <= _MAX_CHARS else None
+        if match is None:
+            if len(raw) > _MAX_CHARS and _SIZE_RE.match(raw):
+                raise ValueError(f"a size must be below 8 EiB, got {_shown(raw)}")
+            if _NOT_FINITE.match(raw):
+                raise ValueError(f"a size must be a finite number, got {_shown(raw)}")
+            raise ValueError(f"expected a size like \"20GiB\" or \"22.3GB\", got {_shown(raw)}")
+        sign, number, unit = match.groups()
+        factor = _UNITS.get(unit.lower())
+        if factor is None:
+            raise ValueError(f"unknown size unit {unit!r} in {_shown(raw)} (use B, kB, MB, GB, KiB, MiB, GiB)")
+        value = int(Fraction(number) * factor)
+        if sign == "-" and Fraction(number) != 0:
+            raise ValueError(f"a size must be positive, got {_shown(raw)}")
+    if value > MAX_SIZE:
+        raise ValueError(f"a size must be below 8 EiB, got {_shown(text)}")
+    if positive and value <= 0:
+        raise ValueError(f"a size must be positive, got {_shown(text)}")
+    return value
 
 
 def format_bytes(n: int | float | None, precision: int = 1) -> str:

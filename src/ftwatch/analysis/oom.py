@@ -69,12 +69,21 @@ FORMAT_VERSIONS: dict[str, str] = {
 
 #: Fragmentation (reserved but unallocated) counts as large from this share of the capacity.
 FRAGMENTATION_SHARE = 0.10
+#: A figure may exceed the capacity by this share (and MiB) before it is implausible: sizes are
+#: rounded to two decimals, and NVML and the allocator count at slightly different moments.
+PLAUSIBLE_SLACK = 0.01
+#: Units PyTorch prints (K/M/G/T multiples; "KB" from some backends means KiB too).
+_KNOWN_MULTIPLES = ("K", "M", "G", "T")
+#: Digits a printed size, GPU index or PID can have; longer ones are not figures.
+_MAX_DIGITS = 24
 #: Memory in CUDA-graph private pools is worth a suggestion from this share of the capacity.
 PRIVATE_POOL_SHARE = 0.05
 #: The non-PyTorch part of this process (CUDA context, workspaces) is worth a note from here.
 NON_PYTORCH_SHARE = 0.05
 
-_SIZE = r"(\d+(?:\.\d+)?)\s*(bytes?|[KMGT]i?B|B)\b"
+# Any sign, any length and any unit letter are read, so that an impossible figure is reported as
+# such (see :func:`check_plausible`) rather than making the message unrecognisable.
+_SIZE = r"(-?\d+(?:\.\d+)?)\s*(bytes?|[A-Za-z]i?B|B)\b"
 _ANCHOR = re.compile(r"\b([A-Za-z]+) out of memory\.\s*Tried to allocate " + _SIZE)
 _ERROR_TYPE = re.compile(r"((?:[\w]+\.)*\w*(?:Error|Exception))\s*:\s*$")
 _CURRENT_HEAD = re.compile(
@@ -102,6 +111,7 @@ _TRAILER = re.compile(
     r"to avoid fragmentation\.(?:\s*See documentation for Memory Management(?: and PYTORCH_CUDA_ALLOC_CONF)?"
     r"(?:\s*\(https?://[^)\s]*\))?)?"
 )
+_LONG_NUMBER = re.compile(r"\d{" + str(_MAX_DIGITS + 1) + ",}")
 # How far past "Tried to allocate" the clauses of one message can reach (8 processes fit easily).
 _MESSAGE_SPAN = 2000
 
@@ -134,6 +144,8 @@ class OomDiagnosis:
     other_processes: list[ProcessUsage] = field(default_factory=list)
     processes_listed: bool = False
     self_pid_guess: int | None = None
+    #: Why the figures cannot be true (each names the figure): when any, nothing is concluded.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def has_numbers(self) -> bool:
@@ -192,6 +204,7 @@ class OomDiagnosis:
             "other_processes": [{"pid": p.pid, "bytes": p.bytes} for p in self.other_processes],
             "processes_listed": self.processes_listed,
             "self_pid_guess": self.self_pid_guess,
+            "implausible": list(self.problems),
             "findings": findings(self),
             "suggestions": suggest_from_oom(self) if suggestions is None else suggestions,
             "message": self.message,
@@ -201,18 +214,50 @@ class OomDiagnosis:
 # --- parsing ------------------------------------------------------------------------------------
 
 def size_to_bytes(number: str, unit: str) -> int:
-    """Bytes of one size as PyTorch prints it (``"1.23", "GiB"``); K/M/G/T multiples are binary."""
+    """Bytes of one size as PyTorch prints it (``"1.23", "GiB"``); K/M/G/T multiples are binary.
+
+    Raises ``ValueError`` saying why for what no PyTorch prints: a negative figure, a figure of
+    more digits than any size has, a unit beyond TiB (``ZiB``), 8 EiB or more.
+    """
     unit = unit.strip()
+    if number.startswith("-"):
+        raise ValueError("is negative")
+    if len(number) > _MAX_DIGITS:
+        raise ValueError(f"has {len(number)} digits")
     if unit.lower().startswith("byte") or unit == "B":
         return parse_size(number)
-    binary = unit[0].upper() + "iB"
-    return parse_size(f"{number}{binary}")
+    if unit[0].upper() not in _KNOWN_MULTIPLES:
+        raise ValueError(f"is in {unit}, a unit PyTorch never prints")
+    try:
+        return parse_size(f"{number}{unit[0].upper()}iB")
+    except ValueError:
+        raise ValueError("is 8 EiB or more") from None
 
 
-def _size(match: re.Match[str] | None, first: int = 1) -> int | None:
+def _shown(match: re.Match[str], first: int) -> str:
+    number = match.group(first)
+    if len(number) > _MAX_DIGITS:
+        number = number[:12] + "…"
+    return f"{number} {match.group(first + 1)}"
+
+
+def _size(diag: OomDiagnosis, what: str, match: re.Match[str] | None, first: int = 1) -> int | None:
+    """The bytes of one figure; a figure that cannot be a size is recorded in ``diag.problems``."""
     if match is None:
         return None
-    return size_to_bytes(match.group(first), match.group(first + 1))
+    try:
+        return size_to_bytes(match.group(first), match.group(first + 1))
+    except ValueError as exc:
+        diag.problems.append(f"{what} {_shown(match, first)} {exc}")
+        return None
+
+
+def _whole(diag: OomDiagnosis, what: str, digits: str) -> int | None:
+    """A GPU index or PID; one longer than any is recorded in ``diag.problems``."""
+    if len(digits) > 10:
+        diag.problems.append(f"{what} {digits[:12]}… has {len(digits)} digits")
+        return None
+    return int(digits)
 
 
 def _normalise(text: str) -> str:
@@ -262,8 +307,9 @@ def _parse_allocator_message(flat: str, anchor: re.Match[str]) -> OomDiagnosis:
     body = flat[anchor.end():anchor.end() + _MESSAGE_SPAN]
     diag = OomDiagnosis(
         format="truncated", message="", error_type=_error_type_before(flat, anchor.start()),
-        device_kind=anchor.group(1).upper(), requested_bytes=_size(anchor, 2),
+        device_kind=anchor.group(1).upper(),
     )
+    diag.requested_bytes = _size(diag, "the request", anchor, 2)
     head = _CURRENT_HEAD.search(body)
     legacy = _LEGACY_GROUP.match(body.lstrip())
     if head is not None and head.start() < 40:
@@ -273,6 +319,10 @@ def _parse_allocator_message(flat: str, anchor: re.Match[str]) -> OomDiagnosis:
     else:
         end = 0
     diag.message = _message_text(flat, anchor, body, end)
+    long_number = _LONG_NUMBER.search(body)
+    if long_number is not None and not diag.problems:  # a figure too long to be read at all
+        diag.problems.append(f"a number of {len(long_number.group())}+ digits follows the request")
+    check_plausible(diag)
     return diag
 
 
@@ -288,27 +338,29 @@ def _message_text(flat: str, anchor: re.Match[str], body: str, end: int) -> str:
 
 def _parse_current(diag: OomDiagnosis, body: str, head: re.Match[str]) -> int:
     diag.format = "current" if head.group(2) == "capacity" else "v2.1"
-    diag.device_index = int(head.group(1))
-    diag.capacity_bytes = _size(head, 3)
-    diag.free_bytes = _size(head, 5)
+    diag.device_index = _whole(diag, "the GPU index", head.group(1))
+    diag.capacity_bytes = _size(diag, "the capacity", head, 3)
+    diag.free_bytes = _size(diag, "the free memory", head, 5)
     end = head.end()
     rest = body[end:]
     stop = _UNALLOCATED.search(rest)
     scope = rest[:stop.end()] if stop else rest[:600]
-    diag.allowed_bytes = _size(_ALLOWED.search(scope))
-    diag.allocated_bytes = _size(_ALLOCATED.search(scope))
-    diag.private_pools_bytes = _size(_PRIVATE.search(scope))
-    diag.reserved_unallocated_bytes = _size(stop)
+    diag.allowed_bytes = _size(diag, "the allowed memory", _ALLOWED.search(scope))
+    diag.allocated_bytes = _size(diag, "the memory allocated by PyTorch", _ALLOCATED.search(scope))
+    diag.private_pools_bytes = _size(diag, "the private pools", _PRIVATE.search(scope))
+    diag.reserved_unallocated_bytes = _size(diag, "the reserved but unallocated memory", stop)
     _read_processes(diag, scope)
     return end + (stop.end() if stop else 0)
 
 
 def _read_processes(diag: OomDiagnosis, scope: str) -> None:
     own = _SELF_CLAUSE.search(scope)
-    others = [ProcessUsage(pid=int(m.group(1)), bytes=_size(m, 2) or 0) for m in _OTHER_CLAUSE.finditer(scope)]
+    others = [ProcessUsage(pid=_whole(diag, "a PID", m.group(1)) or 0,
+                           bytes=_size(diag, f"process {m.group(1)[:12]}", m, 2) or 0)
+              for m in _OTHER_CLAUSE.finditer(scope)]
     diag.processes_listed = own is not None or bool(others)
     if own is not None:
-        diag.process_bytes = _size(own)
+        diag.process_bytes = _size(diag, "this process", own)
     else:
         guess = _guess_self(others, diag.reserved_bytes)
         if guess is not None:
@@ -331,8 +383,9 @@ def _guess_self(others: list[ProcessUsage], reserved: int | None) -> ProcessUsag
 
 
 def _parse_legacy(diag: OomDiagnosis, group: re.Match[str]) -> int:
-    diag.device_index = int(group.group(1))
-    clauses = {name: _size(rx.search(group.group(2))) for name, rx in _LEGACY_CLAUSES.items()}
+    diag.device_index = _whole(diag, "the GPU index", group.group(1))
+    clauses = {name: _size(diag, f"the {name} memory", rx.search(group.group(2)))
+               for name, rx in _LEGACY_CLAUSES.items()}
     diag.capacity_bytes = clauses["capacity"]
     diag.allocated_bytes = clauses["allocated"]
     diag.free_bytes = clauses["free"]
@@ -344,6 +397,36 @@ def _parse_legacy(diag: OomDiagnosis, group: re.Match[str]) -> int:
     if reserved is not None and diag.allocated_bytes is not None:
         diag.reserved_unallocated_bytes = max(reserved - diag.allocated_bytes, 0)
     return group.end()
+
+
+# --- can the numbers be true? --------------------------------------------------------------------
+
+def check_plausible(diag: OomDiagnosis) -> None:
+    """Add to ``diag.problems`` each figure that cannot be true of one GPU: a zero capacity, or a
+    part (free memory, this process, PyTorch's allocations, another process, the allowed cap)
+    larger than the whole."""
+    cap = diag.capacity_bytes
+    if cap is None:
+        return
+    if cap == 0:
+        diag.problems.append("the capacity is 0 bytes")
+        return
+    limit = cap * (1 + PLAUSIBLE_SLACK) + (1 << 20)
+    parts = [("the free memory", diag.free_bytes), ("this process's memory", diag.process_bytes),
+             ("the memory allocated by PyTorch", diag.allocated_bytes),
+             ("the memory reserved by PyTorch", diag.reserved_bytes), ("the private pools", diag.private_pools_bytes),
+             ("the allowed memory", diag.allowed_bytes)]
+    parts += [(f"process {p.pid}'s memory", p.bytes) for p in diag.other_processes]
+    if diag.other_processes:
+        parts.append(("the other processes' memory together", diag.other_processes_bytes))
+    for what, value in parts:
+        if value is not None and value > limit:
+            diag.problems.append(f"{what} ({_fmt(value)}) is more than the GPU's whole capacity ({_fmt(cap)})")
+
+
+def implausible_text(diag: OomDiagnosis) -> str:
+    """One sentence: which figures are impossible and why (empty when none is)."""
+    return "; ".join(diag.problems)
 
 
 # --- what the numbers say -----------------------------------------------------------------------
@@ -366,6 +449,9 @@ def findings(diag: OomDiagnosis) -> list[str]:
             "CUDA errors are reported asynchronously: the line in the traceback may not be the one "
             "that failed (CUDA_LAUNCH_BLOCKING=1 pins it down, slowly).",
         ]
+    if diag.problems:
+        return [f"The message's figures cannot be true ({implausible_text(diag)}): nothing is concluded "
+                "from them."]
     out: list[str] = []
     out += _request_findings(diag)
     out += _allocator_findings(diag)
@@ -525,6 +611,8 @@ def suggest_from_oom(diag: OomDiagnosis, current: Mapping[str, Any] | None = Non
     ``dtype``): levers already in use are left out and the config lines get exact values.
     """
     step_levers, model_levers = _training_levers(current or {})
+    if diag.problems:  # figures that cannot be true size nothing
+        return model_levers[:1] + step_levers + model_levers[1:]
     if not diag.has_numbers:
         return model_levers[:1] + step_levers + model_levers[1:] + [
             _suggestion("see what else holds this GPU (nvidia-smi) and stop it", None, None)]

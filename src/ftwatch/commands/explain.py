@@ -2,19 +2,30 @@
 
 Reads the message (or a whole traceback or log holding one) from FILE, or from stdin with ``-``
 or no argument, and prints its figures in plain terms with the fixes they support. Exit codes:
-0 when a message was explained, 2 when the input holds none (or cannot be read).
+0 when a message was explained, 2 when the input holds none, holds one whose figures cannot be
+true (a free memory above the capacity, a negative or 5,000-digit size, a unit such as ZiB: it
+says which and why, and reasons from none of them), or cannot be read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
-from ftwatch.analysis.oom import FORMAT_VERSIONS, OomDiagnosis, findings, parse_oom_message, suggest_from_oom
+from ftwatch.analysis.oom import (
+    FORMAT_VERSIONS,
+    OomDiagnosis,
+    findings,
+    implausible_text,
+    parse_oom_message,
+    suggest_from_oom,
+)
 from ftwatch.cli import EXIT_OK, EXIT_USAGE, UsageError
+from ftwatch.safe_text import safe
 from ftwatch.units import format_bytes
 
 HELP = "explain a CUDA out-of-memory message (from FILE, or pasted on stdin)"
@@ -33,20 +44,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Explain the message; 0 when one was found, 2 when the input holds none."""
     source, text = _read_input(args.file)
+    source = safe(source, one_line=True)
     if not text.strip():
-        print(f"ftwatch explain: {source} is empty: paste the out-of-memory message or pass the file "
-              "that holds it", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage(f"{source} is empty: paste the out-of-memory message or pass the file that holds it")
     diag = parse_oom_message(text)
     if diag is None:
-        print(f"ftwatch explain: no CUDA out-of-memory message found in {source} (looked for \"out of memory. "
-              "Tried to allocate ...\" and \"CUDA error: out of memory\")", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage(f"no CUDA out-of-memory message found in {source} (looked for \"out of memory. "
+                      "Tried to allocate ...\" and \"CUDA error: out of memory\")")
+    if diag.problems:
+        return _usage(f"the out-of-memory message in {source} has figures that cannot be true, so it is not "
+                      f"explained from them: {implausible_text(diag)}")
     if args.json:
         print(json.dumps(diag.to_json(), indent=2))
     else:
-        print(render_text(diag))
+        print(safe(render_text(diag)))  # the message's own words come from the input
     return EXIT_OK
+
+
+def _usage(message: str) -> int:
+    print(f"ftwatch explain: {safe(message, one_line=True)}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _read_input(name: str) -> tuple[str, str]:
@@ -62,6 +79,12 @@ def _read_input(name: str) -> tuple[str, str]:
         raise UsageError(f"no such file: {name}")
     if path.is_dir():
         raise UsageError(f"{name} is a directory, not a file holding the message")
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise UsageError(f"{name} is a device or socket, not a file holding the message (pipe text in with '-')")
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return name, handle.read(_MAX_READ)

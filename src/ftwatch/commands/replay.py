@@ -37,7 +37,8 @@ from ftwatch.events import (
     resolve_log_path,
 )
 from ftwatch.ranks import MultiLogFollower, RankedRun, find_rank_dirs, is_multi_rank_dir, read_launch
-from ftwatch.report import ranks_summary_text, summary_text
+from ftwatch.report import corrupt_causes, ranks_summary_text, summary_text
+from ftwatch.safe_text import safe
 from ftwatch.state import RunState
 
 HELP = "replay a recorded run log (events.jsonl or its run directory)"
@@ -64,11 +65,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--csv", action="store_true",
                         help="print the time series as CSV: one row per device sample, with the breakdown then")
     output.add_argument("--plot", action="store_true", help="print a chart of the categories over the run")
-    parser.add_argument("--rank", type=int, metavar="N",
+    parser.add_argument("--rank", type=_rank, metavar="N",
                         help="a multi-process run: replay this rank alone (its rankN/events.jsonl)")
     parser.add_argument("--speed", type=_speed, default="max", metavar="N|auto|max",
                         help="dashboard: run seconds per second (1 = as it happened), auto (the whole run "
                              "in about a minute) or max (open at the end; the default)")
+
+
+def _rank(text: str) -> int:
+    """``--rank N``: a rank is a whole number from 0."""
+    value = int(text) if text.strip().lstrip("+-").isdigit() and len(text) <= 10 else None
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a rank (0, 1, ...), got {text[:30]!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a rank is 0 or more, got {value}")
+    return value
 
 
 def _speed(text: str) -> float | str:
@@ -126,16 +137,37 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _usage_error(message: str) -> int:
-    print(f"ftwatch replay: {message}", file=sys.stderr)
+    print(f"ftwatch replay: {safe(message, one_line=True)}", file=sys.stderr)
     return 2
 
 
 def no_events_message(stats: ReadStats) -> str:
-    """Why a log gave nothing to replay."""
+    """Why a log gave nothing to replay (one line)."""
     if not (stats.corrupt_lines or stats.unknown_kinds or stats.truncated_tail):
         return "the log is empty: no events in it"
-    return (f"no events in this log ({stats.corrupt_lines} corrupt lines, {stats.unknown_kinds} events of "
-            f"unknown kinds" + (", a cut last line" if stats.truncated_tail else "") + ")")
+    if stats.json_array:
+        return ("not an ftwatch run log: it holds a JSON array, and a run log (events.jsonl) is one JSON "
+                "event per line")
+    if stats.unknown_kinds and not stats.corrupt_lines:
+        names = ", ".join(sorted(stats.unknown_kind_names))
+        return (f"no event this ftwatch can read: {stats.unknown_kinds} events of unknown kinds ({names}; "
+                "written by a newer ftwatch?)")
+    return f"not an ftwatch run log: no valid event in it ({skipped_text(stats)})"
+
+
+def skipped_text(stats: ReadStats) -> str:
+    """``3 corrupt lines (1 with fields of the wrong type: snapshot.loss), 0 events of unknown kinds``."""
+    detail = corrupt_causes(stats)
+    return (f"{stats.corrupt_lines} corrupt lines{detail}, {stats.unknown_kinds} events of unknown kinds"
+            + (", a cut last line" if stats.truncated_tail else ""))
+
+
+def log_stats_json(stats: ReadStats) -> dict[str, Any]:
+    """The ``log`` object of ``--json``: what was read and what was skipped."""
+    return {"events": stats.events, "corrupt_lines": stats.corrupt_lines, "unknown_kinds": stats.unknown_kinds,
+            "truncated_tail": stats.truncated_tail, "unknown_kind_names": sorted(stats.unknown_kind_names),
+            "invalid_events": stats.invalid_events, "invalid_fields": sorted(stats.invalid_fields),
+            "long_lines": stats.long_lines}
 
 
 def first_event(path: Path) -> dict[str, Any]:
@@ -152,7 +184,7 @@ def _show_dashboard(path: Path, speed: float | str, first: dict[str, Any]) -> bo
         from ftwatch.tui.replay import ReplayFeed
     except ImportError:
         return False
-    title = first.get("name") if first.get("kind") == "header" else None
+    title = safe(first.get("name") or "", one_line=True) or None if first.get("kind") == "header" else None
     run_dashboard(path, None, title=title, feed=ReplayFeed(path, speed))
     return True
 
@@ -168,9 +200,7 @@ def print_report(path: Path, as_json: bool, out: Any) -> int:
         state.notes.append({"code": "no_exit", "message": _no_exit_message(state)})
     if as_json:
         summary = state.summary()
-        summary["log"] = {"events": stats.events, "corrupt_lines": stats.corrupt_lines,
-                          "unknown_kinds": stats.unknown_kinds, "truncated_tail": stats.truncated_tail,
-                          "unknown_kind_names": sorted(stats.unknown_kind_names)}
+        summary["log"] = log_stats_json(stats)
         out.write(json.dumps(summary, indent=2) + "\n")
     else:
         out.write(summary_text(state, stats))
@@ -214,9 +244,7 @@ def replay_ranks(run_dir: Path, args: argparse.Namespace) -> int:
         return 0
     if args.json:
         summary = run.summary()
-        summary["log"] = {"events": stats.events, "corrupt_lines": stats.corrupt_lines,
-                          "unknown_kinds": stats.unknown_kinds, "truncated_tail": stats.truncated_tail,
-                          "unknown_kind_names": sorted(stats.unknown_kind_names)}
+        summary["log"] = log_stats_json(stats)
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
         sys.stdout.write(ranks_summary_text(run, stats))
@@ -229,9 +257,10 @@ def _show_ranks_dashboard(run_dir: Path, run: RankedRun, speed: float | str) -> 
     except ImportError:
         return False
     if speed != "max":
-        print(f"ftwatch replay: playback is per rank (ftwatch replay {run_dir} --rank N --speed ...): "
-              "showing every rank at its end", file=sys.stderr)
-    run_dashboard(run_dir, None, title=run.worst.header.get("name"))
+        print(f"ftwatch replay: playback is per rank (ftwatch replay {safe(str(run_dir), one_line=True)} --rank N "
+              "--speed ...): showing every rank at its end", file=sys.stderr)
+    title = run.worst.header.get("name")
+    run_dashboard(run_dir, None, title=safe(title, one_line=True) if isinstance(title, str) else None)
     return True
 
 
@@ -366,7 +395,8 @@ def plot_text(state: RunState, width: int, height: int, colour: bool) -> str:
         plt.plot([x / x_div for x in xs], [v / y_div for v in values], label=label,
                  marker="hd" if colour else next(markers, "."), color=rgb if colour else "default")
     status = state.exit["status"] if state.exit else "no exit event"
-    plt.title(f"{state.header.get('name') or 'run'}: memory over the run ({status}, {state.step} steps)")
+    name = safe(str(state.header.get("name") or "run"), one_line=True)
+    plt.title(f"{name}: memory over the run ({safe(str(status), one_line=True)}, {state.step} steps)")
     plt.xlabel(f"time ({x_unit})")
     plt.ylabel(y_unit)
     text = plt.build()

@@ -10,6 +10,7 @@ only when a server starts.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import TYPE_CHECKING
 
@@ -19,25 +20,40 @@ if TYPE_CHECKING:
     from ftwatch.exporters.prometheus import MetricsServer
 
 
+#: The longest ``--metrics-linger``: a day (an endpoint kept up longer is a server, not a linger).
+MAX_LINGER_SECONDS = 86400.0
+
+
+def _shown(text: str) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:30] + "…'"
+
+
 def port_number(text: str) -> int:
     """An argparse type: a TCP port, 0 to 65535."""
     try:
-        value = int(text)
+        value = int(text) if len(text) <= 10 else None
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+        value = None
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a port number (0 to 65535), got {_shown(text)}")
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
     return value
 
 
 def seconds(text: str) -> float:
-    """An argparse type: a non-negative number of seconds."""
+    """An argparse type: a finite, non-negative number of seconds (at most a day)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"seconds cannot be negative, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected seconds, got {_shown(text)}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {_shown(text)}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seconds cannot be negative, got {_shown(text)}")
+    if value > MAX_LINGER_SECONDS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_LINGER_SECONDS:.0f} seconds (a day), got {_shown(text)}")
     return value
 
 
