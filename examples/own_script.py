@@ -58,6 +58,7 @@ def main() -> None:
         probe.attach_model(model)
         probe.attach_optimizer(optimizer)
         probe.phase("training", max_steps=args.max_steps)
+        step = 0
         for step in range(1, args.max_steps + 1):
             probe.step_begin()
             batch = default_data_collator(data[(step * 4) % (len(data) - 4):][:4])
@@ -66,7 +67,9 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad()
             probe.step_end(step)
-        probe.finish("finished", step=args.max_steps)
+            if probe.should_stop:  # `k` in the dashboard, or Ctrl-C: stop at this step boundary
+                break
+        probe.finish("stopped" if probe.should_stop else "finished", step=step)
         return
 
     from ftwatch import FtwatchCallback

@@ -130,7 +130,7 @@ def test_a_stop_asked_of_one_rank_stops_every_rank_after_the_same_step(tiny_conf
     try:
         wait_for(lambda: reached_step(tmp_path / "runs", 1, 3), timeout=240)
         os.kill(rank_events(tmp_path / "runs", 1)[0]["pid"], signal.SIGINT)  # rank 1 alone hears it
-        out, err = viewer.communicate(timeout=90)
+        out, err = viewer.communicate(timeout=240)  # a generous cap: the ranks end at their own pace under load
     finally:
         if viewer.poll() is None:
             viewer.kill()

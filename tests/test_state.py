@@ -71,3 +71,16 @@ def test_timeline_stays_bounded_keeps_the_start_and_the_peak():
     assert points[0].t < 10_000 / 64 * 2  # the first bucket still starts the series
     assert max(p.used for p in points) == 5000  # the spike survived every merge
     assert [p.t for p in points] == sorted(p.t for p in points)
+
+
+def test_lost_events_come_from_the_exit_else_from_the_notes() -> None:
+    from ftwatch.report import summary_text
+
+    state = RunState()
+    state.apply(ev("header", 1, name="x", device={"type": "cpu", "capacity": 1 << 30}))
+    for t, n in ((2, 3), (3, 2)):
+        state.apply(ev("note", t, code="events_lost", message=f"{n} lost", lost_events=n))
+    assert state.summary()["lost_events"] == 5  # the run's own exit is missing: the notes' sum
+    state.apply(ev("exit", 4, status="finished", step=4, lost_events=7))
+    assert state.summary()["lost_events"] == 7  # the exit counts every loss, the last one too
+    assert "7 events could not be written" in summary_text(state)

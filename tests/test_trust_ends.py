@@ -401,3 +401,26 @@ def test_the_multi_process_follower_reports_a_deleted_run_directory(tmp_path: Pa
         assert alive_and_untouched(target, flag)
     finally:
         stop_target(target)
+
+
+@pytest.mark.parametrize(("code", "status"), [(0, "finished"), (130, "stopped"), (1, "failed")])
+def test_a_worker_whose_own_exit_event_was_lost_is_told_by_its_exit_code(tmp_path: Path, code: int,
+                                                                         status: str) -> None:
+    """A full disk can cost the worker its own exit event: a worker that exited 0 (or 130) then
+    finished (or stopped), it was not killed; the record says so and why the event is missing."""
+    from ftwatch.follow import record_vanished_worker
+
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({code})"])
+    proc.wait()
+    run = run_dir_with(tmp_path, [header(proc.pid), sample(T0 + 1), sample(T0 + 2)])
+    state = RunState()
+    for line in (run / "events.jsonl").read_text().splitlines():
+        state.apply(json.loads(line))
+    record_vanished_worker(run, WorkerHandle(proc.pid, run, proc), state)
+    written = json.loads((run / "events.jsonl").read_text().splitlines()[-1])
+    assert state.status == written["status"] == status
+    assert written["by"] == "monitor" and written["t"] == written["last_event_t"] == T0 + 2
+    if code in (0, 130):
+        assert "could not be written" in written["message"]
+    else:
+        assert "without an exit event" in written["message"]

@@ -41,7 +41,7 @@ class FakeHandle:
         return self.alive
 
     def returncode(self) -> int | None:
-        return None if self.alive else 0
+        return None if self.alive else -9  # killed (SIGKILL): a vanished worker
 
     def request_stop(self) -> None:
         self.stop_requests += 1

@@ -198,7 +198,7 @@ def test_feed_records_a_worker_that_vanished_without_an_exit(tmp_path: Path) -> 
         time.sleep(0.05)
     view = feed.view()
     assert view.exit["status"] == "failed" and view.exit["by"] == "monitor"
-    assert "exit code -9" in view.exit["message"]
+    assert "killed by SIGKILL" in view.exit["message"]
     assert view.summary["status"] == "failed"
 
 

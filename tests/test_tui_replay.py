@@ -145,6 +145,37 @@ def test_corrupt_lines_and_a_cut_tail_keep_positions_in_step(tmp_path: Path) -> 
     source.close()
 
 
+@pytest.mark.parametrize("name", ["events.jsonl", "events.jsonl.gz"])
+def test_an_over_long_line_is_read_past_not_held_and_positions_stay_true(tmp_path: Path, name: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import ftwatch.tui.replay as replay
+
+    monkeypatch.setattr(replay, "MAX_LINE_BYTES", 4096)  # a long line without writing megabytes
+    lines = synthetic_lines("cpu", steps=20)
+    huge = '{"v":1,"t":1.0,"kind":"note","code":"x","message":"' + "y" * 20_000 + '"}\n'
+    events = parsed(lines)
+    source = LogSource(write_log(tmp_path / name, lines[:40] + [huge] + lines[40:]))
+    scanner = LogScanner(source, checkpoint_every=17)
+    held: list[int] = []
+    real_read_line = replay.read_line
+
+    def spy(*args: object) -> bytes:
+        line = real_read_line(*args)  # type: ignore[arg-type]
+        held.append(len(line))
+        return line
+
+    monkeypatch.setattr(replay, "read_line", spy)
+    while not scanner.done:
+        scanner.advance(30)
+    assert scanner.index == len(events) and max(held) <= 4096
+    assert (scanner.stats.long_lines, scanner.stats.corrupt_lines) == (1, 1)
+    for target in (39, 40, 41, len(events)):
+        cursor = Cursor(source.reader, scanner.checkpoint_before(target))
+        cursor.fold_to(target)
+        assert facts(cursor.state) == facts(fold(events[:target])), target
+    source.close()
+
+
 # -- the keys, on the feed ------------------------------------------------------------------------
 def test_steps_back_and_forth_and_the_two_ends(tmp_path: Path) -> None:
     lines = synthetic_lines("cuda", steps=40)

@@ -82,9 +82,11 @@ KIND_FIELDS: dict[str, dict[str, str]] = {
                  "allocated_peak": "bytes", "reserved": "bytes"},
     "warning": {"code": "str", "level": "str", "message": "str", "category": "str", "step": "count",
                 "steps_to_oom": "number", "suggestions": "suggestions"},
-    "note": {"code": "str", "message": "str"},
+    "note": {"code": "str", "message": "str", "part": "str", "lost_events": "count", "lost_from_t": "time",
+             "lost_to_t": "time"},
     "exit": {"status": "str", "step": "count", "error_type": "str", "message": "str", "traceback": "text",
-             "oom": "oom", "suggestions": "suggestions", "by": "str", "last_event_t": "time"},
+             "oom": "oom", "suggestions": "suggestions", "by": "str", "last_event_t": "time",
+             "lost_events": "count"},
 }
 
 #: Fields a consumer reads without a default: they must be there (and not null).

@@ -82,7 +82,7 @@ def _json_default(value: Any) -> Any:
 def _json_safe(value: Any, depth: int = 0) -> Any:
     """``value`` with what JSON cannot hold replaced: non-finite floats by ``None``, unknown objects
     by their text (the slow path of :func:`encode_event`, taken only when the fast one refused)."""
-    if depth > 50:
+    if depth > MAX_DEPTH:
         return None
     if value is None or isinstance(value, (str, bool, int)):
         return value
@@ -363,9 +363,12 @@ class EventDecoder:
             if event is not None:
                 yield event
 
-    def _too_long(self) -> None:
+    def count_long_line(self) -> None:
+        """Count a line over :data:`MAX_LINE_CHARS` that its reader skipped unread."""
         self.stats.corrupt_lines += 1
         self.stats.long_lines += 1
+
+    _too_long = count_long_line
 
     def finish(self) -> list[dict[str, Any]]:
         """Decode what is left at the end of a finished log (a last line without newline)."""

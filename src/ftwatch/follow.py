@@ -186,16 +186,28 @@ def interrupt_handler(handle: WorkerHandle, out: TextIO, whom: str = "") -> Call
     return on_interrupt
 
 
+#: How a worker that exited with these codes ended (its own exit event missing from the log).
+_ENDED_BY_CODE = {0: "finished", 130: "stopped"}
+
+
 def record_vanished_worker(run_dir: Path, handle: WorkerHandle, state: RunState, message: str | None = None) -> None:
     """The worker ended without an exit event (killed): record that in its log, marked as ours,
     stamped at its last event (:func:`~ftwatch.sources.record_monitor_exit`), and fold it into
     ``state``. A log that cannot be written any more gets it in ``state`` only."""
-    if message is None:
-        code = handle.returncode()
-        how = f"killed by {signal_name(-code)}" if code is not None and code < 0 else \
-            f"exit code {code}" if code is not None else "its exit status is not visible from here"
-        message = f"the training process ended without an exit event ({how})"
-    fields = {"error_type": "WorkerVanished", "message": message}
+    code = handle.returncode()
+    fields: dict[str, Any] = {"error_type": "WorkerVanished"}
+    ended = _ENDED_BY_CODE.get(code) if code is not None else None
+    if ended is not None:
+        # It ended well but its own exit event is not in the log (a full or read-only disk: the worker
+        # counts what it could not write): say how it really ended, not that it was killed.
+        fields = {"status": ended, "message": f"the training process {ended} (exit code {code}); its own exit "
+                                              "event could not be written to the log"}
+    else:
+        if message is None:
+            how = f"killed by {signal_name(-code)}" if code is not None and code < 0 else \
+                f"exit code {code}" if code is not None else "its exit status is not visible from here"
+            message = f"the training process ended without an exit event ({how})"
+        fields["message"] = message
     try:
         record = record_monitor_exit(run_dir / EVENTS_FILE, state, **fields)
     except OSError:

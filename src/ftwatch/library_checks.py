@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import re
 from collections.abc import Iterator
@@ -53,25 +52,13 @@ def dry_training_arguments(kwargs: dict[str, Any]) -> Any:
 
 def gpu_compute_capability() -> tuple[int, int] | None:
     """The first visible GPU's compute capability through NVML (no CUDA context); ``None`` without one."""
-    from ftwatch.commands.estimate import _first_visible_gpu
+    from ftwatch.nvml_query import ask_first_gpu
 
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return None
-    try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(_first_visible_gpu())
-        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+    def capability(nvml: Any, handle: Any) -> tuple[int, int]:
+        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
         return int(major), int(minor)
-    except pynvml.NVMLError:
-        return None
-    finally:
-        with contextlib.suppress(pynvml.NVMLError):
-            pynvml.nvmlShutdown()
+
+    return ask_first_gpu(capability)
 
 
 def _bf16_gpu_available() -> bool:

@@ -124,12 +124,7 @@ class MultiLogFollower:
         """What was read and skipped, over every rank's log."""
         total = ReadStats()
         for follower in self.followers.values():
-            stats = follower.decoder.stats
-            total.events += stats.events
-            total.corrupt_lines += stats.corrupt_lines
-            total.unknown_kinds += stats.unknown_kinds
-            total.truncated_tail = total.truncated_tail or stats.truncated_tail
-            total.unknown_kind_names |= stats.unknown_kind_names
+            total.add(follower.decoder.stats)
         return total
 
     def close(self) -> None:

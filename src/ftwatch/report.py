@@ -138,6 +138,9 @@ def summary_text(state: RunState, stats: Any = None) -> str:
         lines.append(f"out of memory during {oom.get('phase')}: requested {format_bytes(oom.get('requested_bytes'))}")
     for sug in s.get("suggestions") or []:
         lines.append(f"  fix: {suggestion_text(sug)}")
+    if s.get("lost_events"):
+        lines.append(f"log: {s['lost_events']} events could not be written (a full or read-only disk); "
+                     "training went on")
     if stats is not None and (stats.corrupt_lines or stats.unknown_kinds or stats.truncated_tail):
         lines.append(f"log: {stats.corrupt_lines} corrupt lines skipped{corrupt_causes(stats)}, "
                      f"{stats.unknown_kinds} events of unknown kinds skipped"

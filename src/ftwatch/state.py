@@ -304,7 +304,18 @@ class RunState:
             "elapsed_seconds": round(self.elapsed, 3),
             "estimate": {k: self.estimate.get(k) for k in ("verdict", "fails_at", "estimate_bytes", "capacity_bytes")}
             if self.estimate else None,
+            "lost_events": self.lost_events,
         }
+
+    @property
+    def lost_events(self) -> int:
+        """Events the training process could not write to its log (a full or read-only disk): the
+        exit event's count, else the sum of the ``events_lost`` notes written when writing worked
+        again (a lower bound when the run's own exit event is missing)."""
+        counted = (self.exit or {}).get("lost_events")
+        if isinstance(counted, int):
+            return counted
+        return sum(int(n.get("lost_events") or 0) for n in self.notes if n.get("code") == "events_lost")
 
     def tensor_total(self) -> int:
         """Sum of the tensor categories in the latest breakdown."""

@@ -11,14 +11,13 @@ fit); 2 for usage errors (bad config, unreadable model config.json, bad ``--gpu-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ftwatch.config import Config, load_config
 from ftwatch.config_checks import check_config
+from ftwatch.nvml_query import ask_first_gpu
 from ftwatch.units import format_bytes, parse_size
 
 HELP = "predict a config's memory before loading it, and what to change if it will not fit"
@@ -81,28 +80,7 @@ def resolve_capacity(cfg: Config, gpu_memory: str | None) -> tuple[int | None, s
 
 def nvml_free_bytes() -> int | None:
     """Free memory of the first visible GPU via NVML; ``None`` without a GPU, a driver or pynvml."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return None
-    try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(_first_visible_gpu())
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
-    except pynvml.NVMLError:
-        return None
-    finally:
-        with contextlib.suppress(pynvml.NVMLError):
-            pynvml.nvmlShutdown()
-
-
-def _first_visible_gpu() -> int:
-    """The NVML index of CUDA device 0 (``CUDA_VISIBLE_DEVICES`` by index; UUIDs fall back to 0)."""
-    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-    return int(first) if first.isdigit() else 0
+    return ask_first_gpu(lambda nvml, handle: int(nvml.nvmlDeviceGetMemoryInfo(handle).free))
 
 
 # --- the table -----------------------------------------------------------------------------------

@@ -114,10 +114,9 @@ def _run(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None, e
                                     f"{cfg.monitor.log_dir} ({why})") from None
     try:
         prepare_run_dir(cfg, run_dir)
-    except OSError as exc:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise ConfigError(cfg.path, f"[monitor].log_dir: cannot write the run directory {run_dir} "
-                                    f"({exc.strerror or exc})") from None
+    except OSError as exc:  # a full disk costs the config's copy, never the run (the worker copes with it)
+        print(f"ftwatch run: warning: cannot write into {run_dir} ({exc.strerror or exc}); "
+              "training starts anyway", file=sys.stderr)
     if cfg.launch.distributed:
         early.cancel()  # torchrun starts the ranks itself
         return _run_ranks(args, cfg, metrics, run_dir)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ftwatch.events import EventDecoder, ReadStats, SchemaVersionError, resolve_log_path
+from ftwatch.events import MAX_LINE_CHARS, EventDecoder, ReadStats, SchemaVersionError, resolve_log_path
 from ftwatch.state import RunState, Timeline
 from ftwatch.tui.feed import NO_EXIT, ReplayInfo, RunFeed
 
@@ -129,6 +129,43 @@ def tail_time(path: Path, nbytes: int = 256 * 1024) -> float | None:
     return None
 
 
+#: The most a replay reads of one line (a UTF-8 character is at most 4 bytes): the rest of a longer
+#: line is read past, never held, and the line counted as too long (as the decoder does).
+MAX_LINE_BYTES = 4 * MAX_LINE_CHARS
+
+
+class SkippedLine(bytes):
+    """An over-long line that was read past: a blank line that remembers how many bytes it took."""
+
+    consumed: int
+
+
+def read_line(stream: IO[bytes], copy_to: IO[bytes] | None = None) -> bytes:
+    """The next line of ``stream`` (``b""`` at its end), at most :data:`MAX_LINE_BYTES` of it held:
+    a longer one comes back as a :class:`SkippedLine`. ``copy_to`` gets every byte read."""
+    line = stream.readline(MAX_LINE_BYTES)
+    if copy_to is not None and line:
+        copy_to.write(line)
+    if len(line) < MAX_LINE_BYTES or line.endswith(b"\n"):
+        return line
+    consumed = len(line)
+    while True:
+        more = stream.readline(MAX_LINE_BYTES)
+        if copy_to is not None and more:
+            copy_to.write(more)
+        consumed += len(more)
+        if not more or more.endswith(b"\n"):
+            break
+    skipped = SkippedLine(b"\n")
+    skipped.consumed = consumed
+    return skipped
+
+
+def line_length(line: bytes) -> int:
+    """How many bytes of the log ``line`` took (a skipped line's whole length)."""
+    return line.consumed if isinstance(line, SkippedLine) else len(line)
+
+
 class LogSource:
     """A log's bytes: read once in order (by the scanner) and again from any offset (by the cursor).
 
@@ -151,14 +188,11 @@ class LogSource:
         else:
             self._stream = self._raw
             self.reader = open(path, "rb")  # noqa: SIM115 - closed in close()
-            self.readline = self._raw.readline  # type: ignore[method-assign]  # nothing to spool: direct
 
     def readline(self) -> bytes:
-        """The next line of the log (with its newline; the last one may lack it), ``b""`` at the end."""
-        line = self._stream.readline()
-        if self._spool is not None and line:
-            self._spool.write(line)
-        return line
+        """The next line of the log (with its newline; the last one may lack it), ``b""`` at the end;
+        an over-long one as a :class:`SkippedLine`."""
+        return read_line(self._stream, self._spool)
 
     def flush(self) -> None:
         """Make what was read so far readable through :attr:`reader`."""
@@ -223,7 +257,10 @@ class LogScanner:
             if not line:
                 self.done = True
                 break
-            offset += len(line)
+            offset += line_length(line)
+            if isinstance(line, SkippedLine):
+                self.decoder.count_long_line()
+                continue
             text = line.decode("utf-8", "replace")
             event = decode(text) if line[-1:] == b"\n" else self._last_line(text)
             if event is None:
@@ -284,10 +321,12 @@ class Cursor:
 
     def _read_event(self) -> dict[str, Any] | None:
         while True:
-            line = self.reader.readline()
+            line = read_line(self.reader)
             if not line:
                 return None
-            self.offset += len(line)
+            self.offset += line_length(line)
+            if isinstance(line, SkippedLine):
+                continue
             event = self.decoder.decode_line(line.decode("utf-8", "replace"))
             if event is not None:
                 return event

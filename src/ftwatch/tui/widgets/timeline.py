@@ -107,6 +107,13 @@ def build_series(points: list[TimelinePoint], phases: list[PhaseRecord], capacit
     if limit and limit / div <= s.y_max:
         s.limit, s.limit_label = limit / div, limit_label
     s.phase_starts = [(p.start_t - start) / x_div for p in phases[1:] if p.start_t >= start]
+    # Nothing is drawn outside the axes: plotext walks every cell between two points, so one value
+    # far beyond them (a crafted log's 2**63 bytes, a time before the start) would stall the frame.
+    x_max = span / x_div
+    s.x = [min(max(x, 0.0), x_max) for x in s.x]
+    for name, values in s.lines.items():
+        s.lines[name] = [min(max(v, 0.0), s.y_max) for v in values]
+    s.phase_starts = [x for x in s.phase_starts if x <= x_max]
     return s
 
 
