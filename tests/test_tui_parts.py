@@ -299,3 +299,18 @@ def test_encode_roundtrip_of_fixture_kinds() -> None:
         event = json.loads(line)
         assert encode(event["kind"], {k: v for k, v in event.items() if k not in ("v", "t", "kind")},
                       event["t"]).strip() == line
+
+
+def test_timeline_lines_stay_inside_the_axes_whatever_the_log_says() -> None:
+    """A crafted log's extreme values (a category of 2**63-1 bytes far above the process's usage,
+    a point stamped before the start) are clamped to the axes: plotext would walk every cell to
+    such a point and stall the frame."""
+    t0 = 1_000.0
+    points = [TimelinePoint(t0 + i, i, 2 * GiB, {"weights": 1 * GiB, "activations": 2**63 - 1 if i == 5 else 0})
+              for i in range(10)]
+    points.insert(3, TimelinePoint(0.0, 3, 2 * GiB, {"weights": 1 * GiB}))  # time 0, long before t0
+    s = build_series(points, [], 8 * GiB, None, True, 80, t0=t0)
+    x_max = (points[-1].t - t0)  # seconds: the span is under three minutes
+    assert s.x_unit == "s" and all(0.0 <= x <= x_max for x in s.x)
+    assert s.lines and all(0.0 <= v <= s.y_max for values in s.lines.values() for v in values)
+    assert max(s.lines["activations"]) == s.y_max  # the extreme point sits at the top, not beyond
