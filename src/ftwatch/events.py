@@ -17,7 +17,6 @@ import math
 import os
 import re
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ftwatch.event_fields import CHECKS as _FIELD_CHECKS
-from ftwatch.safe_text import safe, safe_value
+from ftwatch.safe_text import safe, safe_value, say
 
 SCHEMA_VERSION = 1
 
@@ -97,17 +96,6 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
     except Exception:
         return str(value)
     return _json_safe(converted, depth + 1) if converted is not value else str(value)
-
-
-def _say(message: str) -> None:
-    """One line on this process's stderr; never raises (stderr may sit on the same full disk)."""
-    with contextlib.suppress(Exception):
-        from ftwatch.safe_text import safe
-
-        stream = sys.stderr
-        if stream is not None:
-            stream.write(f"ftwatch: {safe(message, one_line=True)}\n")
-            stream.flush()
 
 
 class EventWriter:
@@ -230,7 +218,7 @@ class EventWriter:
         if not self._said:
             self._said = True
             reason = exc.strerror or str(exc)
-            _say(f"cannot write the run log {self.path} ({reason}): its events are dropped and counted "
+            say(f"cannot write the run log {self.path} ({reason}): its events are dropped and counted "
                  "until writing works again; training goes on")
 
     def close(self) -> None:

@@ -11,7 +11,9 @@ It imports nothing of ftwatch and nothing heavy: every layer may use it.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 from typing import Any
 
 #: ANSI/VT escape sequences: CSI (``ESC [``), OSC (``ESC ]`` .. BEL or ST), DCS/PM/APC/SOS strings,
@@ -66,3 +68,13 @@ def safe_value(value: Any) -> Any:
     if isinstance(value, list):
         return [safe_value(v) for v in value]
     return value
+
+
+def say(message: str) -> None:
+    """One line ``ftwatch: message`` (made :func:`safe`) on this process's stderr; never raises:
+    stderr may be a file on a full disk, or closed, and the caller may be the training loop."""
+    with contextlib.suppress(Exception):
+        stream = sys.stderr
+        if stream is not None:
+            stream.write(f"ftwatch: {safe(message, one_line=True)}\n")
+            stream.flush()

@@ -12,20 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Callable
 
-
-def say(message: str) -> None:
-    """One line ``ftwatch: message`` on this process's stderr; never raises (stderr may be a file on
-    a full disk, or closed)."""
-    with contextlib.suppress(Exception):
-        from ftwatch.safe_text import safe
-
-        stream = sys.stderr
-        if stream is not None:
-            stream.write(f"ftwatch: {safe(message, one_line=True)}\n")
-            stream.flush()
+from ftwatch.safe_text import say
 
 
 def say_raw(message: str) -> None:
