@@ -343,3 +343,29 @@ def test_impossible_figures_are_named_and_nothing_is_reasoned_from_them() -> Non
                               "from them."]
     assert all(s["saves_bytes"] is None for s in suggest_from_oom(diag))  # nothing sized from them
     assert diag.to_json()["implausible"] == diag.problems
+
+
+@pytest.mark.parametrize(("old", "new", "named"), [
+    # free + this process above the card: each alone fits (79.15 GiB)
+    ("1.23 GiB is free", "40.00 GiB is free", "together are more than the GPU's whole capacity"),
+    # PyTorch holds more than the process has in use
+    ("is allocated by PyTorch", "is allocated by PyTorch", None),
+])
+def test_figures_that_cannot_be_true_together_are_named(old: str, new: str, named: str | None) -> None:
+    text = (FIXTURES / "current.txt").read_text().replace(old, new)
+    diag = parse_oom_message(text)
+    assert diag is not None
+    if named is None:  # the unchanged message stays plausible: the sums hold for a real card
+        assert diag.problems == []
+    else:
+        assert len(diag.problems) == 1 and named in diag.problems[0]
+
+
+def test_pytorch_holding_more_than_the_process_is_named() -> None:
+    diag = parse_oom_message((FIXTURES / "current.txt").read_text())
+    assert diag is not None and diag.process_bytes is not None and diag.allocated_bytes is not None
+    mine = diag.process_bytes / 2**30
+    text = (FIXTURES / "current.txt").read_text().replace(f"{mine:.2f} GiB memory in use", "1.00 GiB memory in use")
+    diag = parse_oom_message(text)
+    assert diag is not None and len(diag.problems) == 1, text
+    assert "PyTorch holds" in diag.problems[0] and "1.00 GiB" in diag.problems[0]

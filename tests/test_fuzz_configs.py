@@ -278,6 +278,9 @@ RUN_ONLY: list[tuple[str, Build, list[str]]] = [
      ["[model].name", "no tokenizer"]),
     ("output_dir_under_a_file", output_under_a_file, ["[training].output_dir", "not a directory"]),
     ("output_dir_is_a_file", output_is_a_file, ["[training].output_dir", "not a directory"]),
+    # /proc takes no new directory even from root, whom os.access() always lets through
+    ("output_dir_unwritable", config_with(training={"output_dir": "/proc/ftwatch-output"}),
+     ["[training].output_dir", "not writable"]),
     ("attention_unknown", config_with(model={"attn_implementation": "sdpaa"}),
      ["[model].attn_implementation", '"sdpaa"', "not supported"]),
 ]

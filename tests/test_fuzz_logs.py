@@ -24,6 +24,8 @@ from ftwatch.events import MAX_LINE_CHARS, EventDecoder, encode, encode_event
 from ftwatch.tui.demo import synthetic_lines
 from fuzzkit import Outcome, cli
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "logs"
+
 MODES: tuple[tuple[str, ...], ...] = (("--headless",), ("--json",), ("--csv",), ("--plot",))
 _DEMO = synthetic_lines("cuda", steps=6, ending="oom")
 _T0 = json.loads(_DEMO[0])["t"]
@@ -426,3 +428,19 @@ def test_no_escape_sequence_from_a_log_reaches_the_output(tmp_path: Path, ensure
         assert "runA" in outputs["--plot"].stdout
         exit_event = events[-1]
         assert exit_event["traceback"] == "tb-G" and exit_event["error_type"] == "CraftedError"
+
+
+@pytest.mark.parametrize("world_size", ['"two"', "[2]", "1e400", "-3", "true", "{}"])
+@pytest.mark.parametrize("mode", ["--headless", "--json", "--csv"])
+def test_a_launch_record_of_the_wrong_type_is_not_trusted(tmp_path: Path, world_size: str, mode: str) -> None:
+    """launch.json is a hint beside the rank logs: a world size that is not a count is dropped (the
+    headers tell it) instead of reaching int() and a traceback."""
+    import shutil
+
+    run = tmp_path / "ddp"
+    shutil.copytree(FIXTURES / "ddp-rank-died", run)
+    (run / "launch.json").write_text('{"launcher": "torchrun", "world_size": ' + world_size + "}")
+    outcome = cli("replay", str(run), mode)
+    assert outcome.code == 0 and "Traceback" not in outcome.stderr, outcome.stderr
+    if mode == "--json":
+        assert json.loads(outcome.stdout)["world_size"] == 2  # from the ranks' own headers

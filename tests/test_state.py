@@ -84,3 +84,16 @@ def test_lost_events_come_from_the_exit_else_from_the_notes() -> None:
     state.apply(ev("exit", 4, status="finished", step=4, lost_events=7))
     assert state.summary()["lost_events"] == 7  # the exit counts every loss, the last one too
     assert "7 events could not be written" in summary_text(state)
+
+
+def test_time_never_runs_backwards_in_the_fold() -> None:
+    """An event stamped before its predecessor (a clock stepped back, a crafted exit at t=0) is
+    taken at the predecessor's time: no negative duration, the run's length is its real span."""
+    state = RunState()
+    for event in (ev("header", 100, name="x", device={"type": "cpu", "capacity": 1 << 30}),
+                  ev("phase", 101, name="training"), ev("sample", 130, rss=MiB),
+                  ev("exit", 0, status="finished", step=3)):
+        state.apply(event)
+    summary = state.summary()
+    assert summary["elapsed_seconds"] == 30.0
+    assert summary["phases"][0]["seconds"] == 29.0

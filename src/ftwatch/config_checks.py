@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,7 +160,9 @@ def _output_dir_needs(cfg: Config) -> list[str]:
     if not probe.is_dir():
         where = "is" if probe == path else f"would be under {probe}, which is"
         return [f"[training].output_dir {path} {where} not a directory"]
-    if not os.access(probe, os.W_OK | os.X_OK):
+    try:  # a real try, not os.access: root passes access() where mkdir fails (/proc, a read-only mount)
+        os.rmdir(tempfile.mkdtemp(prefix=".ftwatch-check-", dir=probe))
+    except OSError as exc:
         where = "" if probe == path else f" (its nearest existing parent {probe})"
-        return [f"[training].output_dir {path}{where} is not writable by this user"]
+        return [f"[training].output_dir {path}{where} is not writable by this user ({exc.strerror or exc})"]
     return []

@@ -29,10 +29,13 @@ INT32_LIMIT = 1 << 31
 #: Event times are unix seconds from 0 to this (the year 5138): anything else is not a time.
 TIME_LIMIT = 1e11
 _FLOAT_MAX = sys.float_info.max
+#: How a run can end (re-exported as ``ftwatch.events.END_STATUSES``).
+END_STATUSES: tuple[str, ...] = ("finished", "failed", "oom", "stopped")
 
 #: One test per type name: an expression on ``{v}`` (never ``None`` when it runs).
 _TESTS: dict[str, str] = {
     "str": "_type({v}) is _str",
+    "end_status": "_type({v}) is _str and {v} in _END_STATUSES",
     "bytes": "_type({v}) is _int and -9223372036854775808 <= {v} < 9223372036854775808",
     "size": "_type({v}) is _int and 0 <= {v} < 9223372036854775808",
     "count": "_type({v}) is _int and 0 <= {v} < 9223372036854775808",
@@ -84,7 +87,7 @@ KIND_FIELDS: dict[str, dict[str, str]] = {
                 "steps_to_oom": "number", "suggestions": "suggestions"},
     "note": {"code": "str", "message": "str", "part": "str", "lost_events": "count", "lost_from_t": "time",
              "lost_to_t": "time"},
-    "exit": {"status": "str", "step": "count", "error_type": "str", "message": "str", "traceback": "text",
+    "exit": {"status": "end_status", "step": "count", "error_type": "str", "message": "str", "traceback": "text",
              "oom": "oom", "suggestions": "suggestions", "by": "str", "last_event_t": "time",
              "lost_events": "count"},
 }
@@ -159,7 +162,8 @@ def _compile(name: str, fields: dict[str, str], required: tuple[str, ...], with_
                   "        return 't'"]
     lines += _field_lines(fields, required, "e", "", "    ", bad)
     lines.append("    " + good)
-    namespace: dict[str, Any] = {"_byte_map": _byte_map, "_suggestions": _suggestions, "_pid_bytes": _pid_bytes}
+    namespace: dict[str, Any] = {"_byte_map": _byte_map, "_suggestions": _suggestions, "_pid_bytes": _pid_bytes,
+                                 "_END_STATUSES": END_STATUSES}
     exec(compile("\n".join(lines), f"<ftwatch.event_fields:{name}>", "exec"), namespace)  # noqa: S102
     return namespace[f"check_{name}"]
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ftwatch.event_fields import CHECKS as _FIELD_CHECKS
+from ftwatch.event_fields import END_STATUSES as _END_STATUSES
 from ftwatch.safe_text import safe, safe_value, say
 
 SCHEMA_VERSION = 1
@@ -39,7 +40,7 @@ CATEGORIES: tuple[str, ...] = TENSOR_CATEGORIES + DEVICE_CATEGORIES
 #: Training phases, in the order a run goes through them.
 PHASES: tuple[str, ...] = ("loading_model", "applying_lora", "preparing_trainer", "training")
 #: How a run can end.
-END_STATUSES: tuple[str, ...] = ("finished", "failed", "oom", "stopped")
+END_STATUSES = _END_STATUSES
 
 KINDS: tuple[str, ...] = ("header", "estimate", "phase", "model", "sample", "snapshot", "warning", "note", "exit")
 
@@ -252,8 +253,10 @@ _DEPTH_SCAN_FROM = 64
 _MAX_NAMES = 20
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 #: In a raw line: a control character in a string, escaped as JSON writes it (``\u001b``,
-#: ``\u009b``, ``\u007f``, ``\b``, ``\f``, ``\r``) or raw (DEL, C1). Only such lines are sanitised.
-_CONTROL_IN_LINE = re.compile(r"\\u00[0189][0-9a-fA-F]|\\u007[fF]|\\[bfr]|[\x7f-\x9f]")
+#: ``\u009b``, ``\u007f``, ``\b``, ``\f``, ``\r``, the bidi controls ``\u202e``...) or raw (DEL, C1,
+#: bidi). Only such lines are sanitised.
+_CONTROL_IN_LINE = re.compile(r"\\u00[0189][0-9a-fA-F]|\\u007[fF]|\\[bfr]|[\x7f-\x9f]"
+                              r"|\\u(?:061[cC]|200[eEfF]|202[a-eA-E]|206[6-9])|[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class SchemaVersionError(ValueError):

@@ -79,13 +79,26 @@ def write_launch(run_dir: Path, **fields: Any) -> None:
         handle.write("\n")
 
 
+def _small_int(value: Any, lowest: int) -> bool:
+    return type(value) is int and lowest <= value < 2**31
+
+
 def read_launch(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``launch.json`` of a run directory (empty when there is none or it cannot be read)."""
+    """``launch.json`` of a run directory (empty when there is none or it cannot be read).
+
+    It is a hint (the rank logs are the record), so a field of the wrong type is dropped, not
+    trusted: ``world_size`` a count, ``ranks`` a list of ranks, pids positive."""
     try:
         data = json.loads((Path(run_dir) / LAUNCH_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    checks = {"world_size": lambda v: _small_int(v, 1), "ranks": lambda v: isinstance(v, list)
+              and all(_small_int(r, 0) for r in v), "launcher_pid": lambda v: _small_int(v, 1),
+              "nnodes": lambda v: _small_int(v, 1), "node_rank": lambda v: _small_int(v, 0),
+              "nproc_per_node": lambda v: _small_int(v, 1)}
+    return {k: v for k, v in data.items() if k not in checks or checks[k](v)}
 
 
 class MultiLogFollower:

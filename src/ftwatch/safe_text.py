@@ -23,12 +23,14 @@ _ESCAPES = re.compile(
     r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC/DCS/SOS/PM/APC
     r"|\x1b[ -/]*[0-~]"  # other escapes (ESC c, ESC 7, ESC ( B, ...)
 )
-#: What is left to drop: C0 controls but tab and newline, DEL, C1 controls.
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: Bidirectional controls (RLO, LRI, ...): they reorder what a terminal shows ("Trojan source").
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+#: What is left to drop: C0 controls but tab and newline, DEL, C1 controls, bidi controls.
+_CONTROLS = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
 #: The same with tab and newline: for text that must stay on one line.
-_CONTROLS_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROLS_ONE_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
 #: Any character that makes a string need cleaning (a fast check before the regexes).
-_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_UNSAFE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
 
 
 def safe(text: str, *, one_line: bool = False) -> str:

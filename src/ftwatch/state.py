@@ -133,10 +133,16 @@ class RunState:
 
     # -- folding -----------------------------------------------------------------------------
     def apply(self, event: dict[str, Any]) -> None:
-        """Fold one event into the state."""
+        """Fold one event into the state.
+
+        Time never runs backwards in the fold: an event stamped before the one that came before it
+        (a clock stepped back, or a crafted log) is taken as happening at that event's time, so no
+        duration is negative."""
         t = float(event["t"])
         if self.first_t is None:
             self.first_t = t
+        elif self.last_t is not None and t < self.last_t:
+            t = self.last_t
         self.last_t = t
         kind = event["kind"]
         try:

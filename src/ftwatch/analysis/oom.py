@@ -401,6 +401,10 @@ def _parse_legacy(diag: OomDiagnosis, group: re.Match[str]) -> int:
 
 # --- can the numbers be true? --------------------------------------------------------------------
 
+#: The messages round each figure (to 0.01 GiB at most): sums may be off by this much.
+ROUNDING_SLACK = 32 << 20
+
+
 def check_plausible(diag: OomDiagnosis) -> None:
     """Add to ``diag.problems`` each figure that cannot be true of one GPU: a zero capacity, or a
     part (free memory, this process, PyTorch's allocations, another process, the allowed cap)
@@ -422,6 +426,19 @@ def check_plausible(diag: OomDiagnosis) -> None:
     for what, value in parts:
         if value is not None and value > limit:
             diag.problems.append(f"{what} ({_fmt(value)}) is more than the GPU's whole capacity ({_fmt(cap)})")
+    if diag.problems:
+        return
+    # Free memory and this process's cannot overlap: together they fit in the card (the listed
+    # processes are left out of the sum: the list may name this process too).
+    free, mine = diag.free_bytes, diag.process_bytes
+    if free is not None and mine is not None and free + mine > limit:
+        diag.problems.append(f"the free memory ({_fmt(free)}) and this process's ({_fmt(mine)}) together are "
+                             f"more than the GPU's whole capacity ({_fmt(cap)})")
+    # What PyTorch reserved is part of what this process holds (the figures are rounded to 0.01 GiB).
+    reserved = diag.reserved_bytes if diag.reserved_bytes is not None else diag.allocated_bytes
+    if reserved is not None and mine is not None and reserved > mine * (1 + PLAUSIBLE_SLACK) + ROUNDING_SLACK:
+        diag.problems.append(f"the memory PyTorch holds ({_fmt(reserved)}) is more than this process has in use "
+                             f"({_fmt(mine)})")
 
 
 def implausible_text(diag: OomDiagnosis) -> str:
