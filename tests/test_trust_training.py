@@ -32,19 +32,10 @@ from ftwatch.probe import accounting
 from ftwatch.probe.devices import DeviceSampler
 from ftwatch.probe.probe import Probe
 from ftwatch.worker import SafeStream, protect_output
+from test_probe_cadence import TinyLM
 
 LOSS_LINE = "cannot write the run log"
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-class TinyLM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 8)
-        self.proj = nn.Linear(8, 8)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.proj(self.embed(input_ids)))
 
 
 class WriteSpy:
