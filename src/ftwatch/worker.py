@@ -141,10 +141,14 @@ class AgreedStop:
         device = torch.device("cpu") if on_cpu else torch.device("cuda", torch.cuda.current_device())
         flag = torch.tensor([1 if self.stop.requested else 0], dtype=torch.int32, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and not self.stop.requested:
+        agreed = bool(flag.item())
+        if agreed and not self.stop.requested:
             self.stop.requested = True
             _log("another rank was asked to stop: stopping at this step boundary")
-        return self.stop.requested
+        # what the ranks agreed on, never the local flag: a signal that lands during the reduce sets
+        # it on this rank alone, and stopping on it here would leave the others in the next step
+        # (they agree on it at the next boundary)
+        return agreed
 
 
 def main(argv: list[str] | None = None) -> int:
