@@ -31,11 +31,11 @@ from pty_terminal import COLS, ROWS, PtyProcess, terminal_env
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from ftwatch.tui.demo import iter_lines, synthetic_lines  # noqa: E402
+from ftwatch.views.dashboard.demo import iter_lines, synthetic_lines  # noqa: E402
 
 DASHBOARD = (
-    "import sys; from pathlib import Path; from ftwatch.tui.app import run_dashboard; "
-    "from ftwatch.sources import WorkerHandle; "
+    "import sys; from pathlib import Path; from ftwatch.views.dashboard.app import run_dashboard; "
+    "from ftwatch.runlog.sources import WorkerHandle; "
     "pid = int(sys.argv[2]); handle = WorkerHandle(pid, Path(sys.argv[1]).parent) if pid else None; "
     "print(run_dashboard(Path(sys.argv[1]), handle), file=sys.stderr)"
 )
@@ -65,7 +65,7 @@ def first_frame(log: Path, needle: bytes) -> float:
 WRITER = """
 import sys, time
 sys.path.insert(0, sys.argv[3])
-from ftwatch.tui.demo import iter_lines
+from ftwatch.views.dashboard.demo import iter_lines
 seconds = float(sys.argv[2])
 steps = int(seconds * 2) + 40
 with open(sys.argv[1], "a", buffering=1) as f:
@@ -152,8 +152,8 @@ def long_history(samples: int) -> dict[str, float]:
     """Fold a run with ``samples`` samples of history and time one full frame."""
     from rich.console import Console
 
-    from ftwatch.tui.app import FtwatchApp
-    from ftwatch.tui.feed import RunFeed
+    from ftwatch.views.dashboard.app import FtwatchApp
+    from ftwatch.views.dashboard.feed import RunFeed
 
     steps = samples // 5  # 10 Hz, 0.5 s a step: five samples a step
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,9 +31,9 @@ class ProbeClock:
         self._patched: list[tuple[type, str, object]] = []
 
     def patch(self) -> None:
-        from ftwatch.probe.accounting import ActivationMeter
-        from ftwatch.probe.callback import FtwatchCallback
-        from ftwatch.probe.probe import Probe
+        from ftwatch.training.probe.accounting import ActivationMeter
+        from ftwatch.training.probe.callback import FtwatchCallback
+        from ftwatch.training.probe.probe import Probe
 
         targets = [(FtwatchCallback, name) for name in ("on_step_begin", "on_pre_optimizer_step",
                                                          "on_optimizer_step", "on_step_end")]
@@ -76,8 +76,8 @@ def train_once(with_probe: bool, steps: int, track_activations: bool = True) -> 
     import torch
     from transformers import Trainer, TrainerCallback
 
-    from ftwatch.config import build_lora_config, build_training_arguments, load_config
-    from ftwatch.data import build_dataset, data_collator
+    from ftwatch.common.config import build_lora_config, build_training_arguments, load_config
+    from ftwatch.training.data import build_dataset, data_collator
 
     cfg = load_config(REPO / "examples" / "tiny-lora.toml")
     cfg.training.update(max_steps=steps, use_cpu=True, logging_steps=10_000)
@@ -102,8 +102,8 @@ def train_once(with_probe: bool, steps: int, track_activations: bool = True) -> 
     tmp = tempfile.mkdtemp(prefix="ftwatch-bench-")
     probe = None
     if with_probe:
-        from ftwatch.probe.callback import FtwatchCallback
-        from ftwatch.probe.probe import Probe
+        from ftwatch.training.probe.callback import FtwatchCallback
+        from ftwatch.training.probe.probe import Probe
 
         probe = Probe(tmp, name="bench", device="cpu", sample_hz=cfg.monitor.sample_hz,
                       track_activations=track_activations)

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from ftwatch.events import encode  # noqa: E402
+from ftwatch.runlog.events import encode  # noqa: E402
 
 MiB = 1 << 20
 
@@ -117,7 +117,7 @@ def write_rank_log(path: Path, rank: int, events: int) -> None:
 
 
 def fold_ranks(run_dir: Path) -> float:
-    from ftwatch.ranks import MultiLogFollower, RankedRun
+    from ftwatch.runlog.ranks import MultiLogFollower, RankedRun
 
     t0 = time.perf_counter()
     follower = MultiLogFollower(run_dir)
@@ -129,8 +129,8 @@ def fold_ranks(run_dir: Path) -> float:
 
 
 def fold_one(log: Path) -> float:
-    from ftwatch.sources import LogFollower
-    from ftwatch.state import RunState
+    from ftwatch.runlog.sources import LogFollower
+    from ftwatch.runlog.state import RunState
 
     t0 = time.perf_counter()
     follower = LogFollower(log)

@@ -36,7 +36,7 @@ from pty_terminal import PtyProcess, terminal_env
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from ftwatch.events import encode  # noqa: E402
+from ftwatch.runlog.events import encode  # noqa: E402
 
 GiB, MiB = 1 << 30, 1 << 20
 CAPACITY = 81559 * MiB

@@ -7,7 +7,7 @@ By default the bundled example (examples/tiny-lora.toml) is trained once with
 ``ftwatch run --headless`` into a temporary directory; its recorded run log is then shown at
 three moments (while the model loads, in the middle of training, at the end) at 120x36. The
 moments before the end are the same log cut at that event, shown as a live run. The synthetic
-CUDA runs (``ftwatch.tui.demo``: an 8B fine-tune with all ten categories, and a 70B model that
+CUDA runs (``ftwatch.views.dashboard.demo``: an 8B fine-tune with all ten categories, and a 70B model that
 runs out of memory while loading) are drawn too, named ``synthetic-*``, since a CPU run only has
 the tensor categories. Two multi-process (torchrun) runs close the set: the recorded two-rank run
 whose rank 1 was killed (``tests/fixtures/logs/ddp-rank-died``, named ``ddp-*``) and a synthetic
@@ -30,10 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from ftwatch.events import encode  # noqa: E402
-from ftwatch.ranks import is_multi_rank_dir  # noqa: E402
-from ftwatch.tui.app import FtwatchApp  # noqa: E402
-from ftwatch.tui.demo import synthetic_lines  # noqa: E402
+from ftwatch.runlog.events import encode  # noqa: E402
+from ftwatch.runlog.ranks import is_multi_rank_dir  # noqa: E402
+from ftwatch.views.dashboard.app import FtwatchApp  # noqa: E402
+from ftwatch.views.dashboard.demo import synthetic_lines  # noqa: E402
 
 SIZE = (120, 36)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+FIXTURES_ROOT = REPO / "tests" / "fixtures"
 EXAMPLES = REPO / "examples"
 TINY_MODEL = EXAMPLES / "tiny-llama"
 TINY_DATA = EXAMPLES / "data" / "field-notes.jsonl"

@@ -104,7 +104,7 @@ def row_config(kit: Kit, row: Row, model_dir: Path, steps: int, log_dir: Path, d
 def estimate_row(config_path: Path, capacity: int | None, on_gpu: bool) -> dict[str, Any]:
     """ftwatch's estimate of the row's config (in-process, no suggestions), with its time."""
     from ftwatch.analysis.estimate import estimate
-    from ftwatch.config import load_config
+    from ftwatch.common.config import load_config
 
     start = time.monotonic()
     result = estimate(load_config(config_path), capacity, on_gpu=on_gpu, suggestions=False)

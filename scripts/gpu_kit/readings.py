@@ -209,7 +209,7 @@ class Devices:
         if self.nvml is None:
             return None
         try:
-            from ftwatch.probe.devices import NvmlReader
+            from ftwatch.training.probe.devices import NvmlReader
 
             return NvmlReader(self.index, pid=self.pid, nvml=self.nvml).read()
         except Exception as exc:  # noqa: BLE001 - a moved module must not stop the kit

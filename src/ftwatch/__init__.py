@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from ftwatch.version import __version__
 
 __all__ = ["FtwatchCallback", "Probe", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "FtwatchCallback":
-        from ftwatch.probe.callback import FtwatchCallback
+        from ftwatch.training.probe.callback import FtwatchCallback
 
         return FtwatchCallback
     if name == "Probe":
-        from ftwatch.probe.probe import Probe
+        from ftwatch.training.probe.probe import Probe
 
         return Probe
     raise AttributeError(f"module 'ftwatch' has no attribute {name!r}")

@@ -15,9 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ftwatch import __version__
-from ftwatch.config import ConfigError
-from ftwatch.safe_text import safe
+from ftwatch.common.config import ConfigError
+from ftwatch.common.safe_text import safe
+from ftwatch.version import __version__
 
 #: Command name -> module under ftwatch.commands.
 COMMANDS: dict[str, str] = {
@@ -54,7 +54,7 @@ def show_value(text: object) -> str:
 def size_argument(text: str) -> int:
     """An argparse type for a size option (``--gpu-memory 24GiB``): positive, finite, below 8 EiB;
     its errors read ``ftwatch CMD: --option: a size must be positive, got '-5GiB' (ftwatch CMD --help)``."""
-    from ftwatch.units import parse_size
+    from ftwatch.common.units import parse_size
 
     try:
         return parse_size(text, positive=True)

@@ -28,7 +28,7 @@ from ftwatch.analysis.estimate import (
     meta_peft_model,
     with_changes,
 )
-from ftwatch.units import format_bytes
+from ftwatch.common.units import format_bytes
 
 #: How much a change alters the run, least first: ties among the fixes that make a run fit go to
 #: the lower tier. 0: outside the training (allocator, other processes); 1: half-precision base

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
-from ftwatch.categories import process_total
-from ftwatch.events import TENSOR_CATEGORIES
-from ftwatch.units import format_bytes
+from ftwatch.common.units import format_bytes
+from ftwatch.runlog.categories import process_total
+from ftwatch.runlog.events import TENSOR_CATEGORIES
 
 MiB = 1024**2
 

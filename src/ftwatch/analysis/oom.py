@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftwatch.units import format_bytes, parse_size
+from ftwatch.common.units import format_bytes, parse_size
 
 #: Short names of the message shapes, newest first.
 FORMATS: tuple[str, ...] = (

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import psutil
 
-from ftwatch import registry
 from ftwatch.cli import UsageError
-from ftwatch.events import EVENTS_FILE
-from ftwatch.exporters.cli import add_metrics_arguments, start_metrics, stop_metrics
-from ftwatch.follow import exit_code, follow_ranks, follow_run
-from ftwatch.ranks import launcher_of, multi_rank_root, run_key
-from ftwatch.report import ranks_summary_text, summary_text
-from ftwatch.safe_text import safe
-from ftwatch.sources import WorkerHandle
+from ftwatch.commands.metrics_options import add_metrics_arguments, start_metrics, stop_metrics
+from ftwatch.common.safe_text import safe
+from ftwatch.runlog import registry
+from ftwatch.runlog.events import EVENTS_FILE
+from ftwatch.runlog.ranks import launcher_of, multi_rank_root, run_key
+from ftwatch.runlog.sources import WorkerHandle
+from ftwatch.views.headless.follow import exit_code, follow_ranks, follow_run
+from ftwatch.views.headless.report import ranks_summary_text, summary_text
 
 if TYPE_CHECKING:
-    from ftwatch.exporters.prometheus import MetricsServer
+    from ftwatch.views.exporters.prometheus import MetricsServer
 
 HELP = "watch a run that is already going, by PID"
 
@@ -251,7 +251,7 @@ def main(args: argparse.Namespace) -> int:
     metrics = start_metrics(args, "attach")  # before the outside watcher starts: a busy port costs nothing
     watcher = None
     if isinstance(target, int):
-        from ftwatch.external import ExternalWatcher, external_run_dir
+        from ftwatch.training.outside import ExternalWatcher, external_run_dir
 
         watcher = ExternalWatcher(target, external_run_dir(registry.checked_state_dir(), target))
         watcher.start()
@@ -268,7 +268,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         dashboard = not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty()
         if dashboard:
-            from ftwatch.tui.app import run_dashboard
+            from ftwatch.views.dashboard.app import run_dashboard
 
             if metrics is not None:  # the dashboard folds its own state: the exporter follows the log
                 metrics.follow(log_path)
@@ -302,7 +302,7 @@ def _attach_ranks(args: argparse.Namespace, target: registry.RunEntry, root: Pat
     else:  # a rank: stop and detach go through its torchrun launcher
         handle = WorkerHandle(launcher_of(target.pid) or target.pid, root)
     if not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty():
-        from ftwatch.tui.app import run_dashboard
+        from ftwatch.views.dashboard.app import run_dashboard
 
         if metrics is not None:
             metrics.follow(root)

@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ftwatch.config import Config, load_config
-from ftwatch.config_checks import check_config
-from ftwatch.nvml_query import ask_first_gpu
-from ftwatch.units import format_bytes, parse_size
+from ftwatch.common.config import Config, load_config
+from ftwatch.common.nvml_query import ask_first_gpu
+from ftwatch.common.units import format_bytes, parse_size
+from ftwatch.training.config_checks import check_config
 
 HELP = "predict a config's memory before loading it, and what to change if it will not fit"
 

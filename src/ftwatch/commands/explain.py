@@ -25,8 +25,8 @@ from ftwatch.analysis.oom import (
     suggest_from_oom,
 )
 from ftwatch.cli import EXIT_OK, EXIT_USAGE, UsageError
-from ftwatch.safe_text import safe
-from ftwatch.units import format_bytes
+from ftwatch.common.safe_text import safe
+from ftwatch.common.units import format_bytes
 
 HELP = "explain a CUDA out-of-memory message (from FILE, or pasted on stdin)"
 

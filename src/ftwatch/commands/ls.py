@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ftwatch import registry
-from ftwatch.categories import process_total
-from ftwatch.events import EVENTS_FILE, EventDecoder, SchemaVersionError
-from ftwatch.ranks import find_rank_dirs, is_multi_rank_dir, run_key
-from ftwatch.safe_text import safe
-from ftwatch.state import RunState, sample_used
-from ftwatch.units import format_bytes, format_duration
+from ftwatch.common.safe_text import safe
+from ftwatch.common.units import format_bytes, format_duration
+from ftwatch.runlog import registry
+from ftwatch.runlog.categories import process_total
+from ftwatch.runlog.events import EVENTS_FILE, EventDecoder, SchemaVersionError
+from ftwatch.runlog.ranks import find_rank_dirs, is_multi_rank_dir, run_key
+from ftwatch.runlog.state import RunState, sample_used
 
 HELP = "list the monitored runs on this machine"
 TAIL_BYTES = 256 * 1024
@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
 
 def table_line(row: dict[str, Any]) -> str:
     """One line of the ``ftwatch ls`` table; every string from the registry or a log is made
-    :func:`~ftwatch.safe_text.safe` on one line (a crafted name cannot reach the terminal)."""
+    :func:`~ftwatch.common.safe_text.safe` on one line (a crafted name cannot reach the terminal)."""
     step = f"{row['step']}/{row['max_steps']}" if row["max_steps"] else str(row["step"])
     step = safe(step, one_line=True)
     memory = f"{format_bytes(row['used_bytes'])} / {format_bytes(row['capacity_bytes'])}"

@@ -3,7 +3,7 @@
 LOG is an ``events.jsonl`` (or ``.jsonl.gz``) or a run directory. Corrupt lines and events of
 unknown kinds are skipped and counted; a log cut mid-line (a killed process) is read up to the cut.
 
-On a terminal the run plays in the dashboard (:mod:`ftwatch.tui.replay`); ``--speed`` sets how
+On a terminal the run plays in the dashboard (:mod:`ftwatch.views.dashboard.replay`); ``--speed`` sets how
 fast: ``max`` (the default) opens at the end, which is what the morning after a run needs (the
 outcome, the peaks, the whole timeline, the post-mortem); ``home`` and ``space`` then play it from
 the start at the ``auto`` rate (the whole run in about a minute), ``+``/``-`` change the rate.
@@ -26,8 +26,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ftwatch import registry
-from ftwatch.events import (
+from ftwatch.common.safe_text import safe
+from ftwatch.runlog import registry
+from ftwatch.runlog.events import (
     CATEGORIES,
     TENSOR_CATEGORIES,
     EventDecoder,
@@ -36,10 +37,9 @@ from ftwatch.events import (
     read_events,
     resolve_log_path,
 )
-from ftwatch.ranks import MultiLogFollower, RankedRun, find_rank_dirs, is_multi_rank_dir, read_launch
-from ftwatch.report import corrupt_causes, ranks_summary_text, summary_text
-from ftwatch.safe_text import safe
-from ftwatch.state import RunState
+from ftwatch.runlog.ranks import MultiLogFollower, RankedRun, find_rank_dirs, is_multi_rank_dir, read_launch
+from ftwatch.runlog.state import RunState
+from ftwatch.views.headless.report import corrupt_causes, ranks_summary_text, summary_text
 
 HELP = "replay a recorded run log (events.jsonl or its run directory)"
 
@@ -83,7 +83,7 @@ def _rank(text: str) -> int:
 
 
 def _speed(text: str) -> float | str:
-    from ftwatch.tui.replay import parse_speed  # no textual: the dashboard loads only when shown
+    from ftwatch.views.dashboard.replay import parse_speed  # no textual: the dashboard loads only when shown
 
     try:
         return parse_speed(text)
@@ -180,8 +180,8 @@ def first_event(path: Path) -> dict[str, Any]:
 
 def _show_dashboard(path: Path, speed: float | str, first: dict[str, Any]) -> bool:
     try:
-        from ftwatch.tui.app import run_dashboard
-        from ftwatch.tui.replay import ReplayFeed
+        from ftwatch.views.dashboard.app import run_dashboard
+        from ftwatch.views.dashboard.replay import ReplayFeed
     except ImportError:
         return False
     title = safe(first.get("name") or "", one_line=True) or None if first.get("kind") == "header" else None
@@ -253,7 +253,7 @@ def replay_ranks(run_dir: Path, args: argparse.Namespace) -> int:
 
 def _show_ranks_dashboard(run_dir: Path, run: RankedRun, speed: float | str) -> bool:
     try:
-        from ftwatch.tui.app import run_dashboard
+        from ftwatch.views.dashboard.app import run_dashboard
     except ImportError:
         return False
     if speed != "max":
@@ -374,7 +374,7 @@ def plot_text(state: RunState, width: int, height: int, colour: bool) -> str:
     """The chart as text, ``width`` x ``height`` cells (ANSI colours only when ``colour``)."""
     import plotext as plt
 
-    from ftwatch.tui.palette import LOOKS
+    from ftwatch.views.dashboard.palette import LOOKS
 
     xs, lines = plot_lines(state)
     if len(xs) < 2:

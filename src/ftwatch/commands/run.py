@@ -7,7 +7,7 @@ alone on stdout at the end.
 
 With ``[launch] nproc_per_node`` (or ``nnodes``) above one the worker is started through
 ``torchrun`` (``python -m torch.distributed.run``); every rank writes its own log in
-``<run dir>/rank<N>/`` and the viewer follows them all (see :mod:`ftwatch.ranks`).
+``<run dir>/rank<N>/`` and the viewer follows them all (see :mod:`ftwatch.runlog.ranks`).
 """
 
 from __future__ import annotations
@@ -24,22 +24,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftwatch import registry
-from ftwatch.config import ConfigError, load_config
-from ftwatch.config_checks import check_without_libraries
-from ftwatch.events import EVENTS_FILE
-from ftwatch.exporters.cli import add_metrics_arguments, start_metrics, stop_metrics
-from ftwatch.follow import (
-    DIRECTORY_DELETED,
-    EXIT_CODES,
-    follow_headless,
-    follow_ranks_headless,
-    record_vanished_rank_in_memory,
-    record_vanished_worker,
-)
-from ftwatch.prestart import Prestarted
-from ftwatch.probe_paths import new_run_dir
-from ftwatch.ranks import (
+from ftwatch.commands.metrics_options import add_metrics_arguments, start_metrics, stop_metrics
+from ftwatch.common.config import ConfigError, load_config
+from ftwatch.runlog import registry
+from ftwatch.runlog.events import EVENTS_FILE
+from ftwatch.runlog.paths import new_run_dir
+from ftwatch.runlog.ranks import (
     MultiLogFollower,
     RankedRun,
     read_launch,
@@ -47,13 +37,23 @@ from ftwatch.ranks import (
     vanished_ranks,
     write_launch,
 )
-from ftwatch.report import ranks_summary_text, summary_text
-from ftwatch.sources import LogFollower, WorkerHandle
-from ftwatch.state import RunState
+from ftwatch.runlog.sources import LogFollower, WorkerHandle
+from ftwatch.runlog.state import RunState
+from ftwatch.training.config_checks import check_without_libraries
+from ftwatch.training.prestart import Prestarted
+from ftwatch.views.headless.follow import (
+    DIRECTORY_DELETED,
+    EXIT_CODES,
+    follow_headless,
+    follow_ranks_headless,
+    record_vanished_rank_in_memory,
+    record_vanished_worker,
+)
+from ftwatch.views.headless.report import ranks_summary_text, summary_text
 
 if TYPE_CHECKING:
-    from ftwatch.config import Config
-    from ftwatch.exporters.prometheus import MetricsServer
+    from ftwatch.common.config import Config
+    from ftwatch.views.exporters.prometheus import MetricsServer
 
 HELP = "start a LoRA fine-tune from a TOML config and watch its memory"
 
@@ -89,8 +89,8 @@ def main(args: argparse.Namespace) -> int:
 
 def validate(cfg: Config) -> Prestarted:
     """Every config error before the worker starts, as ``ftwatch estimate`` finds them
-    (:mod:`ftwatch.config_checks`): the torch-free checks here, then the library checks in a process
-    started ahead (:mod:`ftwatch.prestart`), which becomes the worker with its imports done."""
+    (:mod:`ftwatch.training.config_checks`): the torch-free checks here, then the library checks in a process
+    started ahead (:mod:`ftwatch.training.prestart`), which becomes the worker with its imports done."""
     needs, _files = check_without_libraries(cfg)
     if needs:
         raise ConfigError(cfg.path, needs[0])
@@ -179,7 +179,7 @@ def start_worker(config_path: Path, run_dir: Path, strict: bool = False,
         launcher = ["-m", "torch.distributed.run", *torchrun] if torchrun is not None else []
         try:
             process = subprocess.Popen(
-                [sys.executable, *launcher, "-m", "ftwatch.worker", *arguments],
+                [sys.executable, *launcher, "-m", "ftwatch.training.worker", *arguments],
                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
                 start_new_session=True, env=env,
             )
@@ -273,7 +273,7 @@ def _is_config_error(state: RunState) -> bool:
 
 def _load_dashboard() -> Any:
     try:
-        from ftwatch.tui.app import run_dashboard
+        from ftwatch.views.dashboard.app import run_dashboard
     except ImportError:
         return None
     return run_dashboard

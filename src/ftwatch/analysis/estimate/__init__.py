@@ -16,7 +16,7 @@ peft's real ``get_peft_model`` is applied to it, and every category is sized fro
 - ``other``: the logits the model returns plus one float32 logits-sized buffer of the loss backward.
 - ``non_torch``: the CUDA context and library workspaces (GPU targets only), a fixed allowance.
 
-:func:`estimate` works on a loaded :class:`~ftwatch.config.Config`; :func:`estimate_from_model_config`
+:func:`estimate` works on a loaded :class:`~ftwatch.common.config.Config`; :func:`estimate_from_model_config`
 is the lower-level entry point for callers that already hold the model config.
 
 The package, one concern a module (everything public is re-exported here):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ftwatch.analysis.estimate.model_config import load_model_config, resolve_dtype
-from ftwatch.config import Config, ConfigError
+from ftwatch.common.config import Config, ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,329 @@
+"""The run state model: one fold over the event stream, shared by every viewer.
+
+Live runs, attach and replay all feed events into :class:`RunState`; the dashboard, the headless
+printer and the report read it. It keeps bounded history (a downsampled timeline), so a run of
+any length costs the viewer a fixed amount of memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftwatch.runlog.categories import process_total
+from ftwatch.runlog.events import CATEGORIES, TENSOR_CATEGORIES
+
+
+@dataclass
+class PhaseRecord:
+    """One phase of the run and what the process held while it lasted."""
+
+    name: str
+    start_t: float
+    end_t: float | None = None
+    start_used: int | None = None
+    end_used: int | None = None
+    peak_used: int | None = None
+
+    @property
+    def added(self) -> int | None:
+        """Bytes the phase added to the process (used at its end minus used at its start)."""
+        if self.start_used is None or self.end_used is None:
+            return None
+        return self.end_used - self.start_used
+
+
+@dataclass
+class TimelinePoint:
+    """One point of the timeline: time, step, process usage and the tensor categories then."""
+
+    t: float
+    step: int | None
+    used: int
+    categories: dict[str, int] = field(default_factory=dict)
+
+
+class Timeline:
+    """A bounded series that keeps the whole run visible.
+
+    When it is full, neighbouring points are merged pairwise (keeping the larger usage, so peaks
+    survive) and the stride doubles: memory stays bounded, the start of the run is never dropped.
+    """
+
+    def __init__(self, capacity: int = 2048) -> None:
+        self.capacity = max(capacity, 4)
+        self.points: list[TimelinePoint] = []
+        self.stride = 1
+        self._pending: TimelinePoint | None = None
+        self._pending_count = 0
+
+    def add(self, point: TimelinePoint) -> None:
+        """Add a point (merged into the current bucket when the stride is above one)."""
+        if self._pending is None:
+            self._pending, self._pending_count = point, 1
+        else:
+            self._pending = _merge(self._pending, point)
+            self._pending_count += 1
+        if self._pending_count >= self.stride:
+            self.points.append(self._pending)
+            self._pending, self._pending_count = None, 0
+            if len(self.points) >= self.capacity:
+                self.points = [
+                    _merge(self.points[i], self.points[i + 1]) if i + 1 < len(self.points) else self.points[i]
+                    for i in range(0, len(self.points), 2)
+                ]
+                self.stride *= 2
+
+    def all_points(self) -> list[TimelinePoint]:
+        """The stored points plus the bucket still filling."""
+        return self.points + ([self._pending] if self._pending is not None else [])
+
+
+def _merge(a: TimelinePoint, b: TimelinePoint) -> TimelinePoint:
+    keep = b if b.used >= a.used else a
+    ca, cb = a.categories, b.categories
+    # Points between two snapshots share one breakdown: nothing to merge.
+    same = ca is cb or ca == cb
+    cats = cb if same else {k: max(ca.get(k, 0), cb.get(k, 0)) for k in ca.keys() | cb.keys()}
+    return TimelinePoint(t=keep.t, step=b.step if b.step is not None else a.step, used=keep.used, categories=cats)
+
+
+def sample_used(sample: dict[str, Any]) -> int | None:
+    """What the process holds according to a device sample: NVML, else allocator, else RSS."""
+    nvml = sample.get("nvml") or {}
+    if nvml.get("process") is not None:
+        return int(nvml["process"])
+    cuda = sample.get("cuda") or {}
+    if cuda.get("reserved") is not None:
+        return int(cuda["reserved"])
+    rss = sample.get("rss")
+    return int(rss) if rss is not None else None
+
+
+#: Event kind -> the ``RunState._on_<kind>`` handler (or None), filled as kinds are first seen.
+_HANDLERS: dict[str, Any] = {}
+
+
+class RunState:
+    """Everything a viewer knows about a run, folded from its events."""
+
+    def __init__(self, timeline_capacity: int = 2048) -> None:
+        self.header: dict[str, Any] = {}
+        self.model: dict[str, Any] = {}
+        self.estimate: dict[str, Any] | None = None
+        self.phase: str | None = None
+        self.phases: list[PhaseRecord] = []
+        self.step: int = 0
+        self.loss: float | None = None
+        self.last_sample: dict[str, Any] | None = None
+        self.last_snapshot: dict[str, Any] | None = None
+        self.peaks: dict[str, int] = {}
+        self.peak_total: int = 0
+        self.peak_rss: int = 0
+        self.warnings: list[dict[str, Any]] = []
+        self.notes: list[dict[str, Any]] = []
+        self.exit: dict[str, Any] | None = None
+        self.timeline = Timeline(timeline_capacity)
+        self.samples = 0
+        self.snapshots = 0
+        self.first_t: float | None = None
+        self.last_t: float | None = None
+        self._step_times: list[tuple[float, int]] = []
+        self._cats_cache: tuple[dict[str, Any], dict[str, int]] | None = None
+
+    # -- folding -----------------------------------------------------------------------------
+    def apply(self, event: dict[str, Any]) -> None:
+        """Fold one event into the state.
+
+        Time never runs backwards in the fold: an event stamped before the one that came before it
+        (a clock stepped back, or a crafted log) is taken as happening at that event's time, so no
+        duration is negative."""
+        t = float(event["t"])
+        if self.first_t is None:
+            self.first_t = t
+        elif self.last_t is not None and t < self.last_t:
+            t = self.last_t
+        self.last_t = t
+        kind = event["kind"]
+        try:
+            handler = _HANDLERS[kind]
+        except KeyError:
+            handler = _HANDLERS.setdefault(kind, getattr(RunState, "_on_" + kind, None))
+        if handler is not None:
+            handler(self, event, t)
+
+    def apply_all(self, events: list[dict[str, Any]]) -> None:
+        """Fold several events in order."""
+        for event in events:
+            self.apply(event)
+
+    def _on_header(self, event: dict[str, Any], t: float) -> None:
+        self.header = event
+
+    def _on_model(self, event: dict[str, Any], t: float) -> None:
+        self.model = event
+
+    def _on_estimate(self, event: dict[str, Any], t: float) -> None:
+        self.estimate = event
+
+    def _on_phase(self, event: dict[str, Any], t: float) -> None:
+        used = sample_used(self.last_sample) if self.last_sample else None
+        if self.phases and self.phases[-1].end_t is None:
+            self.phases[-1].end_t = t
+            self.phases[-1].end_used = used
+        self.phase = event["name"]
+        self.phases.append(PhaseRecord(name=event["name"], start_t=t, start_used=used, peak_used=used))
+
+    def _on_sample(self, event: dict[str, Any], t: float) -> None:
+        self.samples += 1
+        self.last_sample = event
+        used = sample_used(event)
+        rss = event.get("rss")
+        if rss is not None:
+            self.peak_rss = max(self.peak_rss, int(rss))
+        if used is None:
+            return
+        if self.is_cuda:
+            self.peak_total = max(self.peak_total, used)
+        if self.phases:
+            current = self.phases[-1]
+            current.peak_used = used if current.peak_used is None else max(current.peak_used, used)
+            current.end_used = used
+        cats = self._timeline_cats(self.last_snapshot)
+        self.timeline.add(TimelinePoint(t=t, step=self.step if self.snapshots else None, used=used, categories=cats))
+
+    def _timeline_cats(self, snapshot: dict[str, Any] | None) -> dict[str, int]:
+        """The breakdown timeline points carry: one copy per snapshot, shared by the samples after it
+        (points are never changed in place, and the timeline merges shared breakdowns cheaply)."""
+        if snapshot is None:
+            return {}
+        cached = self._cats_cache
+        if cached is None or cached[0] is not snapshot:
+            cached = self._cats_cache = (snapshot, dict(snapshot.get("categories", {})))
+        return cached[1]
+
+    def _on_snapshot(self, event: dict[str, Any], t: float) -> None:
+        self.snapshots += 1
+        self.last_snapshot = event
+        if event.get("step") is not None:
+            self.step = int(event["step"])
+            self._step_times.append((t, self.step))
+            del self._step_times[:-20]
+        if event.get("loss") is not None:
+            self.loss = float(event["loss"])
+        cats = event.get("categories") or {}
+        for name, value in cats.items():
+            if value is not None:
+                self.peaks[name] = max(self.peaks.get(name, 0), int(value))
+        self.peak_total = max(self.peak_total, process_total(cats))
+
+    def _on_warning(self, event: dict[str, Any], t: float) -> None:
+        self.warnings.append(event)
+
+    def _on_note(self, event: dict[str, Any], t: float) -> None:
+        self.notes.append(event)
+
+    def _on_exit(self, event: dict[str, Any], t: float) -> None:
+        self.exit = event
+        if self.phases and self.phases[-1].end_t is None:
+            self.phases[-1].end_t = t
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def device(self) -> dict[str, Any]:
+        """The header's device description (type, name, capacity)."""
+        return self.header.get("device") or {}
+
+    @property
+    def is_cuda(self) -> bool:
+        """True when the run trains on a CUDA device."""
+        return self.device.get("type") == "cuda"
+
+    @property
+    def capacity(self) -> int | None:
+        """What the bar is drawn against: device capacity, else the budget, else the RAM."""
+        cap = self.device.get("capacity")
+        return int(cap) if cap else None
+
+    @property
+    def status(self) -> str:
+        """``running`` until the exit event, then its status."""
+        return self.exit["status"] if self.exit else "running"
+
+    @property
+    def categories(self) -> dict[str, int]:
+        """The latest breakdown (from the last snapshot)."""
+        return dict((self.last_snapshot or {}).get("categories") or {})
+
+    @property
+    def max_steps(self) -> int | None:
+        """The planned number of optimizer steps, when known."""
+        value = self.header.get("max_steps")
+        return int(value) if value else None
+
+    @property
+    def steps_per_second(self) -> float | None:
+        """Recent training speed, from the last snapshots' timestamps."""
+        if len(self._step_times) < 2:
+            return None
+        (t0, s0), (t1, s1) = self._step_times[0], self._step_times[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from the first to the latest event."""
+        if self.first_t is None or self.last_t is None:
+            return 0.0
+        return self.last_t - self.first_t
+
+    def summary(self) -> dict[str, Any]:
+        """The run summary object of DESIGN.md (the ``--json`` output); stable key names."""
+        status = self.exit["status"] if self.exit else "failed"
+        peak = {name: self.peaks[name] for name in CATEGORIES if name in self.peaks}
+        peak["total"] = self.peak_total
+        exit_event = self.exit or {}
+        return {
+            "status": status,
+            "steps": self.step,
+            "capacity_bytes": self.capacity,
+            "capacity_source": self.device.get("capacity_source"),
+            "device": self.device.get("name"),
+            "peak_bytes": peak,
+            "peak_rss_bytes": self.peak_rss or None,
+            "phases": [
+                {"name": p.name, "peak_bytes": p.peak_used, "added_bytes": p.added,
+                 "seconds": round(p.end_t - p.start_t, 3) if p.end_t is not None else None}
+                for p in self.phases
+            ],
+            "warnings": [
+                {k: w.get(k) for k in ("code", "level", "message", "category", "suggestions") if k in w}
+                for w in self.warnings
+            ],
+            "notes": [n.get("message") for n in self.notes],
+            "oom": exit_event.get("oom"),
+            "error": exit_event.get("message") if status in ("failed", "oom") else None,
+            "suggestions": exit_event.get("suggestions") or [],
+            "model": self.header.get("model"),
+            "params_total": self.model.get("params_total"),
+            "params_trainable": self.model.get("params_trainable"),
+            "loss": self.loss,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "estimate": {k: self.estimate.get(k) for k in ("verdict", "fails_at", "estimate_bytes", "capacity_bytes")}
+            if self.estimate else None,
+            "lost_events": self.lost_events,
+        }
+
+    @property
+    def lost_events(self) -> int:
+        """Events the training process could not write to its log (a full or read-only disk): the
+        exit event's count, else the sum of the ``events_lost`` notes written when writing worked
+        again (a lower bound when the run's own exit event is missing)."""
+        counted = (self.exit or {}).get("lost_events")
+        if isinstance(counted, int):
+            return counted
+        return sum(int(n.get("lost_events") or 0) for n in self.notes if n.get("code") == "events_lost")
+
+    def tensor_total(self) -> int:
+        """Sum of the tensor categories in the latest breakdown."""
+        cats = self.categories
+        return sum(int(cats.get(c) or 0) for c in TENSOR_CATEGORIES)

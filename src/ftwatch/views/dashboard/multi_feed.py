@@ -1,0 +1,294 @@
+"""The dashboard's data side for a multi-process (torchrun) run: every rank's log, one view.
+
+:class:`MultiRunFeed` is a :class:`~ftwatch.views.dashboard.feed.RunFeed` whose background thread follows
+every ``rankN/events.jsonl`` of a run directory (:class:`~ftwatch.runlog.ranks.MultiLogFollower`) and
+folds them into a :class:`~ftwatch.runlog.ranks.RankedRun`. Its :class:`~ftwatch.views.dashboard.feed.RunView` is the
+one of the *focused* rank (the worst rank unless the user picked one), so every single-run panel
+works unchanged, plus :class:`RanksView`: one :class:`RankRow` per rank for the ranks panel.
+
+While live it notices a rank whose process vanished (killed) and records its exit in that rank's
+log, as ``ftwatch run`` does; the run ends when every rank has ended, or when the launcher is
+gone and no rank process remains. Light: no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftwatch.runlog.events import ReadStats
+from ftwatch.runlog.occupancy import occupied_bytes, risk_level
+from ftwatch.runlog.ranks import (
+    MultiLogFollower,
+    RankedRun,
+    multi_rank_root,
+    process_alive,
+    read_launch,
+    record_vanished_rank,
+    vanished_ranks,
+)
+from ftwatch.runlog.sources import WorkerHandle
+from ftwatch.runlog.state import RunState
+from ftwatch.views.dashboard.feed import RunFeed, RunView
+
+#: The ``error_type`` of an exit recorded for a rank whose process vanished.
+VANISHED = "WorkerVanished"
+
+
+@dataclass(frozen=True)
+class RankRow:
+    """One rank as the ranks panel shows it."""
+
+    rank: int
+    local_rank: int | None
+    host: str | None
+    device: str  # "cuda:1", "cpu", "?" before the rank's header
+    status: str  # waiting | running | finished | stopped | failed | oom
+    vanished: bool  # its process vanished without an exit event (recorded by a monitor)
+    step: int
+    max_steps: int | None
+    occupied: int | None  # bytes the rank leaves unavailable (:func:`ftwatch.runlog.occupancy.occupied_bytes`)
+    capacity: int | None
+    risk: int  # 0 ok, 1 watch, 2 danger (0 once the rank has ended)
+    peak: int | None
+    warning: dict[str, Any] | None = None  # the latest warning, while the rank runs
+    message: str | None = None  # the exit message
+
+    @property
+    def fraction(self) -> float | None:
+        """The occupied share of the capacity (``None`` while either is unknown)."""
+        if self.occupied is None or not self.capacity:
+            return None
+        return self.occupied / self.capacity
+
+    @property
+    def ended(self) -> bool:
+        """True once the rank has an exit."""
+        return self.status not in ("waiting", "running")
+
+
+@dataclass(frozen=True)
+class RanksView:
+    """Every rank of a multi-process run, and which one the panels show."""
+
+    rows: list[RankRow]  # the launched ranks and every rank with a log, in rank order
+    focus: int | None  # the rank the panels show
+    worst: int | None
+    following_worst: bool  # the focus follows the worst rank (no rank picked with [ or ])
+    world_size: int
+    missing: list[int]  # launched, no log yet
+    status: str  # waiting | running, then the worst rank's ending
+    ended: bool
+
+    def row(self, rank: int | None) -> RankRow | None:
+        """The row of ``rank`` (``None`` for none)."""
+        return next((r for r in self.rows if r.rank == rank), None)
+
+    @property
+    def worst_row(self) -> RankRow | None:
+        """The worst rank's row."""
+        return self.row(self.worst)
+
+    @property
+    def started(self) -> int:
+        """Ranks whose log has appeared."""
+        return sum(1 for r in self.rows if r.status != "waiting")
+
+
+def device_label(state: RunState) -> str:
+    """``cuda:1``, ``cpu`` (``?`` before the header)."""
+    device = state.device
+    kind = device.get("type")
+    if not kind:
+        return "?"
+    index = device.get("index")
+    return f"{kind}:{index}" if kind == "cuda" and index is not None else str(kind)
+
+
+def rank_row(rank: int, state: RunState | None) -> RankRow:
+    """What the ranks panel shows of one rank (``state`` is ``None`` before its log appears)."""
+    if state is None or not state.header:
+        return RankRow(rank=rank, local_rank=None, host=None, device="?", status="waiting", vanished=False,
+                       step=state.step if state else 0, max_steps=None, occupied=None, capacity=None, risk=0,
+                       peak=None)
+    header, exit_event = state.header, state.exit or {}
+    local = header.get("local_rank")
+    return RankRow(
+        rank=rank,
+        local_rank=int(local) if isinstance(local, int) else None,
+        host=header.get("host"),
+        device=device_label(state),
+        status=str(exit_event.get("status") or "failed") if state.exit else "running",
+        vanished=exit_event.get("error_type") == VANISHED,
+        step=state.step,
+        max_steps=state.max_steps,
+        occupied=occupied_bytes(state),
+        capacity=state.capacity,
+        risk=risk_level(state),
+        peak=state.peak_total or None,
+        warning=state.warnings[-1] if state.warnings and not state.exit else None,
+        message=exit_event.get("message"),
+    )
+
+
+class MultiRunFeed(RunFeed):
+    """Follows every rank of a multi-process run from a background thread.
+
+    ``handle`` is the launcher's (``None`` for a replay: the final state is shown). ``host`` is
+    this machine's name (the ranks whose process it can check); ``vanish_interval`` the seconds
+    between two checks for vanished rank processes.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], handle: WorkerHandle | None = None, *,
+                 poll_interval: float = 0.05, batch_bytes: int = 256 * 1024, timeline_capacity: int = 2048,
+                 log_lines: int = 2000, exit_grace: float = 1.5, vanish_interval: float = 1.0,
+                 host: str | None = None) -> None:
+        root = multi_rank_root(run_dir) or Path(run_dir)
+        super().__init__(root, handle, poll_interval=poll_interval, batch_bytes=batch_bytes,
+                         timeline_capacity=timeline_capacity, log_lines=log_lines, exit_grace=exit_grace)
+        self.log_path = self.run_dir = root
+        self.follower: MultiLogFollower = MultiLogFollower(root)  # type: ignore[assignment]
+        self.lock = threading.RLock()  # type: ignore[assignment]  # view() nests RunFeed.view()
+        self.run = RankedRun(read_launch(root), timeline_capacity=timeline_capacity)
+        self.host = host or socket.gethostname()
+        self.vanish_interval = vanish_interval
+        #: The rank the user picked (``None``: follow the worst rank).
+        self.picked: int | None = None
+        #: The rank the panels show now.
+        self.focus: int | None = None
+        self._empty = self.state
+        self._recorded: set[int] = set()
+        self._next_vanish_check = 0.0
+
+    # -- one round ---------------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        """True once every rank has ended (or the run was read to its end / its processes are gone)."""
+        return self.run.ended or self._finished_reading
+
+    def _fold(self, pairs: list[tuple[int, dict[str, Any]]], now: float) -> None:  # type: ignore[override]
+        with self.lock:
+            self.run.apply_all(pairs)
+            self._refocus()
+            self.last_event_wall = now
+            self.version += 1
+
+    def _caught_up(self, now: float) -> None:
+        if not self.run.launch:  # written by the launcher's starter, maybe after we began
+            self.run.launch = read_launch(self.run_dir)
+        if self.handle is not None and now >= self._next_vanish_check:
+            self._next_vanish_check = now + self.vanish_interval
+            self._record_vanished()
+
+    def _stream_was_cut(self) -> bool:
+        # poll() stops after batch_bytes per rank; a full batch likely means more is waiting.
+        for follower in self.follower.followers.values():
+            handle = follower._handle
+            try:
+                if handle is not None and handle.tell() < os.fstat(handle.fileno()).st_size:
+                    return True
+            except (OSError, ValueError, AttributeError):
+                continue
+        return False
+
+    def _record_vanished(self) -> None:
+        """Write the exit of each rank on this host whose process is gone without one (read back
+        by the follower on its next round). Only this thread changes the run, so no lock."""
+        for rank in vanished_ranks(self.run, self.host):
+            if rank in self._recorded:
+                continue
+            self._recorded.add(rank)
+            try:
+                record_vanished_rank(self.run_dir, rank, self.run.ranks[rank], apply=False)
+            except OSError:
+                continue  # a read-only run directory: the end of the run records it in memory
+
+    def _rank_process_running(self) -> bool:
+        """True while a rank on this host that has not ended still has its process."""
+        for state in self.run.ranks.values():
+            header = state.header
+            if state.exit is None and header.get("host") == self.host and header.get("pid") \
+                    and process_alive(int(header["pid"]), state.first_t):
+                return True
+        return False
+
+    handle_name = "launcher"
+
+    def _ended_or_read(self) -> bool:
+        return self.ended
+
+    def _recording_complete(self, had_events: bool) -> bool:
+        return not had_events and bool(self.run.ranks)
+
+    def _still_writing(self) -> bool:
+        return self._rank_process_running()  # a rank may outlive its launcher
+
+    def _finish(self, message: str) -> None:
+        """The writers are gone: read the last lines, and end in memory every rank left without an exit."""
+        if self.handle is not None:
+            self._record_vanished()
+        pairs = self.follower.finish()
+        with self.lock:
+            self.run.apply_all(pairs)
+            for state in self.run.ranks.values():
+                if state.exit is None and state.header:
+                    state.apply({"v": 1, "t": state.last_t or time.time(), "kind": "exit", "status": "failed",
+                                 "step": state.step, "by": "monitor", "error_type": VANISHED,
+                                 "message": message, "last_event_t": state.last_t})
+            self._finished_reading = True
+            self._refocus()
+            self.version += 1
+
+    # -- focus (the UI side) -------------------------------------------------------------------
+    def _refocus(self) -> None:
+        """Point ``state`` at the picked rank, else the worst one (called under the lock)."""
+        rank = self.picked if self.picked in self.run.ranks else self.run.worst_rank()
+        self.focus = rank
+        self.state = self.run.ranks[rank] if rank is not None else self._empty
+
+    def focus_step(self, direction: int) -> int | None:
+        """Show the next (``+1``) or previous (``-1``) rank that has a log; returns it."""
+        with self.lock:
+            ranks = list(self.run.ranks)
+            if not ranks:
+                return None
+            current = self.focus if self.focus in ranks else ranks[0]
+            self.picked = ranks[(ranks.index(current) + direction) % len(ranks)]
+            self._refocus()
+            self.version += 1
+            return self.picked
+
+    def follow_worst(self) -> int | None:
+        """Show the worst rank again (and keep following it as it changes); returns it."""
+        with self.lock:
+            self.picked = None
+            self._refocus()
+            self.version += 1
+            return self.focus
+
+    # -- views ---------------------------------------------------------------------------------
+    def read_stats(self) -> ReadStats:
+        """What the reader skipped so far, over every rank's log."""
+        return self.follower.stats
+
+    def ranks_view(self) -> RanksView:
+        """Every rank's row and the focus (takes the lock)."""
+        with self.lock:
+            run = self.run
+            ranks = sorted(set(run.expected_ranks) | set(run.ranks))
+            ended = self.ended
+            status = ("running" if not ended else run.worst.status) if run.ranks else "waiting"
+            return RanksView(rows=[rank_row(r, run.ranks.get(r)) for r in ranks], focus=self.focus,
+                             worst=run.worst_rank(), following_worst=self.picked not in run.ranks,
+                             world_size=run.world_size, missing=run.missing_ranks, status=status, ended=ended)
+
+    def view(self, log_lines: int = 200) -> RunView:
+        """The focused rank's view, with every rank's row."""
+        with self.lock:
+            return dataclasses.replace(super().view(log_lines), ranks=self.ranks_view())

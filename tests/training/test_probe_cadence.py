@@ -1,0 +1,67 @@
+"""Activation measurement cadence: every new input shape is measured; a repeated shape is
+re-measured every `activations_every` forwards and carried (and marked so) in between."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ftwatch.runlog.events import read_events
+from ftwatch.training.probe.probe import Probe
+
+F32 = 4
+
+
+class TinyLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.proj(self.embed(input_ids)))
+
+
+def _train(tmp_path, shapes: list[tuple[int, int]], every: int) -> list[dict]:
+    torch.manual_seed(0)
+    model = TinyLM()
+    probe = Probe(tmp_path, name="cadence", device="cpu", activations_every=every, sample_hz=1)
+    probe.start()
+    probe.attach_model(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe.attach_optimizer(opt)
+    for step, (batch, seq) in enumerate(shapes, 1):
+        probe.step_begin()
+        model(torch.randint(0, 50, (batch, seq))).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        probe.step_end(step)
+    probe.finish("finished", step=len(shapes))
+    return [e for e in read_events(tmp_path) if e["kind"] == "snapshot"]
+
+
+def expected_activations(batch: int, seq: int) -> int:
+    # the linear layer saves its input (the embedding output) and relu saves its output:
+    # two (batch, seq, 8) float32 tensors; the embedding saves the integer ids (int64)
+    return 2 * batch * seq * 8 * F32 + batch * seq * 8
+
+
+def test_repeated_shapes_are_carried_between_measurements(tmp_path):
+    snaps = _train(tmp_path, [(2, 5)] * 12, every=5)
+    measured = [s["step"] for s in snaps if s.get("activations_measured", True)]
+    assert measured == [1, 6, 11]  # one measured forward in every five
+    assert {s["categories"]["activations"] for s in snaps} == {expected_activations(2, 5)}
+
+
+def test_a_new_shape_is_measured_at_once(tmp_path):
+    snaps = _train(tmp_path, [(2, 5), (2, 5), (4, 7), (2, 5)], every=100)
+    by_step = {s["step"]: s for s in snaps}
+    assert by_step[3].get("activations_measured", True)
+    assert by_step[3]["categories"]["activations"] == expected_activations(4, 7)
+    assert by_step[4].get("activations_measured") is False
+    assert by_step[4]["categories"]["activations"] == expected_activations(2, 5)
+
+
+def test_every_one_measures_every_forward(tmp_path):
+    snaps = _train(tmp_path, [(3, 4)] * 4, every=1)
+    assert all(s.get("activations_measured", True) for s in snaps)

@@ -1,0 +1,196 @@
+"""The dashboard in a real terminal: ``ftwatch run`` inside tmux at 80x24, driven by keystrokes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux"),
+]
+
+
+class Tmux:
+    """One detached tmux session on a private server socket."""
+
+    def __init__(self, name: str, width: int = 80, height: int = 24) -> None:
+        self.socket = f"ftwatch-test-{os.getpid()}-{name}"
+        self.name = name
+        self.width, self.height = width, height
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=check,
+                              timeout=30)
+
+    def start(self, command: str) -> None:
+        self.run("new-session", "-d", "-x", str(self.width), "-y", str(self.height), "-s", self.name,
+                 "-e", "TERM=xterm-256color", command)
+        self.run("set-option", "-t", self.name, "remain-on-exit", "on")
+
+    def screen(self) -> str:
+        result = self.run("capture-pane", "-p", "-t", self.name, check=False)
+        return result.stdout
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", self.name, *keys)
+
+    def kill(self) -> None:
+        self.run("kill-server", check=False)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, screen: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; screen:\n{screen()}")
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still answers kill(0): look at its state
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def run_dir_of(runs: Path) -> Path:
+    dirs = [d for d in runs.iterdir() if d.is_dir()] if runs.exists() else []
+    return dirs[0] if len(dirs) == 1 else Path("/nonexistent")
+
+
+def events(run: Path) -> list[dict]:
+    path = run / "events.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):  # a line being written
+            out.append(json.loads(line))
+    return out
+
+
+def start_run(tmux: Tmux, config: Path) -> None:
+    command = f"cd {shlex.quote(str(REPO))} && {shlex.quote(sys.executable)} -m ftwatch run {shlex.quote(str(config))}"
+    tmux.start(f"{command}; echo FTWATCH-EXIT=$?; sleep 600")
+
+
+def test_run_dashboard_at_80x24_then_quit_and_stop(tiny_config, tmp_path: Path) -> None:
+    config = tiny_config(training={"max_steps": 2000, "logging_steps": 5})
+    tmux = Tmux("stop")
+    worker_pid = None
+    try:
+        start_run(tmux, config)
+        screens: list[str] = []
+
+        def seen(text: str) -> bool:
+            screen = tmux.screen()
+            screens.append(screen)
+            return text in screen
+
+        wait_until(lambda: seen("phase training"), 240, "the training phase", tmux.screen)
+        first_states = [s.splitlines()[0] for s in screens if s.strip()]
+        assert any("phase training" not in line for line in first_states), "never saw a phase before training"
+        screen = tmux.screen()
+        lines = screen.splitlines()
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+        assert "LIVE" in lines[0] and config.stem in lines[0]
+        assert "Memory · RSS" in screen and "▲" in screen  # the bar's title and its peak marker
+        assert "✔ loading" in screen and "▶ training" in screen  # the phase strip
+        assert "q Quit" in screen and "Detach" in screen
+        run = run_dir_of(tmp_path / "runs")
+        worker_pid = events(run)[0]["pid"]
+        assert alive(worker_pid)
+
+        tmux.keys("q")
+        wait_until(lambda: "still running" in tmux.screen(), 10, "the quit question", tmux.screen)
+        tmux.keys("s")
+        wait_until(lambda: "FTWATCH-EXIT=" in tmux.screen(), 90, "ftwatch to exit", tmux.screen)
+        screen = tmux.screen()
+        assert "FTWATCH-EXIT=130" in screen  # stopped
+        assert "stopped after" in screen
+        wait_until(lambda: not alive(worker_pid), 30, "the worker to be gone", tmux.screen)
+        exit_event = events(run)[-1]
+        assert exit_event["kind"] == "exit" and exit_event["status"] == "stopped" and exit_event["by"] == "worker"
+    finally:
+        tmux.kill()
+        if worker_pid is not None and alive(worker_pid):
+            os.kill(worker_pid, 9)
+
+
+def test_killing_the_terminal_leaves_the_training_to_finish(tiny_config, tmp_path: Path) -> None:
+    config = tiny_config(training={"max_steps": 120})
+    tmux = Tmux("hangup")
+    worker_pid = None
+    try:
+        start_run(tmux, config)
+        wait_until(lambda: "phase training" in tmux.screen(), 240, "the training phase", tmux.screen)
+        run = run_dir_of(tmp_path / "runs")
+        worker_pid = events(run)[0]["pid"]
+        tmux.kill()  # the terminal goes away mid-run (a dropped SSH link)
+        assert alive(worker_pid)
+        wait_until(lambda: not alive(worker_pid), 300, "the worker to finish", lambda: "")
+        exit_event = events(run)[-1]
+        assert exit_event["kind"] == "exit", exit_event
+        assert exit_event["status"] == "finished" and exit_event["by"] == "worker"
+        assert exit_event["step"] == 120
+    finally:
+        tmux.kill()
+        if worker_pid is not None and alive(worker_pid):
+            os.kill(worker_pid, 9)
+
+
+def test_two_rank_run_at_80x24_shows_every_rank_then_stops_them_all(tiny_config, tmp_path: Path) -> None:
+    config = tiny_config(launch={"nproc_per_node": 2}, training={"max_steps": 3000, "logging_steps": 50})
+    tmux = Tmux("ranks")
+    pids: list[int] = []
+    try:
+        start_run(tmux, config)
+        wait_until(lambda: "phase training" in tmux.screen() and "r1 cpu" in tmux.screen(), 240,
+                   "both ranks training", tmux.screen)
+        screen = tmux.screen()
+        lines = screen.splitlines()
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+        assert "Ranks 2/2" in screen and "r0 cpu" in screen and "r1 cpu" in screen
+        run = run_dir_of(tmp_path / "runs")
+        pids = [events(run / f"rank{r}")[0]["pid"] for r in (0, 1)]
+        launcher = json.loads((run / "launch.json").read_text())["launcher_pid"]
+        assert all(alive(pid) for pid in [*pids, launcher])
+
+        tmux.keys("]")  # the focus moves off the worst rank, and the memory title follows
+        wait_until(lambda: "Memory · rank" in tmux.screen(), 10, "a rank in the memory title", tmux.screen)
+
+        tmux.keys("q")
+        wait_until(lambda: "still running" in tmux.screen(), 10, "the quit question", tmux.screen)
+        tmux.keys("s")
+        wait_until(lambda: "FTWATCH-EXIT=" in tmux.screen(), 120, "ftwatch to exit", tmux.screen)
+        assert "FTWATCH-EXIT=130" in tmux.screen()
+        wait_until(lambda: not any(alive(p) for p in [*pids, launcher]), 60, "every process to be gone", tmux.screen)
+        ends = [events(run / f"rank{r}")[-1] for r in (0, 1)]
+        assert [e["status"] for e in ends] == ["stopped", "stopped"] and ends[0]["step"] == ends[1]["step"]
+        assert all(e["by"] == "worker" for e in ends)
+    finally:
+        tmux.kill()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, 9)
