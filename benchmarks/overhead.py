@@ -76,8 +76,9 @@ def train_once(with_probe: bool, steps: int, track_activations: bool = True) -> 
     import torch
     from transformers import Trainer, TrainerCallback
 
-    from ftwatch.common.config import build_lora_config, build_training_arguments, load_config
+    from ftwatch.common.config import load_config
     from ftwatch.training.data import build_dataset, data_collator
+    from ftwatch.training.library_config import build_lora_config, build_training_arguments
 
     cfg = load_config(REPO / "examples" / "tiny-lora.toml")
     cfg.training.update(max_steps=steps, use_cpu=True, logging_steps=10_000)

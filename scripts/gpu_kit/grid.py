@@ -107,7 +107,7 @@ def estimate_row(config_path: Path, capacity: int | None, on_gpu: bool) -> dict[
     from ftwatch.common.config import load_config
 
     start = time.monotonic()
-    result = estimate(load_config(config_path), capacity, on_gpu=on_gpu, suggestions=False)
+    result = estimate(load_config(config_path), capacity, on_gpu=on_gpu)
     out = result.to_json()
     out.pop("suggestions", None)
     out["seconds"] = round(time.monotonic() - start, 2)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from ftwatch.commands.usage import _SHOW_CHARS, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, UsageError, show_value
 from ftwatch.common.config import ConfigError
 from ftwatch.common.safe_text import safe
 from ftwatch.version import __version__
@@ -29,39 +30,12 @@ COMMANDS: dict[str, str] = {
     "explain": "explain",
 }
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
-
 #: A value that starts with a dash and then a digit or a point (``-5GiB``, ``-0.5``, ``-3``) is an
 #: option's value, never an option: its own check then says what is wrong with it.
 _NEGATIVE_VALUE = re.compile(r"^-\.?\d")
 #: argparse's "invalid int value: 'x'", said in words.
 _INVALID_VALUE = re.compile(r"^invalid (\w+) value: (.*)$", re.DOTALL)
 _TYPE_WORDS = {"int": "a whole number", "float": "a number"}
-#: Values longer than this are cut in messages (a 5,000-digit number needs not be printed whole).
-_SHOW_CHARS = 60
-
-
-class UsageError(Exception):
-    """A mistake in how the command was called: printed as one line, exit code 2."""
-
-
-def show_value(text: object) -> str:
-    """A value the user gave, quoted and cut for a one-line message."""
-    shown = repr(str(text))
-    return shown if len(shown) <= _SHOW_CHARS else shown[: _SHOW_CHARS - 2] + "…'"
-
-
-def size_argument(text: str) -> int:
-    """An argparse type for a size option (``--gpu-memory 24GiB``): positive, finite, below 8 EiB;
-    its errors read ``ftwatch CMD: --option: a size must be positive, got '-5GiB' (ftwatch CMD --help)``."""
-    from ftwatch.common.units import parse_size
-
-    try:
-        return parse_size(text, positive=True)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 class Parser(argparse.ArgumentParser):
     """argparse with ftwatch's usage errors: one line on stderr, exit 2, naming the option.
 

@@ -41,8 +41,7 @@ def apply_config_line(sections: dict[str, dict[str, Any]], line: str) -> dict[st
 
 
 def estimate_total(tmp_path: Path, sections: dict[str, dict[str, Any]], name: str, capacity: int | None) -> Any:
-    return E.estimate(load_config(write_config(tmp_path / f"{name}.toml", sections)), capacity,
-                      suggestions=False)
+    return E.estimate(load_config(write_config(tmp_path / f"{name}.toml", sections)), capacity)
 
 
 # --- pricing by re-estimating -----------------------------------------------------------------------
@@ -50,7 +49,7 @@ def estimate_total(tmp_path: Path, sections: dict[str, dict[str, Any]], name: st
 def test_each_saving_equals_the_estimate_with_its_config_line_applied(tmp_path: Path) -> None:
     sections = sections_7b(training={"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
                            model={"dtype": "bfloat16"}, lora={"target_modules": "all-linear", "r": 32})
-    before = E.estimate(load_config(write_config(tmp_path / "before.toml", sections)), CAPACITY)
+    before = A.estimate_and_advise(load_config(write_config(tmp_path / "before.toml", sections)), CAPACITY)
     assert before.verdict == "does_not_fit" and before.fails_at == "training"
     kinds = {s.kind for s in before.suggestions}
     assert {"checkpointing", "batch", "load_in_4bit", "rank", "targets", "max_length"} <= kinds
@@ -61,7 +60,7 @@ def test_each_saving_equals_the_estimate_with_its_config_line_applied(tmp_path: 
 
 
 def test_motivating_case_ranking(tmp_path: Path) -> None:
-    before = E.estimate(load_config(write_config(tmp_path / "ds.toml", sections_7b())), CAPACITY)
+    before = A.estimate_and_advise(load_config(write_config(tmp_path / "ds.toml", sections_7b())), CAPACITY)
     assert (before.verdict, before.fails_at) == ("does_not_fit", "loading_model")
     configs = [s.config for s in before.suggestions]
     assert configs[0] == '[model] dtype = "bfloat16"'
@@ -87,7 +86,7 @@ def test_changes_already_applied_are_not_suggested(tmp_path: Path) -> None:
     sections = sections_7b(model={"dtype": "bfloat16", "load_in_4bit": True},
                            training={"gradient_checkpointing": True, "optim": "paged_adamw_8bit"},
                            lora={"r": 8})
-    result = E.estimate(load_config(write_config(tmp_path / "done.toml", sections)), CAPACITY)
+    result = A.estimate_and_advise(load_config(write_config(tmp_path / "done.toml", sections)), CAPACITY)
     kinds = {s.kind for s in result.suggestions}
     assert not kinds & {"dtype", "load_in_4bit", "load_in_8bit", "checkpointing", "optimizer", "rank", "targets"}
 
@@ -95,7 +94,7 @@ def test_changes_already_applied_are_not_suggested(tmp_path: Path) -> None:
 def test_batch_suggestion_is_the_largest_micro_batch_that_fits(tmp_path: Path) -> None:
     sections = sections_7b(model={"dtype": "bfloat16"},
                            training={"per_device_train_batch_size": 16, "gradient_accumulation_steps": 2})
-    result = E.estimate(load_config(write_config(tmp_path / "b16.toml", sections)), CAPACITY)
+    result = A.estimate_and_advise(load_config(write_config(tmp_path / "b16.toml", sections)), CAPACITY)
     assert result.fails_at == "training"
     batch = next(s for s in result.suggestions if s.kind == "batch")
     chosen = dict(((k, v) for _, k, v in batch.settings))
@@ -113,7 +112,7 @@ def test_tight_run_gets_the_least_intrusive_fix_first(tmp_path: Path) -> None:
     sections = sections_7b(model={"dtype": "bfloat16"}, training={"per_device_train_batch_size": 2})
     total = estimate_total(tmp_path, sections, "probe", None).total
     capacity = int(total / 0.95)
-    result = E.estimate(load_config(write_config(tmp_path / "tight.toml", sections)), capacity)
+    result = A.estimate_and_advise(load_config(write_config(tmp_path / "tight.toml", sections)), capacity)
     assert result.verdict == "tight"
     resolving = [s for s in result.suggestions if s.resolves]
     assert resolving and result.suggestions[0] is resolving[0]
@@ -126,7 +125,7 @@ def test_cpu_target_gets_no_gpu_only_fixes(tmp_path: Path) -> None:
                 "lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]},
                 "training": {"per_device_train_batch_size": 8, "use_cpu": True},
                 "data": {"path": str(TINY_DATA), "max_length": 128}}
-    result = E.estimate(load_config(write_config(tmp_path / "cpu.toml", sections)), None)
+    result = A.estimate_and_advise(load_config(write_config(tmp_path / "cpu.toml", sections)), None)
     kinds = {s.kind for s in result.suggestions}
     assert kinds and not kinds & {"load_in_4bit", "load_in_8bit", "optimizer"}
     assert all(s.fits_after is None for s in result.suggestions)  # no capacity, no verdict
@@ -201,7 +200,7 @@ def test_rank_by_savings_when_nothing_needs_fixing(verdict: str | None) -> None:
 
 def test_when_no_single_fix_fits_a_combination_that_fits_comes_first(tmp_path: Path) -> None:
     sections = sections_7b(training={"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2})
-    before = E.estimate(load_config(write_config(tmp_path / "b.toml", sections)), CAPACITY)
+    before = A.estimate_and_advise(load_config(write_config(tmp_path / "b.toml", sections)), CAPACITY)
     assert before.verdict == "does_not_fit"
     singles = [s for s in before.suggestions if s.kind != "combined"]
     assert not any(s.fits_after for s in singles)  # the premise: nothing alone is enough

@@ -123,8 +123,8 @@ def test_another_users_process_is_refused_by_its_owner(monkeypatch):
     """The same rule without a second user: a process whose real uid is not ours."""
     from types import SimpleNamespace
 
-    from ftwatch.cli import UsageError
     from ftwatch.commands import attach
+    from ftwatch.commands.usage import UsageError
 
     class Foreign:
         def __init__(self, pid):

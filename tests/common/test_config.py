@@ -5,12 +5,8 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES, TINY_MODEL, tiny_sections, write_config
-from ftwatch.common.config import (
-    ConfigError,
-    build_training_arguments,
-    load_config,
-    validate_library_sections,
-)
+from ftwatch.common.config import ConfigError, load_config
+from ftwatch.training.library_config import build_training_arguments, validate_library_sections
 
 
 def test_bundled_example_loads_with_relative_paths():

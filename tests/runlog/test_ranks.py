@@ -321,8 +321,8 @@ def test_the_estimate_adds_ddps_gradient_buckets_as_measured(tiny_config) -> Non
     from conftest import TINY_MODEL
     from ftwatch.analysis.estimate import estimate
 
-    alone = estimate(load_config(tiny_config()), suggestions=False)
-    ddp = estimate(load_config(tiny_config(launch={"nproc_per_node": 4})), suggestions=False)
+    alone = estimate(load_config(tiny_config()))
+    ddp = estimate(load_config(tiny_config(launch={"nproc_per_node": 4})))
     added = ddp.categories["other"] - alone.categories["other"]
     assert {k: v for k, v in ddp.categories.items() if k != "other"} == \
         {k: v for k, v in alone.categories.items() if k != "other"}

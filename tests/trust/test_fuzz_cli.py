@@ -142,7 +142,8 @@ def test_the_size_argument_type_gives_the_real_message(capsys: pytest.CaptureFix
                                                        words: str) -> None:
     """For commands that parse a size in argparse (``type=size_argument``): a negative value reaches
     the check instead of being taken for an option."""
-    from ftwatch.cli import Parser, size_argument
+    from ftwatch.cli import Parser
+    from ftwatch.commands.usage import size_argument
 
     parser = Parser(prog="ftwatch estimate")
     parser.add_argument("--gpu-memory", type=size_argument)

@@ -415,7 +415,7 @@ def test_no_cuda_context_from_the_checks(tmp_path: Path, monkeypatch: pytest.Mon
     arguments call torch.cuda.set_device and the checks do not."""
     import torch
 
-    from ftwatch.common.config import build_training_arguments
+    from ftwatch.training.library_config import build_training_arguments
 
     calls: list[Any] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

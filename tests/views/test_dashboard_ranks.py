@@ -28,7 +28,8 @@ from test_dashboard_app import (  # noqa: F401 - the fixture applies here too
 from conftest import FIXTURES_ROOT
 from ftwatch.views.dashboard.app import FtwatchApp
 from ftwatch.views.dashboard.demo import GiB, synthetic_lines
-from ftwatch.views.dashboard.multi_feed import MultiRunFeed, RankRow, RanksView
+from ftwatch.views.dashboard.multi_feed import MultiRunFeed
+from ftwatch.views.dashboard.rank_rows import RankRow, RanksView
 from ftwatch.views.dashboard.replay import ReplayFeed
 from ftwatch.views.dashboard.screens import HelpScreen
 from ftwatch.views.dashboard.widgets.ranks import render_rows

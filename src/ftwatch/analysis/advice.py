@@ -23,11 +23,13 @@ from ftwatch.analysis.estimate import (
     DTYPE_BYTES,
     Estimate,
     EstimateInputs,
+    estimate,
     estimate_inputs,
     judge,
     meta_peft_model,
     with_changes,
 )
+from ftwatch.common.config import Config, ConfigError
 from ftwatch.common.units import format_bytes
 
 #: How much a change alters the run, least first: ties among the fixes that make a run fit go to
@@ -205,6 +207,18 @@ _GRADED: tuple[Callable[[EstimateInputs], list[_Candidate]], ...] = (_batch_opti
 
 
 # --- pricing ----------------------------------------------------------------------------------------
+
+def estimate_and_advise(cfg: Config, capacity_bytes: int | None = None, *, on_gpu: bool | None = None,
+                        capacity_source: str | None = None) -> Estimate:
+    """The estimate of the run a config describes (:func:`~ftwatch.analysis.estimate.estimate`) with
+    its ranked fixes attached (:func:`suggest`): what ``ftwatch estimate`` shows."""
+    result = estimate(cfg, capacity_bytes, on_gpu=on_gpu, capacity_source=capacity_source)
+    try:
+        result.suggestions = suggest(result)
+    except ConfigError as exc:
+        raise ConfigError(cfg.path, exc.message) from None
+    return result
+
 
 def suggest(before: Estimate) -> list[Suggestion]:
     """Ranked config changes for an estimate, each priced by re-estimating with it applied.

@@ -39,8 +39,7 @@ from statistics import median
 from typing import Any
 
 from ftwatch.common.units import format_bytes
-from ftwatch.runlog.categories import process_total
-from ftwatch.runlog.events import TENSOR_CATEGORIES
+from ftwatch.runlog.occupancy import step_occupied
 
 MiB = 1024**2
 
@@ -170,23 +169,6 @@ class StepPoint:
     occupied: int
     categories: dict[str, int]
     seq_len: int | None
-
-
-def step_occupied(snapshot: dict[str, Any], is_cuda: bool) -> int | None:
-    """What a step left unavailable: this process's peak (plus other processes on CUDA)."""
-    cats = {k: int(v) for k, v in (snapshot.get("categories") or {}).items() if isinstance(v, (int, float))}
-    tensors = sum(cats.get(c, 0) for c in TENSOR_CATEGORIES)
-    if not is_cuda:
-        return tensors if cats else None
-    if "other" in cats or "cache" in cats:
-        own = process_total(cats)
-    elif snapshot.get("allocated_peak") is not None:
-        own = max(int(snapshot["allocated_peak"]), tensors)
-    elif cats:
-        own = tensors
-    else:
-        return None
-    return own + cats.get("other_processes", 0)
 
 
 def _sample_used(sample: dict[str, Any], is_cuda: bool = True) -> int | None:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import psutil
 
-from ftwatch.cli import UsageError
 from ftwatch.commands.metrics_options import add_metrics_arguments, start_metrics, stop_metrics
+from ftwatch.commands.usage import UsageError
 from ftwatch.common.safe_text import safe
 from ftwatch.runlog import registry
 from ftwatch.runlog.events import EVENTS_FILE

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the estimate and print it."""
-    from ftwatch.cli import UsageError
+    from ftwatch.commands.usage import UsageError
 
     cfg = load_config(args.config)
     try:
@@ -48,9 +48,9 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--gpu-memory: {exc}") from None
     notes = check_config(cfg, "estimate")  # the validation `ftwatch run` makes, word for word
 
-    from ftwatch.analysis.estimate import estimate
+    from ftwatch.analysis.advice import estimate_and_advise
 
-    result = estimate(cfg, capacity, on_gpu=on_gpu, capacity_source=source)
+    result = estimate_and_advise(cfg, capacity, on_gpu=on_gpu, capacity_source=source)
     result.notes.extend(notes)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

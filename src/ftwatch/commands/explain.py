@@ -24,7 +24,7 @@ from ftwatch.analysis.oom import (
     parse_oom_message,
     suggest_from_oom,
 )
-from ftwatch.cli import EXIT_OK, EXIT_USAGE, UsageError
+from ftwatch.commands.usage import EXIT_OK, EXIT_USAGE, UsageError
 from ftwatch.common.safe_text import safe
 from ftwatch.common.units import format_bytes
 

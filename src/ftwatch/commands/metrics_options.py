@@ -75,7 +75,7 @@ def start_metrics(args: argparse.Namespace, command: str) -> MetricsServer | Non
     Misuse and an endpoint that cannot be opened (port in use, address not local) raise
     :class:`ftwatch.cli.UsageError`: one line, exit 2, before anything starts.
     """
-    from ftwatch.cli import UsageError
+    from ftwatch.commands.usage import UsageError
 
     port = getattr(args, "metrics_port", None)
     if port is None:

@@ -1,4 +1,5 @@
-"""How close a run is to running out: the figures the dashboard, the exporter and the rank view share.
+"""How close a run is to running out: what a step leaves unavailable (the measure the live forecast
+takes its headroom on) and the figures the dashboard, the exporter and the rank view share.
 
 Imports neither torch nor textual.
 """
@@ -7,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftwatch.analysis.forecast import step_occupied
+from ftwatch.runlog.categories import process_total
+from ftwatch.runlog.events import TENSOR_CATEGORIES
 from ftwatch.runlog.state import RunState
 
 #: Warning level -> risk value (``ftwatch_risk_level``; higher is worse).
@@ -18,6 +20,23 @@ def _int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return int(value)
+
+
+def step_occupied(snapshot: dict[str, Any], is_cuda: bool) -> int | None:
+    """What a step left unavailable: this process's peak (plus other processes on CUDA)."""
+    cats = {k: int(v) for k, v in (snapshot.get("categories") or {}).items() if isinstance(v, (int, float))}
+    tensors = sum(cats.get(c, 0) for c in TENSOR_CATEGORIES)
+    if not is_cuda:
+        return tensors if cats else None
+    if "other" in cats or "cache" in cats:
+        own = process_total(cats)
+    elif snapshot.get("allocated_peak") is not None:
+        own = max(int(snapshot["allocated_peak"]), tensors)
+    elif cats:
+        own = tensors
+    else:
+        return None
+    return own + cats.get("other_processes", 0)
 
 
 def occupied_bytes(state: RunState) -> int | None:

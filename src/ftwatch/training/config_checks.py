@@ -88,8 +88,8 @@ def check_with_libraries(cfg: Config, files: ModelFiles) -> list[str]:
     """The checks that import transformers/peft/torch (after the fast ones); returns what only a
     run needs and cannot have here (an attention kernel that is not installed)."""
     from ftwatch.analysis.estimate.quiet import _quiet
-    from ftwatch.common.config import validate_library_sections
     from ftwatch.training.library_checks import attention_need, check_model, check_tokens
+    from ftwatch.training.library_config import validate_library_sections
 
     with _quiet():  # deprecation warnings are the worker's to print, in worker.log
         validate_library_sections(cfg, dry=True)

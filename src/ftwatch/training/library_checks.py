@@ -1,8 +1,5 @@
 """The config checks that need transformers, peft and torch (imported here, late).
 
-- :func:`dry_training_arguments`: ``TrainingArguments`` built without setting up a device, so the
-  viewer and ``ftwatch estimate`` never create a CUDA context (it would hold GPU memory beside the
-  run being watched) nor an accelerate state.
 - :func:`check_model`: config.json's ``model_type`` is one transformers knows, the model builds (on
   the ``meta`` device: no memory), every ``[lora]`` ``target_modules`` entry names modules it has,
   and peft accepts the adapter.
@@ -18,56 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from ftwatch.common.config import Config, ConfigError
+from ftwatch.training.library_config import _first_line
 from ftwatch.training.model_files import ModelFiles
 
 #: Texts tokenized at a time while counting (the count stops once one block is there).
 TOKENIZE_BATCH = 64
-
-
-def dry_training_arguments(kwargs: dict[str, Any]) -> Any:
-    """``TrainingArguments(**kwargs)`` with every check it makes, but no device set up.
-
-    The hardware checks it makes (bf16 and tf32 support) are answered from NVML's compute
-    capability instead of a CUDA context.
-    """
-    import torch
-    import transformers.training_args as training_args
-    from transformers import TrainingArguments
-
-    class DryTrainingArguments(TrainingArguments):
-        @property
-        def device(self) -> Any:  # no torch.cuda.set_device, no PartialState
-            return torch.device("cpu")
-
-    patched = {"is_torch_bf16_gpu_available": _bf16_gpu_available, "is_torch_tf32_available": _tf32_available}
-    saved = {name: getattr(training_args, name) for name in patched if hasattr(training_args, name)}
-    try:
-        for name in saved:
-            setattr(training_args, name, patched[name])
-        return DryTrainingArguments(**kwargs)
-    finally:
-        for name, value in saved.items():
-            setattr(training_args, name, value)
-
-
-def gpu_compute_capability() -> tuple[int, int] | None:
-    """The first visible GPU's compute capability through NVML (no CUDA context); ``None`` without one."""
-    from ftwatch.common.nvml_query import ask_first_gpu
-
-    def capability(nvml: Any, handle: Any) -> tuple[int, int]:
-        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
-        return int(major), int(minor)
-
-    return ask_first_gpu(capability)
-
-
-def _bf16_gpu_available() -> bool:
-    capability = gpu_compute_capability()
-    return capability is not None and capability[0] >= 8
-
-
-def _tf32_available() -> bool:
-    return _bf16_gpu_available()  # both came with Ampere (compute capability 8.0)
 
 
 # --- the model ---------------------------------------------------------------------------------------
@@ -287,8 +239,3 @@ def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -42,7 +42,7 @@ def preflight(cfg: Config, device: dict[str, Any], emit: Callable[..., None]) ->
     on_gpu = device.get("type") == "cuda"
     try:
         capacity, source = preflight_capacity(device, cfg.monitor.budget)
-        result = estimate(cfg, capacity, on_gpu=on_gpu, capacity_source=source, suggestions=False)
+        result = estimate(cfg, capacity, on_gpu=on_gpu, capacity_source=source)
         if result.verdict in ("tight", "does_not_fit"):
             from ftwatch.analysis.advice import suggest
 

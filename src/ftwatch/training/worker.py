@@ -162,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopControl()
     stop.install()
 
-    from ftwatch.common.config import ConfigError, load_config, validate_library_sections
+    from ftwatch.common.config import ConfigError, load_config
     from ftwatch.runlog.events import EVENTS_FILE, EventWriter
     from ftwatch.runlog.paths import distributed_rank, rank_dir
+    from ftwatch.training.library_config import validate_library_sections
 
     global _LOG_PREFIX
     run_dir = Path(args.run_dir)
@@ -377,7 +378,7 @@ class Training:
         """Phase ``applying_lora``: wrap the model with peft adapters."""
         from peft import get_peft_model, prepare_model_for_kbit_training
 
-        from ftwatch.common.config import build_lora_config
+        from ftwatch.training.library_config import build_lora_config
 
         self.probe.phase("applying_lora")
         checkpointing = self.checkpointing
@@ -396,8 +397,8 @@ class Training:
 
         from transformers import Trainer
 
-        from ftwatch.common.config import build_training_arguments
         from ftwatch.training.data import build_dataset, data_collator
+        from ftwatch.training.library_config import build_training_arguments
         from ftwatch.training.probe.callback import FtwatchCallback
 
         self.probe.phase("preparing_trainer")

@@ -103,8 +103,9 @@ def estimate_from_model_config(
 
 
 def estimate(cfg: Config, capacity_bytes: int | None = None, *, on_gpu: bool | None = None,
-             capacity_source: str | None = None, suggestions: bool = True) -> Estimate:
-    """Estimate the run a config describes, judge it against ``capacity_bytes`` and attach the fixes.
+             capacity_source: str | None = None) -> Estimate:
+    """Estimate the run a config describes and judge it against ``capacity_bytes``; the fixes are
+    advice's to price (:func:`ftwatch.analysis.advice.estimate_and_advise` does both).
 
     ``on_gpu`` defaults to the config's intent (``use_cpu`` in ``[training]``). Raises
     :class:`ConfigError` (with the config's path) when the model config cannot be read or built.
@@ -112,10 +113,6 @@ def estimate(cfg: Config, capacity_bytes: int | None = None, *, on_gpu: bool | N
     inputs = inputs_from_config(cfg, on_gpu)
     try:
         result = estimate_inputs(inputs, capacity_bytes, capacity_source)
-        if suggestions:
-            from ftwatch.analysis.advice import suggest  # advice re-runs estimates: imported late
-
-            result.suggestions = suggest(result)
     except ConfigError as exc:
         raise ConfigError(cfg.path, exc.message) from None
     return result

@@ -26,7 +26,7 @@ from ftwatch.runlog.state import PhaseRecord, RunState, TimelinePoint
 from ftwatch.views.headless.follow import record_vanished_worker, signal_name
 
 if TYPE_CHECKING:
-    from ftwatch.views.dashboard.multi_feed import RanksView
+    from ftwatch.views.dashboard.rank_rows import RanksView
 
 WORKER_LOG = "worker.log"
 #: What a replay says of a log that ends without an exit event.

@@ -19,8 +19,8 @@ from textual.geometry import Size
 from textual.widget import Widget
 
 from ftwatch.views.dashboard import fmt
-from ftwatch.views.dashboard.multi_feed import RankRow, RanksView
 from ftwatch.views.dashboard.palette import DANGER, DIM, GOOD, WATCH
+from ftwatch.views.dashboard.rank_rows import RankRow, RanksView
 
 RISK_WORDS = ("ok", "watch", "danger")
 RISK_COLOURS = (GOOD, WATCH, DANGER)
