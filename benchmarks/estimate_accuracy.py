@@ -12,7 +12,7 @@ Measured figures come from real models on the CPU, independently of the estimate
 Two models: the bundled ``examples/tiny-llama`` and a generated Llama (hidden 512, 8 layers,
 grouped-query attention, about 170 MB in float32) built from its config with random weights.
 The estimate columns are the meta-device trace (what ``ftwatch estimate`` uses) and the per-layer
-formula it falls back to. ``tests/test_estimate.py`` imports the measuring functions from here.
+formula it falls back to. ``tests/analysis/test_estimate.py`` imports the measuring functions from here.
 """
 
 from __future__ import annotations

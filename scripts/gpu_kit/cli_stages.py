@@ -94,7 +94,7 @@ def finish_imports(kit: Kit, handle: dict[str, Any] | None) -> dict[str, Any]:
 
 def gpu_test_files(kit: Kit) -> list[str]:
     """Test files that hold ``gpu``-marked tests (only these are collected: the others may need textual)."""
-    return sorted(str(p.relative_to(kit.repo)) for p in (kit.repo / "tests").glob("test_*.py")
+    return sorted(str(p.relative_to(kit.repo)) for p in (kit.repo / "tests").rglob("test_*.py")
                   if "mark.gpu" in p.read_text(errors="replace"))
 
 

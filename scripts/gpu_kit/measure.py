@@ -130,7 +130,7 @@ device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
 times = []
 for i in range(220):
     t = time.perf_counter()
-    flag = torch.tensor([0], dtype=torch.int32, device=device)  # as ftwatch.training.worker.AgreedStop does, per step
+    flag = torch.tensor([0], dtype=torch.int32, device=device)  # as ftwatch.training.worker_stop.AgreedStop does, per step
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     flag.item()
     if i >= 20:

@@ -2,7 +2,7 @@
 
 On the GPU these are the real ``pynvml`` and ``torch.cuda`` figures; in the dry run NVML is a
 fake (marked ``fake: true`` everywhere it appears) and the allocator figures are absent. The raw
-readings are also saved as a test fixture: the fields ``tests/test_devices.py``'s ``FakeNvml`` and
+readings are also saved as a test fixture: the fields ``tests/training/test_devices.py``'s ``FakeNvml`` and
 allocator monkeypatches stand in for, plus what ftwatch's own ``NvmlReader`` made of the same moment.
 """
 

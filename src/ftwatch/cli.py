@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ftwatch.commands.usage import _SHOW_CHARS, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, UsageError, show_value
-from ftwatch.common.config import ConfigError
+from ftwatch.common.config_errors import ConfigError
 from ftwatch.common.safe_text import safe
 from ftwatch.version import __version__
 

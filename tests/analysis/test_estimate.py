@@ -18,7 +18,8 @@ import pytest
 from conftest import FIXTURES_ROOT, REPO, TINY_DATA, TINY_MODEL, run_cli, write_config
 from ftwatch.analysis import estimate as E
 from ftwatch.cli import main as cli_main
-from ftwatch.common.config import ConfigError, load_config
+from ftwatch.common.config import load_config
+from ftwatch.common.config_errors import ConfigError
 from ftwatch.common.units import parse_size
 
 FIXTURES = FIXTURES_ROOT / "configs"

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from conftest import FIXTURES_ROOT
-from ftwatch.analysis.oom import OomDiagnosis, parse_oom_message, size_to_bytes, suggest_from_oom
+from ftwatch.analysis.oom import OomDiagnosis, suggest_from_oom
+from ftwatch.analysis.oom_parse import parse_oom_message, size_to_bytes
 
 FIXTURES = FIXTURES_ROOT / "oom"
 KiB, MiB, GiB = 1024, 1024**2, 1024**3

@@ -14,16 +14,12 @@ from typing import Any
 
 import pytest
 
-from ftwatch.analysis.forecast import (
-    DANGER_ENTER_STEPS,
-    LOAD_DANGER_SHARE,
-    LOAD_WATCH_SHARE,
-    WATCH_ENTER_HEADROOM,
-    WATCH_EXIT_HEADROOM,
-    Forecaster,
-    theil_sen,
-)
-from ftwatch.runlog.events import EventDecoder, encode
+from ftwatch.analysis.forecast import Forecaster
+from ftwatch.analysis.forecast_checks import LOAD_DANGER_SHARE, LOAD_WATCH_SHARE
+from ftwatch.analysis.forecast_levels import DANGER_ENTER_STEPS, WATCH_ENTER_HEADROOM, WATCH_EXIT_HEADROOM
+from ftwatch.analysis.forecast_trend import theil_sen
+from ftwatch.runlog.event_reader import EventDecoder
+from ftwatch.runlog.events import encode
 
 MiB, GiB = 1024**2, 1024**3
 CAP = 24 * GiB

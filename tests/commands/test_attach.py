@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import REPO, run_cli, wait_for
-from ftwatch.runlog.events import read_events
+from ftwatch.runlog.event_reader import read_events
 
 pytestmark = pytest.mark.slow
 

@@ -305,7 +305,7 @@ def test_replay_module_is_importable_without_textual_side_effects() -> None:
 
 
 def test_plot_size_follows_the_terminal_with_a_capped_height(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ftwatch.commands.replay import plot_size
+    from ftwatch.views.dashboard.replay_plot import plot_size
 
     monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback: os.terminal_size((90, 40)))
     monkeypatch.setenv("COLUMNS", "90")
@@ -314,8 +314,8 @@ def test_plot_size_follows_the_terminal_with_a_capped_height(monkeypatch: pytest
 
 
 def test_plot_on_a_terminal_is_in_colour_at_the_given_size() -> None:
-    from ftwatch.commands.replay import plot_text
     from ftwatch.runlog.state import RunState
+    from ftwatch.views.dashboard.replay_plot import plot_text
 
     state = RunState()
     state.apply_all(parsed(synthetic_lines("cuda", steps=20)))

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES, TINY_MODEL, tiny_sections, write_config
-from ftwatch.common.config import ConfigError, load_config
+from ftwatch.common.config import load_config
+from ftwatch.common.config_errors import ConfigError
 from ftwatch.training.library_config import build_training_arguments, validate_library_sections
 
 

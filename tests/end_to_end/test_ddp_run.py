@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_run_end_to_end import expected_tiny_bytes
 
 from conftest import EXAMPLES, REPO, run_cli, wait_for
-from ftwatch.runlog.events import EVENTS_FILE, read_events
+from ftwatch.runlog.event_reader import read_events
+from ftwatch.runlog.events import EVENTS_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import run_cli
-from ftwatch.runlog.events import read_events
+from ftwatch.runlog.event_reader import read_events
 
 pytestmark = pytest.mark.slow
 MiB = 1024**2

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_MODEL, run_cli, wait_for
-from ftwatch.runlog.events import read_events
+from ftwatch.runlog.event_reader import read_events
 
 pytestmark = pytest.mark.slow
 

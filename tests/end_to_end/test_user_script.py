@@ -9,7 +9,7 @@ import pytest
 from test_run_end_to_end import expected_tiny_bytes
 
 from conftest import EXAMPLES
-from ftwatch.runlog.events import read_events
+from ftwatch.runlog.event_reader import read_events
 from ftwatch.runlog.state import RunState
 
 pytestmark = pytest.mark.slow

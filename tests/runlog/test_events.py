@@ -5,15 +5,9 @@ import json
 
 import pytest
 
-from ftwatch.runlog.events import (
-    SCHEMA_VERSION,
-    EventDecoder,
-    EventWriter,
-    SchemaVersionError,
-    encode,
-    read_events,
-    resolve_log_path,
-)
+from ftwatch.runlog.event_reader import EventDecoder, SchemaVersionError, read_events, resolve_log_path
+from ftwatch.runlog.event_writer import EventWriter
+from ftwatch.runlog.events import SCHEMA_VERSION, encode
 
 
 def test_writer_appends_flushed_lines_private_to_the_owner(tmp_path):
@@ -122,7 +116,7 @@ def test_strings_with_control_characters_are_made_safe_and_others_left_alone():
 def test_a_fifo_is_refused_before_anything_opens_it(tmp_path):
     import os
 
-    from ftwatch.runlog.events import NotALogError
+    from ftwatch.runlog.event_reader import NotALogError
 
     fifo = tmp_path / "events.jsonl"
     os.mkfifo(fifo)
@@ -133,7 +127,7 @@ def test_a_fifo_is_refused_before_anything_opens_it(tmp_path):
 
 
 def test_read_stats_add_up():
-    from ftwatch.runlog.events import ReadStats
+    from ftwatch.runlog.event_reader import ReadStats
 
     total = ReadStats(events=1, corrupt_lines=2, invalid_events=1, invalid_fields={"a.b"})
     total.add(ReadStats(events=3, corrupt_lines=1, long_lines=1, json_array=True, unknown_kind_names={"x"}))

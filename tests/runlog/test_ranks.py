@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES_ROOT, run_cli, write_config
-from ftwatch.common.config import ConfigError, LaunchConfig, load_config
-from ftwatch.runlog.events import EVENTS_FILE, TENSOR_CATEGORIES, encode, read_events
+from ftwatch.common.config import LaunchConfig, load_config
+from ftwatch.common.config_errors import ConfigError
+from ftwatch.runlog.event_reader import read_events
+from ftwatch.runlog.events import EVENTS_FILE, TENSOR_CATEGORIES, encode
 from ftwatch.runlog.ranks import (
     MultiLogFollower,
     RankedRun,
@@ -26,7 +28,7 @@ from ftwatch.runlog.ranks import (
     record_vanished_rank,
 )
 from ftwatch.runlog.state import RunState
-from ftwatch.views.exporters.prometheus import RunStateCollector
+from ftwatch.views.exporters.prometheus_metrics import RunStateCollector
 
 FIXTURES = FIXTURES_ROOT / "logs"
 FINISHED = FIXTURES / "ddp-finished"
@@ -297,7 +299,7 @@ def test_metrics_serve_one_series_per_rank() -> None:
 def test_a_directory_of_runs_points_to_the_newest_multi_process_run(tmp_path: Path) -> None:
     import os
 
-    from ftwatch.runlog.events import resolve_log_path
+    from ftwatch.runlog.event_reader import resolve_log_path
 
     shutil.copytree(FIXTURES / "cpu-finished", tmp_path / "older")
     shutil.copytree(FINISHED, tmp_path / "newer")

@@ -1,4 +1,4 @@
-"""The ranks' stop agreement (``ftwatch.training.worker.AgreedStop``) with a stand-in for the all-reduce, so
+"""The ranks' stop agreement (``ftwatch.training.worker_stop.AgreedStop``) with a stand-in for the all-reduce, so
 the moment a signal lands can be chosen: the end-to-end test (test_ddp_run) cannot choose it."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ftwatch.training.worker import AgreedStop, StopControl
+from ftwatch.training.worker_stop import AgreedStop, StopControl
 
 
 def two_ranks(monkeypatch, other_rank_flag: int, during_reduce=lambda: None) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from conftest import FIXTURES_ROOT, run_cli, tiny_sections, write_config
 from ftwatch.common.config import load_config
-from ftwatch.runlog.events import read_events
+from ftwatch.runlog.event_reader import read_events
 from ftwatch.training.probe.probe import Probe, is_out_of_memory
 
 FIXTURES = FIXTURES_ROOT / "oom"
@@ -49,7 +49,8 @@ def test_oom_exit_records_phase_figures_and_fixes(tmp_path):
 
 
 def test_worker_diagnosis_parses_the_message_and_skips_levers_in_use(tmp_path):
-    from ftwatch.training.worker import StopControl, Training
+    from ftwatch.training.worker import Training
+    from ftwatch.training.worker_stop import StopControl
 
     cfg = load_config(write_config(tmp_path / "c.toml", tiny_sections(
         tmp_path, training={"gradient_checkpointing": True, "per_device_train_batch_size": 8})))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ftwatch.runlog.events import read_events
+from ftwatch.runlog.event_reader import read_events
 from ftwatch.training.probe.probe import Probe
 
 F32 = 4

@@ -27,12 +27,13 @@ from torch import nn
 
 from conftest import EXAMPLES, REPO, tiny_sections, wait_for, write_config
 from ftwatch.runlog import registry
-from ftwatch.runlog.events import EventDecoder, EventWriter, read_events
+from ftwatch.runlog.event_reader import EventDecoder, read_events
+from ftwatch.runlog.event_writer import EventWriter
 from ftwatch.training.live_analysis import LiveAnalysis
 from ftwatch.training.probe import accounting
 from ftwatch.training.probe.devices import DeviceSampler
 from ftwatch.training.probe.probe import Probe
-from ftwatch.training.worker import SafeStream, protect_output
+from ftwatch.training.worker_output import SafeStream, protect_output
 
 LOSS_LINE = "cannot write the run log"
 PAGE = os.sysconf("SC_PAGE_SIZE")

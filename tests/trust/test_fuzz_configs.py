@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from conftest import TINY_DATA, TINY_MODEL, tiny_sections, write_config
-from ftwatch.common.config import ConfigError, load_config
+from ftwatch.common.config import load_config
+from ftwatch.common.config_errors import ConfigError
 from ftwatch.training.config_checks import check_config
 from fuzzkit import cli, cli_subprocess
 

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from conftest import FIXTURES_ROOT
-from ftwatch.runlog.events import MAX_LINE_CHARS, EventDecoder, encode, encode_event
+from ftwatch.runlog.event_reader import MAX_LINE_CHARS, EventDecoder
+from ftwatch.runlog.events import encode, encode_event
 from ftwatch.views.dashboard.demo import synthetic_lines
 from fuzzkit import Outcome, cli
 
@@ -403,7 +404,7 @@ def _strings(value: Any) -> list[str]:
 @pytest.mark.parametrize("ensure_ascii", [True, False], ids=["json-escaped", "raw-utf8"])
 def test_no_escape_sequence_from_a_log_reaches_the_output(tmp_path: Path, ensure_ascii: bool) -> None:
     log = crafted_log(tmp_path, ensure_ascii)
-    from ftwatch.runlog.events import read_events
+    from ftwatch.runlog.event_reader import read_events
 
     decoder = EventDecoder()
     events = list(read_events(log, decoder))

@@ -26,11 +26,12 @@ import pytest
 
 from conftest import REPO, wait_for
 from ftwatch.runlog import registry
+from ftwatch.runlog.endings import exit_code
 from ftwatch.runlog.events import encode
 from ftwatch.runlog.ranks import record_vanished_rank
 from ftwatch.runlog.sources import WorkerHandle
 from ftwatch.runlog.state import RunState
-from ftwatch.views.headless.follow import exit_code, follow_run
+from ftwatch.views.headless.follow import follow_run
 from fuzzkit import cli
 
 #: A target that records any SIGINT it gets in a file (and otherwise sleeps until killed).
@@ -358,7 +359,7 @@ def ranks_dir(tmp_path: Path, pid: int) -> Path:
 
 
 def test_ctrl_c_in_the_multi_process_follower_detaches_without_a_signal(tmp_path: Path) -> None:
-    from ftwatch.views.headless.follow import follow_ranks
+    from ftwatch.views.headless.follow_multi import follow_ranks
 
     target, flag = start_target(tmp_path)
     run = ranks_dir(tmp_path, target.pid)
@@ -381,7 +382,7 @@ def test_ctrl_c_in_the_multi_process_follower_detaches_without_a_signal(tmp_path
 
 
 def test_the_multi_process_follower_reports_a_deleted_run_directory(tmp_path: Path) -> None:
-    from ftwatch.views.headless.follow import follow_ranks
+    from ftwatch.views.headless.follow_multi import follow_ranks
 
     target, flag = start_target(tmp_path)
     run = ranks_dir(tmp_path, target.pid)
@@ -408,7 +409,7 @@ def test_a_worker_whose_own_exit_event_was_lost_is_told_by_its_exit_code(tmp_pat
                                                                          status: str) -> None:
     """A full disk can cost the worker its own exit event: a worker that exited 0 (or 130) then
     finished (or stopped), it was not killed; the record says so and why the event is missing."""
-    from ftwatch.views.headless.follow import record_vanished_worker
+    from ftwatch.runlog.endings import record_vanished_worker
 
     proc = subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({code})"])
     proc.wait()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO
 from ftwatch.runlog import registry
 from fuzzkit import cli
 

@@ -13,11 +13,12 @@ from ftwatch.runlog.events import CATEGORIES, encode
 from ftwatch.runlog.state import TimelinePoint
 from ftwatch.views.dashboard.breakdown import WARN_FRACTION, compute_breakdown, layout_segments
 from ftwatch.views.dashboard.demo import GiB, MiB, synthetic_lines
-from ftwatch.views.dashboard.feed import RunFeed, TextTail, clean_line
+from ftwatch.views.dashboard.feed import RunFeed
 from ftwatch.views.dashboard.palette import PROCESS_REST
 from ftwatch.views.dashboard.widgets.membar import layout_legend, legend_entries, render_bar, render_markers
 from ftwatch.views.dashboard.widgets.status import badge_for, model_label, status_lines
 from ftwatch.views.dashboard.widgets.timeline import build_series, downsample, nice_ticks
+from ftwatch.views.dashboard.worker_tail import TextTail, clean_line
 
 FIXTURES = FIXTURES_ROOT / "logs"
 

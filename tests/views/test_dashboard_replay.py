@@ -17,17 +17,14 @@ from ftwatch.training.outside import NO_BREAKDOWN
 from ftwatch.views.dashboard.app import FtwatchApp
 from ftwatch.views.dashboard.breakdown import compute_breakdown
 from ftwatch.views.dashboard.demo import synthetic_lines
-from ftwatch.views.dashboard.replay import (
+from ftwatch.views.dashboard.replay import SCAN_BATCH, ReplayFeed
+from ftwatch.views.dashboard.replay_cursor import Cursor, LogScanner, clone_state
+from ftwatch.views.dashboard.replay_source import LogSource
+from ftwatch.views.dashboard.replay_speed import (
     AUTO_SECONDS,
     MAX_WAIT,
     RATES,
-    SCAN_BATCH,
-    Cursor,
-    LogScanner,
-    LogSource,
-    ReplayFeed,
     auto_rate,
-    clone_state,
     next_rate,
     parse_speed,
 )
@@ -149,7 +146,7 @@ def test_corrupt_lines_and_a_cut_tail_keep_positions_in_step(tmp_path: Path) -> 
 @pytest.mark.parametrize("name", ["events.jsonl", "events.jsonl.gz"])
 def test_an_over_long_line_is_read_past_not_held_and_positions_stay_true(tmp_path: Path, name: str,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import ftwatch.views.dashboard.replay as replay
+    import ftwatch.views.dashboard.replay_source as replay
 
     monkeypatch.setattr(replay, "MAX_LINE_BYTES", 4096)  # a long line without writing megabytes
     lines = synthetic_lines("cpu", steps=20)

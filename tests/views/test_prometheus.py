@@ -20,9 +20,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import FIXTURES_ROOT, REPO, run_cli
-from ftwatch.runlog.events import TENSOR_CATEGORIES, encode, read_events
+from ftwatch.runlog.event_reader import read_events
+from ftwatch.runlog.events import TENSOR_CATEGORIES, encode
 from ftwatch.runlog.state import RunState
-from ftwatch.views.exporters.prometheus import METRICS, MetricsServer, MetricsServerError, RunStateCollector
+from ftwatch.views.exporters.prometheus import MetricsServer, MetricsServerError
+from ftwatch.views.exporters.prometheus_metrics import METRICS, RunStateCollector
 
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -29,7 +29,8 @@ from ftwatch.analysis.estimate import (
     meta_peft_model,
     with_changes,
 )
-from ftwatch.common.config import Config, ConfigError
+from ftwatch.common.config import Config
+from ftwatch.common.config_errors import ConfigError
 from ftwatch.common.units import format_bytes
 
 #: How much a change alters the run, least first: ties among the fixes that make a run fit go to

@@ -21,10 +21,12 @@ from ftwatch.commands.metrics_options import add_metrics_arguments, start_metric
 from ftwatch.commands.usage import UsageError
 from ftwatch.common.safe_text import safe
 from ftwatch.runlog import registry
+from ftwatch.runlog.endings import exit_code
 from ftwatch.runlog.events import EVENTS_FILE
 from ftwatch.runlog.ranks import launcher_of, multi_rank_root, run_key
 from ftwatch.runlog.sources import WorkerHandle
-from ftwatch.views.headless.follow import exit_code, follow_ranks, follow_run
+from ftwatch.views.headless.follow import follow_run
+from ftwatch.views.headless.follow_multi import follow_ranks
 from ftwatch.views.headless.report import ranks_summary_text, summary_text
 
 if TYPE_CHECKING:

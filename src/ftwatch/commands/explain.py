@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ftwatch.analysis.oom import (
-    FORMAT_VERSIONS,
     OomDiagnosis,
     findings,
     implausible_text,
-    parse_oom_message,
     suggest_from_oom,
 )
+from ftwatch.analysis.oom_parse import FORMAT_VERSIONS, parse_oom_message
 from ftwatch.commands.usage import EXIT_OK, EXIT_USAGE, UsageError
 from ftwatch.common.safe_text import safe
 from ftwatch.common.units import format_bytes

@@ -14,7 +14,8 @@ from ftwatch.common.safe_text import safe
 from ftwatch.common.units import format_bytes, format_duration
 from ftwatch.runlog import registry
 from ftwatch.runlog.categories import process_total
-from ftwatch.runlog.events import EVENTS_FILE, EventDecoder, SchemaVersionError
+from ftwatch.runlog.event_reader import EventDecoder, SchemaVersionError
+from ftwatch.runlog.events import EVENTS_FILE
 from ftwatch.runlog.ranks import find_rank_dirs, is_multi_rank_dir, run_key
 from ftwatch.runlog.state import RunState, sample_used
 

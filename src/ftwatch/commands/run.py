@@ -25,8 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftwatch.commands.metrics_options import add_metrics_arguments, start_metrics, stop_metrics
-from ftwatch.common.config import ConfigError, load_config
+from ftwatch.common.config import load_config
+from ftwatch.common.config_errors import ConfigError
 from ftwatch.runlog import registry
+from ftwatch.runlog.endings import (
+    DIRECTORY_DELETED,
+    EXIT_CODES,
+    record_vanished_rank_in_memory,
+    record_vanished_worker,
+)
 from ftwatch.runlog.events import EVENTS_FILE
 from ftwatch.runlog.paths import new_run_dir
 from ftwatch.runlog.ranks import (
@@ -41,14 +48,8 @@ from ftwatch.runlog.sources import LogFollower, WorkerHandle
 from ftwatch.runlog.state import RunState
 from ftwatch.training.config_checks import check_without_libraries
 from ftwatch.training.prestart import Prestarted
-from ftwatch.views.headless.follow import (
-    DIRECTORY_DELETED,
-    EXIT_CODES,
-    follow_headless,
-    follow_ranks_headless,
-    record_vanished_rank_in_memory,
-    record_vanished_worker,
-)
+from ftwatch.views.headless.follow import follow_headless
+from ftwatch.views.headless.follow_multi import follow_ranks_headless
 from ftwatch.views.headless.report import ranks_summary_text, summary_text
 
 if TYPE_CHECKING:

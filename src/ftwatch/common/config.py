@@ -9,12 +9,14 @@ sections, ftwatch's own keys, the common LoRA/training keys, files). The trainin
 calls :func:`validate_library_sections`, which checks every ``[lora]`` and ``[training]`` key
 against the installed peft/transformers classes, so every option the libraries have works and a
 typo is caught with a suggestion.
+
+This module holds the schema (the section dataclasses and their defaults), the loading and the
+path resolution; the error wording is in :mod:`ftwatch.common.config_errors` and the typed
+readers of one table in :mod:`ftwatch.common.config_sections`.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,25 +25,14 @@ from typing import Any
 
 import tomllib
 
+from ftwatch.common.config_errors import ConfigError, _show, _unknown_key
+from ftwatch.common.config_sections import _COMMON_KEYS, _check_common, _Section
 from ftwatch.common.safe_text import safe
 from ftwatch.common.units import parse_size
 
 SECTIONS = ("model", "lora", "training", "data", "monitor", "launch")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 MAX_CONFIG_BYTES = 1 << 20
-
-
-class ConfigError(ValueError):
-    """A config problem, phrased for the user: ``file: [section].key <what is wrong>``.
-
-    The text is always one line, free of control characters (it quotes the user's files).
-    """
-
-    def __init__(self, path: str | os.PathLike[str] | None, message: str) -> None:
-        self.path = str(path) if path is not None else None
-        self.message = safe(message, one_line=True)
-        where = safe(self.path, one_line=True) if self.path else None
-        super().__init__(f"{where}: {self.message}" if where else self.message)
 
 
 @dataclass
@@ -132,145 +123,6 @@ class Config:
     def name(self) -> str:
         """The run's name: the config file's stem."""
         return self.path.stem
-
-
-# --- small checking helpers -------------------------------------------------------------------
-
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        text = safe(value, one_line=True)
-        return f'"{text[:80]}..."' if len(text) > 80 else f'"{text}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int) and abs(value) >= 10**30:
-        return f"a {len(str(abs(value))) if abs(value) < 10**4000 else 'huge'}-digit number"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:80] + "..."
-
-
-#: Names people often type for a field, by section (difflib cannot guess "rank" -> "r").
-_ALIASES: dict[str, dict[str, str]] = {
-    "lora": {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
-             "target": "target_modules", "modules": "target_modules"},
-    "training": {"batch_size": "per_device_train_batch_size", "per_device_batch_size": "per_device_train_batch_size",
-                 "train_batch_size": "per_device_train_batch_size", "lr": "learning_rate",
-                 "grad_accum": "gradient_accumulation_steps", "steps": "max_steps", "epochs": "num_train_epochs",
-                 "optimizer": "optim", "checkpointing": "gradient_checkpointing"},
-    "model": {"model": "name", "path": "name", "torch_dtype": "dtype"},
-    "data": {"file": "path", "seq_len": "max_length", "max_seq_length": "max_length", "field": "text_field"},
-    "launch": {"nproc": "nproc_per_node", "gpus": "nproc_per_node", "processes": "nproc_per_node",
-               "nodes": "nnodes", "num_nodes": "nnodes", "rank": "node_rank", "port": "master_port",
-               "addr": "master_addr", "master": "master_addr"},
-}
-
-
-def _unknown_key(path: Path, section: str, key: str, known: list[str]) -> ConfigError:
-    alias = _ALIASES.get(section, {}).get(key)
-    close = [alias] if alias in known else difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f' (did you mean "{close[0]}"?)' if close else ""
-    where = f"[{section}].{key}" if section else f"[{key}]"
-    kind = "unknown key" if section else "unknown section"
-    return ConfigError(path, f"{kind} {where}{hint}")
-
-
-class _Section:
-    """Reads one table, tracking its key path for messages."""
-
-    def __init__(self, path: Path, name: str, table: Any) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(path, f"[{name}] must be a table, got {_type_name(table)}")
-        self.path, self.name, self.table = path, name, table
-
-    def err(self, key: str, message: str) -> ConfigError:
-        return ConfigError(self.path, f"[{self.name}].{key} {message}")
-
-    def check_keys(self, known: list[str]) -> None:
-        for key in self.table:
-            if key not in known:
-                raise _unknown_key(self.path, self.name, key, known)
-
-    def get_str(self, key: str, default: Any = None, required: bool = False) -> Any:
-        if key not in self.table:
-            if required:
-                raise ConfigError(self.path, f"[{self.name}].{key} is required")
-            return default
-        value = self.table[key]
-        if not isinstance(value, str) or not value.strip():
-            raise self.err(key, f"must be a non-empty string, got {_show(value)}")
-        return value
-
-    def get_bool(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if not isinstance(value, bool):
-            raise self.err(key, f"must be true or false, got {_show(value)}")
-        return value
-
-    def get_positive_int(self, key: str, default: int | None) -> int | None:
-        value = self.table.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.err(key, f"must be a positive integer, got {_show(value)}")
-        return value
-
-    def get_positive_number(self, key: str, default: float) -> float:
-        value = self.table.get(key, default)
-        if not _is_number(value) or not math.isfinite(value) or value <= 0:
-            raise self.err(key, f"must be a positive number, got {_show(value)}")
-        return float(value)
-
-
-# --- common [lora] / [training] keys checked without importing the libraries -----------------
-
-_POSITIVE_INT = "positive_int"
-_NON_NEGATIVE_INT = "non_negative_int"
-_INT = "int"
-_MAX_STEPS = "max_steps"
-_POSITIVE_NUMBER = "positive_number"
-_PROBABILITY = "probability"
-_BOOL = "bool"
-_STR = "str"
-_STR_OR_LIST = "str_or_list"
-
-_COMMON_KEYS: dict[str, dict[str, str]] = {
-    "lora": {"r": _POSITIVE_INT, "lora_alpha": _POSITIVE_NUMBER, "lora_dropout": _PROBABILITY,
-             "target_modules": _STR_OR_LIST, "bias": _STR, "use_rslora": _BOOL, "use_dora": _BOOL},
-    "training": {"per_device_train_batch_size": _POSITIVE_INT, "gradient_accumulation_steps": _POSITIVE_INT,
-                 "max_steps": _MAX_STEPS, "num_train_epochs": _POSITIVE_NUMBER, "learning_rate": _POSITIVE_NUMBER,
-                 "gradient_checkpointing": _BOOL, "bf16": _BOOL, "fp16": _BOOL, "seed": _NON_NEGATIVE_INT,
-                 "output_dir": _STR, "optim": _STR, "logging_steps": _POSITIVE_NUMBER},
-}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_common(section: _Section, key: str, kind: str) -> None:
-    value = section.table[key]
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    is_num = _is_number(value) and math.isfinite(value)
-    ok, expected = {
-        _POSITIVE_INT: (is_int and value > 0, "a positive integer"),
-        _NON_NEGATIVE_INT: (is_int and value >= 0, "a non-negative integer"),
-        _INT: (is_int, "an integer"),
-        _MAX_STEPS: (is_int and (value > 0 or value == -1),
-                     "a positive integer (or -1: train for num_train_epochs instead)"),
-        _POSITIVE_NUMBER: (is_num and value > 0, "a positive number"),
-        _PROBABILITY: (is_num and 0 <= value < 1, "a number from 0 up to 1"),
-        _BOOL: (isinstance(value, bool), "true or false"),
-        _STR: (isinstance(value, str), "a string"),
-        _STR_OR_LIST: (isinstance(value, str) or (isinstance(value, list) and value
-                                                  and all(isinstance(v, str) for v in value)),
-                       "a module name or a list of module names"),
-    }[kind]
-    if not ok:
-        raise section.err(key, f"must be {expected}, got {_show(value)}")
 
 
 # --- loading ------------------------------------------------------------------------------------

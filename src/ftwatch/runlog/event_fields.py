@@ -1,7 +1,7 @@
 """The field types of each event kind, checked in one place: the reader.
 
 Every consumer of a run log (the state fold, replay's report, CSV and chart, the dashboard,
-attach, the Prometheus exporter) trusts what :class:`ftwatch.runlog.events.EventDecoder` hands it: byte
+attach, the Prometheus exporter) trusts what :class:`ftwatch.runlog.event_reader.EventDecoder` hands it: byte
 figures are integers within int64 (capacities and categories never negative), other numbers are
 finite, ``categories`` maps names to byte counts, ``device`` is an object, strings are strings.
 An event that breaks any of that is skipped and counted like a corrupt line instead of reaching them.

@@ -27,7 +27,8 @@ from typing import Any
 
 import psutil
 
-from ftwatch.runlog.events import EVENTS_FILE, ReadStats
+from ftwatch.runlog.event_reader import ReadStats
+from ftwatch.runlog.events import EVENTS_FILE
 from ftwatch.runlog.occupancy import risk_level, used_fraction
 from ftwatch.runlog.paths import rank_dir
 from ftwatch.runlog.sources import LogFollower, record_monitor_exit

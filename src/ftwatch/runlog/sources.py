@@ -18,14 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from ftwatch.runlog.events import (
-    EVENTS_FILE,
-    EventDecoder,
-    encode_event,
-    make_event,
-    open_log,
-    resolve_log_path,
-)
+from ftwatch.runlog.event_reader import EventDecoder, open_log, resolve_log_path
+from ftwatch.runlog.events import EVENTS_FILE, encode_event, make_event
 
 if TYPE_CHECKING:
     from ftwatch.runlog.state import RunState

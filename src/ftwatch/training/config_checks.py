@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from ftwatch.common.config import Config, ConfigError, _show
+from ftwatch.common.config import Config
+from ftwatch.common.config_errors import ConfigError, _show
 from ftwatch.training.data import ReadLimit, scan_texts
 from ftwatch.training.model_files import ModelFiles, check_model_files
 

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ftwatch.common.config import ConfigError, DataConfig
+from ftwatch.common.config import DataConfig
+from ftwatch.common.config_errors import ConfigError
 
 #: Suffixes read as JSON records (one object per line; a ``.json`` file may also be one array).
 JSON_SUFFIXES = (".jsonl", ".json")

@@ -14,7 +14,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from ftwatch.common.config import Config, ConfigError
+from ftwatch.common.config import Config
+from ftwatch.common.config_errors import ConfigError
 from ftwatch.training.library_config import _first_line
 from ftwatch.training.model_files import ModelFiles
 

@@ -15,7 +15,8 @@ import enum
 import typing
 from typing import Any
 
-from ftwatch.common.config import Config, ConfigError, _show, _unknown_key
+from ftwatch.common.config import Config
+from ftwatch.common.config_errors import ConfigError, _show, _unknown_key
 
 
 def validate_library_sections(cfg: Config, *, dry: bool = False) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ftwatch.analysis.forecast import Forecaster
-from ftwatch.runlog.events import EventWriter
+from ftwatch.runlog.event_writer import EventWriter
 from ftwatch.training.probe.guard import say
 
 #: ``suggest(warning, last_snapshot, last_sample) -> suggestions``

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftwatch.common.config import Config, ConfigError
+from ftwatch.common.config import Config
+from ftwatch.common.config_errors import ConfigError
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"

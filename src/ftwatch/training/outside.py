@@ -16,7 +16,8 @@ from typing import Any
 
 import psutil
 
-from ftwatch.runlog.events import EVENTS_FILE, EventWriter
+from ftwatch.runlog.event_writer import EventWriter
+from ftwatch.runlog.events import EVENTS_FILE
 from ftwatch.runlog.paths import private_dir
 from ftwatch.training.probe.devices import (
     DeviceSampler,

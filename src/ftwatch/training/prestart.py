@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check(config_path: str) -> dict[str, Any]:
     try:
-        from ftwatch.common.config import ConfigError, load_config
+        from ftwatch.common.config import load_config
+        from ftwatch.common.config_errors import ConfigError
         from ftwatch.training.config_checks import check_with_libraries
         from ftwatch.training.model_files import check_model_files
     except BaseException as exc:  # noqa: BLE001 - reported, never raised: a plain worker is started instead

@@ -11,7 +11,8 @@ once. A second signal stops at once.
 Nothing of the monitor stops training: the run log's writer counts what a full disk refuses (the
 exit event's ``lost_events``), and the worker's own stdout/stderr (``worker.log``, on that same
 disk) are wrapped so that a write that fails is counted and dropped, never raised into the
-Trainer, transformers' logging or tqdm.
+Trainer, transformers' logging or tqdm (:mod:`ftwatch.training.worker_output`; the stop control is
+in :mod:`ftwatch.training.worker_stop`).
 
 Under ``torchrun`` (``[launch]``) every rank runs this module: each writes its own log in
 ``D/rank<N>/``, trains on ``cuda:<LOCAL_RANK>`` (or the CPU, with gloo), and the ranks agree on a
@@ -21,134 +22,15 @@ stop request at each step boundary (one small all-reduce), so they all stop afte
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from ftwatch.training import worker_output  # main sets the log line's prefix there (the rank)
+from ftwatch.training.worker_output import _PROTECTED, _log, protect_output
+from ftwatch.training.worker_stop import AgreedStop, StopControl, StopRequested
+
 EXIT_FINISHED, EXIT_FAILED, EXIT_CONFIG, EXIT_STOPPED = 0, 1, 2, 130
-
-
-class SafeStream:
-    """A text stream whose failed writes (a full disk under ``worker.log``, a closed pipe) are
-    swallowed and counted instead of raised into whoever printed (the Trainer, tqdm, logging)."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        #: Writes (and flushes) that failed.
-        self.lost = 0
-        self.last_error: BaseException | None = None
-
-    def _failed(self, exc: BaseException) -> None:
-        self.lost += 1
-        self.last_error = exc
-
-    def write(self, text: str) -> int:
-        """Write ``text``; a failure is counted, never raised (a reentrant write from a signal
-        handler included)."""
-        try:
-            return self._stream.write(text)
-        except (OSError, ValueError, RuntimeError) as exc:
-            self._failed(exc)
-            return len(text)
-
-    def writelines(self, lines: Any) -> None:
-        """Write each line (see :meth:`write`)."""
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        """Flush; a failure is counted, never raised."""
-        try:
-            self._stream.flush()
-        except (OSError, ValueError, RuntimeError) as exc:
-            self._failed(exc)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-def protect_output() -> list[SafeStream]:
-    """Wrap ``sys.stdout`` and ``sys.stderr`` in :class:`SafeStream` (before transformers or tqdm
-    take a reference to them); returns the wrappers."""
-    streams = []
-    for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        if stream is not None and not isinstance(stream, SafeStream):
-            stream = SafeStream(stream)
-            setattr(sys, name, stream)
-        if isinstance(stream, SafeStream):
-            streams.append(stream)
-    return streams
-
-
-_PROTECTED: list[SafeStream] = []
-
-
-class StopRequested(BaseException):
-    """Raised by the signal handler to stop outside a step boundary (a BaseException, so library
-    code that catches ``Exception`` cannot swallow it)."""
-
-
-class StopControl:
-    """Turns SIGINT/SIGTERM into a stop at the next step boundary (or at once, outside training)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.in_training = False
-
-    def install(self) -> None:
-        """Handle SIGINT and SIGTERM; ignore SIGHUP (the terminal is the viewer's, not ours)."""
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.in_training and not self.requested:
-            self.requested = True
-            _log(f"{signal.Signals(signum).name}: stopping at the next step boundary")
-            return
-        raise StopRequested(signal.Signals(signum).name)
-
-    def __call__(self) -> bool:
-        return self.requested
-
-
-_LOG_PREFIX = "ftwatch worker"
-
-
-def _log(message: str) -> None:
-    print(f"{_LOG_PREFIX}: {message}", flush=True)
-
-
-class AgreedStop:
-    """A stop request all ranks agree on: at each step boundary the ranks all-reduce their flags
-    (max), so a signal seen by any rank stops every rank after the same step (DDP would hang if
-    one rank stopped a step before the others). Alone, it is the local flag."""
-
-    def __init__(self, stop: StopControl) -> None:
-        self.stop = stop
-
-    def __call__(self) -> bool:
-        import torch
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-            return self.stop.requested
-        backend = str(dist.get_backend())
-        on_cpu = "gloo" in backend or not torch.cuda.is_available()
-        device = torch.device("cpu") if on_cpu else torch.device("cuda", torch.cuda.current_device())
-        flag = torch.tensor([1 if self.stop.requested else 0], dtype=torch.int32, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        agreed = bool(flag.item())
-        if agreed and not self.stop.requested:
-            self.stop.requested = True
-            _log("another rank was asked to stop: stopping at this step boundary")
-        # what the ranks agreed on, never the local flag: a signal that lands during the reduce sets
-        # it on this rank alone, and stopping on it here would leave the others in the next step
-        # (they agree on it at the next boundary)
-        return agreed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,16 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopControl()
     stop.install()
 
-    from ftwatch.common.config import ConfigError, load_config
-    from ftwatch.runlog.events import EVENTS_FILE, EventWriter
+    from ftwatch.common.config import load_config
+    from ftwatch.common.config_errors import ConfigError
+    from ftwatch.runlog.event_writer import EventWriter
+    from ftwatch.runlog.events import EVENTS_FILE
     from ftwatch.runlog.paths import distributed_rank, rank_dir
     from ftwatch.training.library_config import validate_library_sections
 
-    global _LOG_PREFIX
     run_dir = Path(args.run_dir)
     rank, _, world_size = distributed_rank()
     if world_size > 1:  # torchrun: each rank keeps its own log in the run directory
-        _LOG_PREFIX = f"ftwatch worker [rank {rank}]"
+        worker_output._LOG_PREFIX = f"ftwatch worker [rank {rank}]"
         run_dir = rank_dir(run_dir, rank)
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -179,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         validate_library_sections(cfg)
         training = Training(cfg, run_dir, stop, strict=args.strict)
     except ConfigError as exc:
-        print(f"{_LOG_PREFIX}: {exc}", file=sys.stderr, flush=True)
+        print(f"{worker_output._LOG_PREFIX}: {exc}", file=sys.stderr, flush=True)
         writer = EventWriter(run_dir / EVENTS_FILE)
         writer.emit("exit", status="failed", error_type="ConfigError", message=str(exc), by="worker")
         writer.close()
@@ -191,7 +74,7 @@ def check_gpu_for_rank(local_rank: int, gpus: int, config_path: Path, nproc_per_
     """One GPU per local rank: a launch asking for more processes than the node has GPUs is a config
     error naming the key (rather than every rank failing on an invalid device ordinal)."""
     if local_rank >= gpus:
-        from ftwatch.common.config import ConfigError
+        from ftwatch.common.config_errors import ConfigError
 
         raise ConfigError(config_path, f"[launch].nproc_per_node = {nproc_per_node}, but this node has "
                                        f"{gpus} GPU{'s' if gpus != 1 else ''} visible to torch (one process "
@@ -247,7 +130,7 @@ class Training:
 
     def run(self) -> int:
         """Go through the phases; write the exit event however it ends."""
-        from ftwatch.common.config import ConfigError
+        from ftwatch.common.config_errors import ConfigError
         from ftwatch.training.preflight import WarningSuggester, preflight
 
         try:
@@ -310,7 +193,8 @@ class Training:
 
         if not is_out_of_memory(exc):
             return None, None
-        from ftwatch.analysis.oom import parse_oom_message, suggest_from_oom
+        from ftwatch.analysis.oom import suggest_from_oom
+        from ftwatch.analysis.oom_parse import parse_oom_message
 
         diag = parse_oom_message(str(exc))
         t = self.cfg.training

@@ -12,7 +12,8 @@ from ftwatch.analysis.estimate.model_config import _to_pretrained_config
 from ftwatch.analysis.estimate.optimizer import OPTIMIZERS, optimizer_state_bytes
 from ftwatch.analysis.estimate.parameters import count_parameters
 from ftwatch.analysis.estimate.result import Estimate, judge
-from ftwatch.common.config import Config, ConfigError
+from ftwatch.common.config import Config
+from ftwatch.common.config_errors import ConfigError
 
 MiB = 1024**2
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ftwatch.analysis.estimate.model_config import load_model_config, resolve_dtype
-from ftwatch.common.config import Config, ConfigError
+from ftwatch.common.config import Config
+from ftwatch.common.config_errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from ftwatch.analysis.estimate.fused_attention import _attention_for_trace, _reg
 from ftwatch.analysis.estimate.inputs import EstimateInputs
 from ftwatch.analysis.estimate.model_config import _to_pretrained_config
 from ftwatch.analysis.estimate.quiet import _quiet
-from ftwatch.common.config import ConfigError
+from ftwatch.common.config_errors import ConfigError
 
 _CACHE_LOCK = threading.Lock()
 _MODEL_CACHE: dict[str, Any] = {}

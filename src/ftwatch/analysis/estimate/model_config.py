@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ftwatch.analysis.estimate.quiet import _quiet
-from ftwatch.common.config import ConfigError
+from ftwatch.common.config_errors import ConfigError
 
 #: Bytes per element of the dtypes a config can name.
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}

@@ -1,6 +1,6 @@
 """What the memory bar shows: the parts, the scale they are drawn against, and the markers.
 
-Pure functions of a :class:`~ftwatch.views.dashboard.feed.RunView`, so they are tested without a screen.
+Pure functions of a :class:`~ftwatch.views.dashboard.run_view.RunView`, so they are tested without a screen.
 
 - CUDA, training: the last step's snapshot (a calm, exact split that changes once per step).
 - CUDA, other phases: the latest device sample split with the last snapshot's tensor figures, so
@@ -21,7 +21,7 @@ from ftwatch.runlog.events import CATEGORIES, TENSOR_CATEGORIES
 from ftwatch.views.dashboard.palette import OUTSIDE, PROCESS_REST
 
 try:  # the marker sits where the forecaster starts to warn
-    from ftwatch.analysis.forecast import WATCH_ENTER_HEADROOM as _HEADROOM
+    from ftwatch.analysis.forecast_levels import WATCH_ENTER_HEADROOM as _HEADROOM
 except ImportError:  # pragma: no cover - the dashboard works without the analysis package
     _HEADROOM = 0.15
 
@@ -115,7 +115,7 @@ def _ordered(categories: dict[str, Any]) -> list[Part]:
 
 
 def compute_breakdown(view: Any) -> Breakdown:
-    """The bar for the run as ``view`` (a :class:`~ftwatch.views.dashboard.feed.RunView`) last saw it."""
+    """The bar for the run as ``view`` (a :class:`~ftwatch.views.dashboard.run_view.RunView`) last saw it."""
     if view.header.get("external"):
         return _set_threshold(outside_breakdown(view), view)
     device = view.device

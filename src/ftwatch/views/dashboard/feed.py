@@ -3,9 +3,10 @@
 The UI thread never reads a file. :class:`RunFeed` polls the run log (``events.jsonl``) and the
 worker's output (``worker.log``) from its own thread, folds the events into a
 :class:`~ftwatch.runlog.state.RunState` under a lock and bumps a version number. The app's render timer
-takes a :class:`RunView` (a consistent copy of what it needs) only when the version moved, so the
-screen refreshes at a fixed cadence whatever the sample rate. The training side never waits for
-any of this: it only appends to its files.
+takes a :class:`~ftwatch.views.dashboard.run_view.RunView` (a consistent copy of what it needs) only
+when the version moved, so the screen refreshes at a fixed cadence whatever the sample rate. The
+training side never waits for any of this: it only appends to its files. The worker's output is
+followed by a :class:`~ftwatch.views.dashboard.worker_tail.TextTail`.
 """
 
 from __future__ import annotations
@@ -14,189 +15,18 @@ import dataclasses
 import os
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ftwatch.common.safe_text import safe
-from ftwatch.runlog.events import ReadStats, SchemaVersionError
+from ftwatch.runlog.endings import record_vanished_worker, signal_name
+from ftwatch.runlog.event_reader import ReadStats, SchemaVersionError
 from ftwatch.runlog.sources import LogFollower, WorkerHandle
-from ftwatch.runlog.state import PhaseRecord, RunState, TimelinePoint
-from ftwatch.views.headless.follow import record_vanished_worker, signal_name
+from ftwatch.runlog.state import RunState
+from ftwatch.views.dashboard.run_view import ReplayInfo, RunView
+from ftwatch.views.dashboard.worker_tail import WORKER_LOG, TextTail
 
-if TYPE_CHECKING:
-    from ftwatch.views.dashboard.rank_rows import RanksView
-
-WORKER_LOG = "worker.log"
 #: What a replay says of a log that ends without an exit event.
 NO_EXIT = "the log ends without an exit event: the training process was killed"
-
-
-def clean_line(text: str) -> str:
-    """A line as it would look on a terminal: carriage returns overwrite, escapes and controls go."""
-    return safe(text, one_line=False).replace("\t", "    ").replace("\n", " ")
-
-
-class TextTail:
-    """Follows a growing text file without blocking and keeps its last lines.
-
-    A file that does not exist yet is waited for; a huge existing file is read from its last
-    ``initial_bytes`` only; a file that shrinks (rotated, rewritten) is read again from the start.
-    Progress bars that redraw with carriage returns show as their latest state.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], max_lines: int = 2000, initial_bytes: int = 256 * 1024,
-                 chunk_size: int = 256 * 1024) -> None:
-        self.path = Path(path)
-        self.lines: deque[str] = deque(maxlen=max_lines)
-        self.partial = ""
-        self.initial_bytes = initial_bytes
-        self.chunk_size = chunk_size
-        self._handle: Any = None
-        self._pos = 0
-
-    def poll(self) -> bool:
-        """Read what was appended since the last call; True when the visible text changed."""
-        if self._handle is None:
-            try:
-                self._handle = open(self.path, "rb")  # noqa: SIM115 - kept open while following
-            except OSError:
-                return False
-            size = os.fstat(self._handle.fileno()).st_size
-            if size > self.initial_bytes:
-                self._handle.seek(size - self.initial_bytes)
-                self._handle.readline()  # drop the cut first line
-            self._pos = self._handle.tell()
-        try:
-            size = os.fstat(self._handle.fileno()).st_size
-        except OSError:
-            return False
-        if size < self._pos:
-            self._handle.seek(0)
-            self._pos = 0
-            self.lines.clear()
-            self.partial = ""
-        changed = False
-        while True:
-            chunk = self._handle.read(self.chunk_size)
-            if not chunk:
-                break
-            self._pos += len(chunk)
-            self._feed(chunk.decode("utf-8", errors="replace"))
-            changed = True
-        return changed
-
-    def _feed(self, text: str) -> None:
-        data = self.partial + text
-        parts = data.split("\n")
-        self.partial = parts.pop()
-        for part in parts:
-            self.lines.append(clean_line(part))
-        if len(self.partial) > 8192:  # a progress bar that never ends its line: keep only its tail
-            self.partial = self.partial[-8192:]
-
-    def tail(self, n: int) -> list[str]:
-        """The last ``n`` lines, the unfinished one (a progress bar) included."""
-        out = list(self.lines)[-n:] if n > 0 else []
-        if self.partial.strip():
-            out.append(clean_line(self.partial))
-        return out[-n:] if n > 0 else []
-
-    def close(self) -> None:
-        """Close the file."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
-@dataclass(frozen=True)
-class ReplayInfo:
-    """Where a replay stands (see :mod:`ftwatch.views.dashboard.replay`); ``None`` on a live view."""
-
-    playing: bool
-    rate: float | None  # run seconds per second of playback; None while still unknown
-    position: int  # events shown so far
-    total: int | None  # events in the log, once it has been read to its end
-    loaded: float  # share of the log read so far (0..1)
-    run_seconds: float  # where the replay stands, from the start of the run
-    duration: float | None  # the whole recording, when known
-    at_end: bool
-    loading: bool = False  # the screen follows the log as it is read, up to its end (``--speed max``)
-
-
-@dataclass
-class RunView:
-    """A consistent copy of what the screen shows, taken under the feed's lock."""
-
-    version: int
-    header: dict[str, Any]
-    model: dict[str, Any]
-    phase: str | None
-    phases: list[PhaseRecord]
-    step: int
-    loss: float | None
-    categories: dict[str, int]
-    snapshot: dict[str, Any] | None
-    sample: dict[str, Any] | None
-    peaks: dict[str, int]
-    peak_total: int
-    peak_rss: int
-    warnings: list[dict[str, Any]]
-    notes: list[dict[str, Any]]
-    exit: dict[str, Any] | None
-    timeline: list[TimelinePoint]
-    samples: int
-    snapshots: int
-    steps_per_second: float | None
-    elapsed: float
-    capacity: int | None
-    is_cuda: bool
-    max_steps: int | None
-    log_lines: list[str]
-    log_version: int
-    log_exists: bool
-    worker_alive: bool | None
-    stop_requested_at: float | None
-    last_event_wall: float | None
-    error: str | None
-    summary: dict[str, Any] | None
-    skipped: dict[str, int] = field(default_factory=dict)
-    replay: ReplayInfo | None = None
-    #: Every rank of a multi-process run (the rest of the view is the focused rank's); else None.
-    ranks: RanksView | None = None
-
-    @property
-    def status(self) -> str:
-        """``waiting`` before the first event, ``running`` until the exit event, then its status."""
-        if self.exit is not None:
-            return str(self.exit.get("status") or "failed")
-        return "running" if self.header or self.samples else "waiting"
-
-    @property
-    def run_status(self) -> str:
-        """The whole run's status: :attr:`status`, or over every rank of a multi-process run."""
-        return self.ranks.status if self.ranks is not None else self.status
-
-    @property
-    def run_ended(self) -> bool:
-        """True once the whole run has ended (every rank of a multi-process run)."""
-        return self.ranks.ended if self.ranks is not None else self.ended
-
-    @property
-    def device(self) -> dict[str, Any]:
-        """The header's device description."""
-        return self.header.get("device") or {}
-
-    @property
-    def ended(self) -> bool:
-        """True once the run has an exit (written by the worker, or recorded by this viewer)."""
-        return self.exit is not None
-
-    @property
-    def external(self) -> bool:
-        """True for a process watched from outside (``attach PID`` without a probe): no breakdown."""
-        return bool(self.header.get("external"))
 
 
 class RunFeed:

@@ -2,7 +2,7 @@
 
 :class:`MultiRunFeed` is a :class:`~ftwatch.views.dashboard.feed.RunFeed` whose background thread follows
 every ``rankN/events.jsonl`` of a run directory (:class:`~ftwatch.runlog.ranks.MultiLogFollower`) and
-folds them into a :class:`~ftwatch.runlog.ranks.RankedRun`. Its :class:`~ftwatch.views.dashboard.feed.RunView` is the
+folds them into a :class:`~ftwatch.runlog.ranks.RankedRun`. Its :class:`~ftwatch.views.dashboard.run_view.RunView` is the
 one of the *focused* rank (the worst rank unless the user picked one), so every single-run panel
 works unchanged, plus :class:`RanksView`: one :class:`RankRow` per rank for the ranks panel.
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ftwatch.runlog.events import ReadStats
+from ftwatch.runlog.event_reader import ReadStats
 from ftwatch.runlog.ranks import (
     MultiLogFollower,
     RankedRun,
@@ -32,8 +32,9 @@ from ftwatch.runlog.ranks import (
     vanished_ranks,
 )
 from ftwatch.runlog.sources import WorkerHandle
-from ftwatch.views.dashboard.feed import RunFeed, RunView
+from ftwatch.views.dashboard.feed import RunFeed
 from ftwatch.views.dashboard.rank_rows import VANISHED, RanksView, rank_row
+from ftwatch.views.dashboard.run_view import RunView
 
 
 class MultiRunFeed(RunFeed):

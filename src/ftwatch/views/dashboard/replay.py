@@ -4,380 +4,42 @@ written (scaled by a speed), with pause, steps back and forth, and jumps to eith
 All of it runs in the feed's background thread; the screen reads the state it shows under the
 feed's lock, exactly as for a live run, so the widgets, warnings and post-mortem are the live ones.
 
-- :class:`LogScanner` reads the log once from the start and folds it, keeping a copy of the folded
-  state (a checkpoint) every ``checkpoint_every`` events and where each training step ends.
-- :class:`Cursor` is the position on screen: a state folded up to some event. Going back restores
-  the nearest checkpoint before the target and folds forward from there, so a step back costs at
-  most ``checkpoint_every`` events (a few milliseconds) whatever the length of the log.
-- :class:`ReplayClock` maps the wall clock onto the run's clock: ``rate`` run seconds per second;
-  a quiet stretch in the log never holds the replay more than :data:`MAX_WAIT` seconds.
+:class:`ReplayFeed` here carries out the keys and releases the events that are due; the parts it
+drives are plain Python next to it:
 
-Speeds: a number (``1``: as it happened; ``60``: a minute of the run per second), ``auto`` (the
-whole recording in about :data:`AUTO_SECONDS` seconds, never slower than real time) or ``max``
-(everything at once: the replay opens at the end; playing it again from an earlier point then
-goes at the auto rate).
+- :mod:`~ftwatch.views.dashboard.replay_source`: the log's bytes (bounded lines, a spooled ``.gz``).
+- :mod:`~ftwatch.views.dashboard.replay_cursor`: :class:`LogScanner` folds the log once, keeping
+  checkpoints; a :class:`Cursor` is the state folded up to the position shown.
+- :mod:`~ftwatch.views.dashboard.replay_speed`: the speeds (``--speed``: a number, ``auto`` or
+  ``max``) and :class:`ReplayClock`, the run's clock against the wall clock.
 """
 
 from __future__ import annotations
 
 import bisect
-import copy
-import dataclasses
-import gzip
-import math
 import os
-import tempfile
 import threading
 import time
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from ftwatch.runlog.events import (
-    MAX_LINE_CHARS,
-    EventDecoder,
-    ReadStats,
-    SchemaVersionError,
-    resolve_log_path,
-)
-from ftwatch.runlog.state import RunState, Timeline
-from ftwatch.views.dashboard.feed import NO_EXIT, ReplayInfo, RunFeed
+from ftwatch.runlog.event_reader import ReadStats, SchemaVersionError, resolve_log_path
+from ftwatch.runlog.state import RunState
+from ftwatch.views.dashboard.feed import NO_EXIT, RunFeed
+from ftwatch.views.dashboard.replay_cursor import CHECKPOINT_EVERY, Cursor, LogScanner
+from ftwatch.views.dashboard.replay_source import LogSource, tail_time
+from ftwatch.views.dashboard.replay_speed import MAX, ReplayClock, auto_rate, next_rate
+from ftwatch.views.dashboard.run_view import ReplayInfo
 
-MAX, AUTO = "max", "auto"
-#: ``auto``: the whole recording plays in about this many seconds.
-AUTO_SECONDS = 60.0
-#: A quiet stretch of the log (a stalled run) holds the replay at most this long, in seconds.
-MAX_WAIT = 2.0
-#: Events between two saved states: bounds the work of a step back.
-CHECKPOINT_EVERY = 5000
 #: Events read per round of the background thread (the screen waits for a round at most).
 SCAN_BATCH = 2000
 #: Seconds between two frames while the screen follows the log being read (``max``).
 LOADING_FRAME = 0.25
 #: Events released per round while playing.
 PLAY_BATCH = 20000
-#: The rates ``+`` and ``-`` move between (run seconds per second).
-RATES: tuple[float, ...] = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 10800)
-
-
-def parse_speed(text: str) -> float | str:
-    """A ``--speed`` value: a positive number (``10`` or ``10x``), ``auto`` or ``max``."""
-    value = text.strip().lower()
-    if value in (MAX, AUTO):
-        return value
-    try:
-        number = float(value.removesuffix("x"))
-    except ValueError:
-        raise ValueError(f"--speed takes a positive number, auto or max, not {text!r}") from None
-    if not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"--speed takes a positive number, auto or max, not {text!r}")
-    return number
-
-
-def auto_rate(duration: float) -> float:
-    """The ``auto`` rate for a recording of ``duration`` seconds: about a minute, never slow motion."""
-    return max(duration / AUTO_SECONDS, 1.0)
-
-
-def next_rate(rate: float, direction: int) -> float:
-    """The next rate of :data:`RATES` above (``direction > 0``) or below ``rate``."""
-    if direction > 0:
-        return next((r for r in RATES if r > rate * 1.0001), RATES[-1])
-    return next((r for r in reversed(RATES) if r < rate / 1.0001), RATES[0])
-
-
-def clone_state(state: RunState) -> RunState:
-    """An independent copy of a run state, cheap enough to keep one every few thousand events.
-
-    The fold never changes an event dict or a timeline point in place, so those are shared; the
-    containers it does change (lists, dicts, phase records, the timeline's point list) are copied.
-    """
-    new = copy.copy(state)
-    for name, value in vars(state).items():
-        setattr(new, name, _clone_value(value))
-    return new
-
-
-def _clone_value(value: Any) -> Any:
-    if isinstance(value, Timeline):
-        timeline = copy.copy(value)
-        timeline.points = list(value.points)
-        return timeline
-    if isinstance(value, list):
-        return [dataclasses.replace(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
-                for v in value]
-    if isinstance(value, (dict, set)):
-        return value.copy()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value)
-    return value
-
-
-def tail_time(path: Path, nbytes: int = 256 * 1024) -> float | None:
-    """The time of the last event in a plain log, read from its tail (``None`` if none is found)."""
-    with open(path, "rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        handle.seek(max(size - nbytes, 0))
-        lines = handle.read().split(b"\n")
-    if size > nbytes:
-        lines = lines[1:]  # the first one is cut
-    decoder = EventDecoder()
-    for line in reversed(lines):
-        try:
-            event = decoder.decode_line(line.decode("utf-8", "replace"))
-        except SchemaVersionError:
-            continue
-        if event is not None:
-            return float(event["t"])
-    return None
-
-
-#: The most a replay reads of one line (a UTF-8 character is at most 4 bytes): the rest of a longer
-#: line is read past, never held, and the line counted as too long (as the decoder does).
-MAX_LINE_BYTES = 4 * MAX_LINE_CHARS
-
-
-class SkippedLine(bytes):
-    """An over-long line that was read past: a blank line that remembers how many bytes it took."""
-
-    consumed: int
-
-
-def read_line(stream: IO[bytes], copy_to: IO[bytes] | None = None) -> bytes:
-    """The next line of ``stream`` (``b""`` at its end), at most :data:`MAX_LINE_BYTES` of it held:
-    a longer one comes back as a :class:`SkippedLine`. ``copy_to`` gets every byte read."""
-    line = stream.readline(MAX_LINE_BYTES)
-    if copy_to is not None and line:
-        copy_to.write(line)
-    if len(line) < MAX_LINE_BYTES or line.endswith(b"\n"):
-        return line
-    consumed = len(line)
-    while True:
-        more = stream.readline(MAX_LINE_BYTES)
-        if copy_to is not None and more:
-            copy_to.write(more)
-        consumed += len(more)
-        if not more or more.endswith(b"\n"):
-            break
-    skipped = SkippedLine(b"\n")
-    skipped.consumed = consumed
-    return skipped
-
-
-def line_length(line: bytes) -> int:
-    """How many bytes of the log ``line`` took (a skipped line's whole length)."""
-    return line.consumed if isinstance(line, SkippedLine) else len(line)
-
-
-class LogSource:
-    """A log's bytes: read once in order (by the scanner) and again from any offset (by the cursor).
-
-    A plain file is simply opened twice. A gzipped log is decompressed into a private temporary
-    file as the scan goes (deleted at once, gone when closed), so going back never decompresses
-    the log again from its start.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.size = max(path.stat().st_size, 1)
-        self._raw = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self._spool: IO[bytes] | None = None
-        if path.suffix == ".gz":
-            self._stream: IO[bytes] = gzip.GzipFile(fileobj=self._raw)
-            fd, name = tempfile.mkstemp(prefix="ftwatch-replay-", suffix=".jsonl")
-            self._spool = os.fdopen(fd, "wb")
-            self.reader: IO[bytes] = open(name, "rb")  # noqa: SIM115 - closed in close()
-            os.unlink(name)
-        else:
-            self._stream = self._raw
-            self.reader = open(path, "rb")  # noqa: SIM115 - closed in close()
-
-    def readline(self) -> bytes:
-        """The next line of the log (with its newline; the last one may lack it), ``b""`` at the end;
-        an over-long one as a :class:`SkippedLine`."""
-        return read_line(self._stream, self._spool)
-
-    def flush(self) -> None:
-        """Make what was read so far readable through :attr:`reader`."""
-        if self._spool is not None:
-            self._spool.flush()
-
-    @property
-    def loaded(self) -> float:
-        """Share of the file read so far."""
-        try:
-            return min(self._raw.tell() / self.size, 1.0)
-        except (OSError, ValueError):
-            return 0.0
-
-    def close(self) -> None:
-        """Close every handle (the temporary file goes with them)."""
-        for handle in (self._stream, self._raw, self._spool, self.reader):
-            if handle is not None:
-                handle.close()
-
-
-@dataclass
-class Checkpoint:
-    """The state after the first ``index`` events, which end at byte ``offset`` of the log."""
-
-    index: int
-    offset: int
-    state: RunState
-
-
-class LogScanner:
-    """Reads the whole log once, in batches: folds it, saves checkpoints, finds the step ends."""
-
-    def __init__(self, source: LogSource, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
-        self.source = source
-        self.every = max(int(checkpoint_every), 1)
-        self.state = RunState()
-        self.decoder = EventDecoder()
-        self.index = 0
-        self.offset = 0
-        self.done = False
-        self.checkpoints = [Checkpoint(0, 0, clone_state(self.state))]
-        #: Positions (events folded) right after each training step's snapshot.
-        self.marks: list[int] = []
-
-    @property
-    def stats(self) -> ReadStats:
-        """What the scan skipped so far."""
-        return self.decoder.stats
-
-    def advance(self, limit: int) -> int:
-        """Read and fold up to ``limit`` more events (the caller holds the feed's lock); returns how many.
-
-        Each event is folded as soon as it is decoded: a batch of decoded events kept alive would
-        only feed the garbage collector.
-        """
-        decode, readline, apply = self.decoder.decode_line, self.source.readline, self.state.apply
-        every, index, offset = self.every, self.index, self.offset
-        end = index + limit
-        while index < end:
-            line = readline()
-            if not line:
-                self.done = True
-                break
-            offset += line_length(line)
-            if isinstance(line, SkippedLine):
-                self.decoder.count_long_line()
-                continue
-            text = line.decode("utf-8", "replace")
-            event = decode(text) if line[-1:] == b"\n" else self._last_line(text)
-            if event is None:
-                continue
-            apply(event)
-            index += 1
-            if event["kind"] == "snapshot" and event.get("step") is not None:
-                self.marks.append(index)
-            if index % every == 0:
-                self.checkpoints.append(Checkpoint(index, offset, clone_state(self.state)))
-        read, self.index, self.offset = index - self.index, index, offset
-        self.source.flush()
-        return read
-
-    def _last_line(self, text: str) -> dict[str, Any] | None:
-        """A last line without its newline: an event if it parses, else a truncated tail."""
-        self.decoder.feed(text)
-        events = self.decoder.finish()
-        return events[0] if events else None
-
-    def checkpoint_before(self, index: int) -> Checkpoint:
-        """The latest saved state at or before ``index`` (the scan's own state when it is there)."""
-        if index >= self.index:
-            return Checkpoint(self.index, self.offset, self.state)
-        i = bisect.bisect_right([c.index for c in self.checkpoints], index) - 1
-        return self.checkpoints[max(i, 0)]
-
-
-class Cursor:
-    """The replay's position: the state after ``index`` events, and the reader of the ones after."""
-
-    def __init__(self, reader: IO[bytes], start: Checkpoint) -> None:
-        self.reader = reader
-        self.state = clone_state(start.state)
-        self.index = start.index
-        self.offset = start.offset
-        self.decoder = EventDecoder()
-        self._next: dict[str, Any] | None = None
-        reader.seek(start.offset)
-
-    def peek(self, limit: int) -> dict[str, Any] | None:
-        """The next event without folding it; ``None`` once ``limit`` events are folded."""
-        if self._next is None and self.index < limit:
-            self._next = self._read_event()
-        return self._next
-
-    def take(self) -> dict[str, Any]:
-        """Consume the event :meth:`peek` returned (the caller folds it)."""
-        event, self._next = self._next, None
-        assert event is not None
-        self.index += 1
-        return event
-
-    def fold_to(self, target: int) -> None:
-        """Fold forward until ``target`` events are in the state (or the log ends)."""
-        while self.index < target and self.peek(target) is not None:
-            self.state.apply(self.take())
-
-    def _read_event(self) -> dict[str, Any] | None:
-        while True:
-            line = read_line(self.reader)
-            if not line:
-                return None
-            self.offset += line_length(line)
-            if isinstance(line, SkippedLine):
-                continue
-            event = self.decoder.decode_line(line.decode("utf-8", "replace"))
-            if event is not None:
-                return event
-
-
-class ReplayClock:
-    """Run time as a function of wall time: ``rate`` run seconds per second from an anchor."""
-
-    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
-        self.now = now
-        self.rate = 1.0
-        self._anchor: tuple[float, float] | None = None
-
-    @property
-    def running(self) -> bool:
-        """True between :meth:`start` and :meth:`stop`."""
-        return self._anchor is not None
-
-    def start(self, run_t: float, rate: float) -> None:
-        """Run time ``run_t`` is now; from here it moves ``rate`` times faster than the wall clock."""
-        self.rate = rate
-        self._anchor = (self.now(), run_t)
-
-    def stop(self) -> None:
-        """Stop; the next :meth:`start` says where the run stands."""
-        self._anchor = None
-
-    def due(self) -> float:
-        """The run time reached now: events stamped up to it are due."""
-        assert self._anchor is not None
-        wall, run_t = self._anchor
-        return run_t + (self.now() - wall) * self.rate
-
-    def set_rate(self, rate: float) -> None:
-        """Change speed from the run time reached now (no jump)."""
-        if self._anchor is not None:
-            self._anchor = (self.now(), self.due())
-        self.rate = rate
-
-    def skip_gap(self, next_t: float) -> None:
-        """Before a quiet stretch, make the next event due within :data:`MAX_WAIT` seconds."""
-        due = self.due()
-        if self._anchor is not None and (next_t - due) / self.rate > MAX_WAIT:
-            wall, run_t = self._anchor
-            self._anchor = (wall, run_t + (next_t - due) - MAX_WAIT * self.rate)
 
 
 class ReplayFeed(RunFeed):

@@ -10,8 +10,8 @@ from textual.widgets import Static
 
 from ftwatch.runlog.events import CATEGORIES
 from ftwatch.views.dashboard import fmt
-from ftwatch.views.dashboard.feed import RunView
 from ftwatch.views.dashboard.palette import ACCENT, DANGER, DIM, GOOD, LOOKS, WATCH
+from ftwatch.views.dashboard.run_view import RunView
 from ftwatch.views.dashboard.widgets.phases import SHORT
 
 LEVELS = {"danger": ("▲ DANGER", DANGER), "watch": ("● WATCH", WATCH), "ok": ("✔ OK", GOOD)}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.style import Style
 from rich.text import Text
 
-from ftwatch.views.dashboard.feed import RunView
 from ftwatch.views.dashboard.palette import ACCENT, DIM, WATCH
+from ftwatch.views.dashboard.run_view import RunView
 
 #: The one line that gives a Trainer the breakdown, and its import.
 TRAINER_LINE = "callbacks=[FtwatchCallback()]"

@@ -12,8 +12,8 @@ from textual.widget import Widget
 
 from ftwatch.common.safe_text import safe
 from ftwatch.views.dashboard import fmt
-from ftwatch.views.dashboard.feed import ReplayInfo, RunView
 from ftwatch.views.dashboard.palette import ACCENT, DANGER, DIM, GOOD, WATCH
+from ftwatch.views.dashboard.run_view import ReplayInfo, RunView
 
 PHASE_LABELS = {
     "loading_model": "loading model",

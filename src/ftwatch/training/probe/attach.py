@@ -1,0 +1,126 @@
+"""The probe's attachment to the model and the optimizer: parameter accounting, the forward hooks
+that count activations (once per input shape, then every ``activations_every``-th forward) and the
+optimizer's step hooks.
+
+:class:`ModelAttachment` is a part of :class:`ftwatch.training.probe.probe.Probe`; its methods use
+the state ``Probe.__init__`` sets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from ftwatch.training.probe import accounting
+from ftwatch.training.probe.guarded import guarded
+
+
+class ModelAttachment:
+    """The model and optimizer hooks (a part of :class:`~ftwatch.training.probe.probe.Probe`)."""
+
+    @guarded("model accounting")
+    def attach_model(self, model: torch.nn.Module, emit_model_event: bool = True, base_only: bool = False) -> None:
+        """Measure a model's weights/adapters and count activations in each of its forwards.
+
+        ``base_only``: the model was just loaded and has no adapters yet, so every parameter is
+        counted as a frozen base weight (a fresh ``from_pretrained`` model requires grad everywhere).
+        """
+        self.remove_hooks()
+        self.model = model
+        self._base_only = base_only
+        self._activations_by_shape.clear()
+        self.refresh_model()
+        if self.track_activations:
+            self._hooks.append(model.register_forward_pre_hook(self._forward_pre, with_kwargs=True))
+            self._hooks.append(model.register_forward_hook(self._forward_post))
+        if emit_model_event:
+            total, trainable = accounting.parameter_counts(model)
+            dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+            targets = getattr(getattr(model, "peft_config", {}).get("default", None), "target_modules", None)
+            self.writer.emit("model", params_total=total, params_trainable=trainable, dtype=dtypes,
+                             lora_targets=sorted(targets) if targets else None)
+
+    @guarded("model accounting")
+    def refresh_model(self) -> None:
+        """Re-measure parameters (after the model moved to another device, for example)."""
+        if self.model is None:
+            return
+        self._model_bytes = accounting.model_bytes(self.model, base_only=self._base_only)
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.meter.exclude(self.model.parameters())
+
+    @guarded("optimizer accounting")
+    def attach_optimizer(self, optimizer: Any, hooks: bool = True) -> None:
+        """Measure gradients before and state after each ``optimizer.step()`` (hand-written loops).
+
+        The Trainer callback passes ``hooks=False`` and calls the two measurements itself.
+        """
+        self.optimizer = accounting.unwrap_optimizer(optimizer)
+        if hooks:
+            self._hooks.append(self.optimizer.register_step_pre_hook(lambda *_: self.before_optimizer_step()))
+            self._hooks.append(self.optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()))
+
+    def remove_hooks(self) -> None:
+        """Detach every hook this probe installed (never raises; an active measurement is ended)."""
+        self._abort_forward()
+        hooks, self._hooks = self._hooks, []
+        for handle in hooks:
+            with contextlib.suppress(Exception):
+                handle.remove()
+
+    def _abort_forward(self) -> None:
+        """End a forward's measurement without a figure: the saved-tensors hooks are popped, nothing
+        stays referenced (after a failure inside the forward hooks, or at the end)."""
+        self._in_forward = False
+        with contextlib.suppress(Exception):
+            self.meter.abort()
+
+    def _forward_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if "activations" in self.guard.off:
+            return
+        try:
+            self._measure_forward_pre(args, kwargs)
+        except Exception as exc:
+            self._abort_forward()
+            self.guard.record("activations", exc, disable=True)
+
+    def _measure_forward_pre(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not torch.is_grad_enabled():
+            return
+        self._in_forward = True
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        key = None
+        if isinstance(ids, torch.Tensor) and ids.dim() >= 2:
+            self._tokens += ids.shape[0] * ids.shape[1]
+            self._seq_len = max(self._seq_len, int(ids.shape[1]))
+            key = tuple(ids.shape)
+        self._forward_key = key
+        cached = self._activations_by_shape.get(key)
+        if cached is None or self._forwards_since_measured + 1 >= self.activations_every:
+            self.meter.start()
+        else:  # the same input shape as a measured forward: that measurement stands for this one
+            self._forwards_since_measured += 1
+            self.meter.step_peak = max(self.meter.step_peak, cached)
+            self._activations_carried = True
+
+    def _forward_post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
+        if not self._in_forward:
+            return
+        try:
+            self._measure_forward_post(output)
+        except Exception as exc:
+            self._abort_forward()
+            self.guard.record("activations", exc, disable=True)
+
+    def _measure_forward_post(self, output: Any) -> None:
+        self._in_forward = False
+        if self.meter.active:
+            self._activations_by_shape[self._forward_key] = self.meter.stop()
+            self._forwards_since_measured = 0
+        loss = getattr(output, "loss", None)
+        if loss is None and isinstance(output, dict):
+            loss = output.get("loss")
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self._losses.append(loss.detach())

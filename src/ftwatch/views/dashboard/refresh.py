@@ -1,0 +1,160 @@
+"""The dashboard's refresh: the render timer (:meth:`DashboardRefresh._tick`) takes a
+:class:`~ftwatch.views.dashboard.run_view.RunView` from the feed when its version moved, and
+:meth:`DashboardRefresh.render_view` draws it on every widget (the timeline at its own, slower
+cadence). A drawing bug is reported once and never takes the dashboard (or the run) down.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
+from textual.widget import Widget
+
+from ftwatch.views.dashboard.breakdown import Breakdown, compute_breakdown
+from ftwatch.views.dashboard.layout import TALL_FROM, WIDE_FROM, DashboardLayout
+from ftwatch.views.dashboard.run_view import RunView
+from ftwatch.views.dashboard.titles import alerts_title, memory_title, rank_suffix
+from ftwatch.views.dashboard.widgets.alerts import alerts_text
+from ftwatch.views.dashboard.widgets.outside import outside_notice
+from ftwatch.views.dashboard.widgets.phases import phase_cells
+from ftwatch.views.dashboard.widgets.ranks import ranks_title
+from ftwatch.views.dashboard.widgets.status import status_lines
+from ftwatch.views.dashboard.widgets.timeline import build_series, legend_text
+
+if TYPE_CHECKING:
+    from ftwatch.runlog.sources import WorkerHandle
+
+
+class DashboardRefresh(DashboardLayout):
+    """Draws what the feed has on the layout's widgets, at most ``render_hz`` times a second."""
+
+    # Set by the app's constructor (FtwatchApp.__init__), or its properties.
+    handle: WorkerHandle | None
+    run_title: str | None
+    plot_interval: float
+    paused: bool
+    quit_when_stopped: bool
+    renders: int
+    view: RunView | None
+    breakdown: Breakdown
+    render_error: Exception | None
+    _plot_focus: int | None
+    _ranks_focus: int | None
+    _plot_after: int | None
+    _last_render: float
+    _last_plot: float
+    _plot_version: int
+    _ended_shown: bool
+    _live_shown: bool | None
+    mono: bool
+    live: bool
+
+    # -- rendering ---------------------------------------------------------------------------
+    def _tick(self) -> None:
+        """The render timer: redraw what changed, at most ``render_hz`` times a second."""
+        if self.quit_when_stopped and (self.feed.ended or self.feed.worker_alive is False):
+            self.exit("stopped")
+            return
+        if self.paused:
+            return
+        now = time.monotonic()
+        version = self.feed.version
+        if version == self._shown_version and now - self._last_render < 1.0:
+            return
+        try:
+            self.render_view(self.feed.view(), now)
+        except Exception as exc:  # a drawing bug must not take the dashboard (or the run) down
+            if self.render_error is None:
+                self.notify(f"display error: {type(exc).__name__}: {exc}", severity="error", timeout=10)
+            self.render_error = exc
+
+    def render_view(self, view: RunView, now: float | None = None) -> None:
+        """Draw ``view`` on every widget (each widget skips the redraw when its content is the same)."""
+        now = time.monotonic() if now is None else now
+        self.view = view
+        self._shown_version = view.version
+        self._last_render = now
+        self.renders += 1
+        if self.live != self._live_shown:  # stop/detach come and go with the worker
+            self._live_shown = self.live
+            self.refresh_bindings()
+        tall = self.size.height >= TALL_FROM
+        width = self.size.width
+        self.w_status.show(status_lines(view, max(width - 2, 20), paused=self.paused,
+                                                     live=self.handle is not None, title=self.run_title,
+                                                     now=now, mono=self.mono))
+        if view.ranks is not None:
+            self._show_ranks(view, compact=not (tall and width >= WIDE_FROM))
+        bd = compute_breakdown(view)
+        self.breakdown = bd
+        self.w_bar.show(bd, rows=2 if tall else 1, mono=self.mono)
+        memory = self.w_memory
+        memory.set_class(bd.needs_zoom, "-zoom")
+        if bd.needs_zoom:
+            self.w_zoom.show(bd, mono=self.mono)
+        self.w_legend.show(bd, view.peaks, mono=self.mono, max_rows=4 if tall else 3)
+        _set_title(memory, escape(memory_title(view, bd)))
+        status = view.exit.get("status") if view.exit else None
+        self._show_outside(view)
+        self.w_phases.show(
+            phase_cells(view.phases, view.phase, status, view.capacity, view.timeline[-1].t if view.timeline else None),
+            rows=3 if tall else 2)
+        alerts_box = self.w_alerts_box
+        _set_title(alerts_box, alerts_title(view))
+        self.w_alerts.show(alerts_text(view))
+        self.w_log.show(view.log_lines, view.log_version, view.log_exists)
+        plot_due = now - self._last_plot >= self.plot_interval
+        if self._plot_after is not None and view.version > self._plot_after:  # a replay key: at once
+            plot_due, self._plot_after = True, None
+        ended_now = view.ended and not self._ended_shown
+        focus = view.ranks.focus if view.ranks is not None else None
+        if (plot_due and view.version != self._plot_version) or ended_now or self._plot_width != width \
+                or focus != self._plot_focus:
+            self._draw_timeline(view, bd, width)
+            self._last_plot = now
+            self._plot_version = view.version
+            self._plot_width = width
+            self._ended_shown = view.ended
+            self._plot_focus = focus
+
+    def _show_ranks(self, view: RunView, compact: bool) -> None:
+        """A multi-process run: the rank rows, and the focused rank named in the panel titles."""
+        ranks = view.ranks
+        assert ranks is not None
+        self.w_ranks.show(ranks, mono=self.mono, compact=compact)
+        _set_title(self.w_ranks_box, escape(ranks_title(ranks)))
+        suffix = rank_suffix(view)
+        _set_title(self.w_phase_box, ("Not instrumented" if view.external else "Phases") + suffix)
+        _set_title(self.w_timeline_box, "Timeline" + suffix)
+        if ranks.focus != self._ranks_focus:
+            self._ranks_focus = ranks.focus
+            index = next((i for i, row in enumerate(ranks.rows) if row.rank == ranks.focus), 0)
+            self.call_after_refresh(self.w_ranks_box.keep_visible, index)
+
+    def _show_outside(self, view: RunView) -> None:
+        """A process watched from outside: the phase strip gives way to the no-breakdown notice."""
+        external = view.external
+        if external == self.main_screen.has_class("-external"):
+            return
+        self.main_screen.set_class(external, "-external")
+        _set_title(self.w_phase_box, "Not instrumented" if external else "Phases")
+        self.w_notice.update(outside_notice(view) if external else "")
+
+    def _draw_timeline(self, view: RunView, bd: Breakdown, width: int) -> None:
+        plot = self.w_plot
+        plot_width = plot.content_size.width or width
+        series = build_series(view.timeline, view.phases, view.capacity, bd.threshold, view.is_cuda, plot_width,
+                              t0=view.header.get("t"), limit_label=bd.threshold_label, tensors=not view.external)
+        legend = legend_text(series, view.capacity, self.mono)
+        if legend != getattr(self, "_plot_legend", None):
+            self._plot_legend = legend
+            self.w_plot_legend.update(legend, layout=False)  # one line, always
+        plot.show(series, mono=self.mono)
+
+
+def _set_title(widget: Widget, title: str) -> None:
+    """Set a border title only when it changes (setting it repaints the whole panel)."""
+    if widget.border_title != title:
+        widget.border_title = title
