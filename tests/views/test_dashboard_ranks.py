@@ -18,6 +18,7 @@ from test_dashboard_app import (  # noqa: F401 - the fixture applies here too
     BIG,
     SMALL,
     FakeHandle,
+    eventually,
     make_app,
     no_drawing_errors,
     region_text,
@@ -184,7 +185,7 @@ async def test_help_and_footer_list_the_rank_keys() -> None:
     app = make_app(FIXTURES / "ddp-finished", None)
     async with app.run_test(size=SMALL) as pilot:
         await wait_settled(pilot)
-        assert "[ ] Rank" in screen_text(app).splitlines()[-1]
+        await wait_for(pilot, lambda: "[ ] Rank" in screen_text(app).splitlines()[-1])
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = screen_text(app)
@@ -228,17 +229,24 @@ async def test_rows_follow_the_rank_logs_as_they_grow(tmp_path: Path) -> None:
     async with app.run_test(size=BIG) as pilot:
         first = {r: expected_row(full[r][:halves[r]]) for r in (0, 1)}
         await wait_for(pilot, lambda: all(first[r]["step"] in ranks_rows(app).get(r, "") for r in (0, 1)))
-        text = screen_text(app)
-        assert "LIVE" in text.splitlines()[0] and "ftwatch worker [rank 1]: training" in text
-        assert all(" ok" in ranks_rows(app)[r] for r in (0, 1))
-        assert "Detach" in text.splitlines()[-1]
+
+        def live_screen() -> None:
+            text = screen_text(app)
+            assert "LIVE" in text.splitlines()[0] and "ftwatch worker [rank 1]: training" in text
+            assert all(" ok" in ranks_rows(app)[r] for r in (0, 1))
+            assert "Detach" in text.splitlines()[-1]
+
+        await eventually(pilot, live_screen)
         stage_ranks(run, {r: lines[halves[r]:] for r, lines in full.items()})
         await wait_for(pilot, lambda: "FINISHED" in screen_text(app).splitlines()[0])
-        await pilot.pause(0.3)
-        rows = ranks_rows(app)
-        for r in (0, 1):
-            assert expected_row(full[r])["step"] in rows[r] and "finished" in rows[r]
-        assert "Detach" not in screen_text(app).splitlines()[-1]  # nothing left to detach from
+
+        def finished_screen() -> None:
+            rows = ranks_rows(app)
+            for r in (0, 1):
+                assert expected_row(full[r])["step"] in rows[r] and "finished" in rows[r]
+            assert "Detach" not in screen_text(app).splitlines()[-1]  # nothing left to detach from
+
+        await eventually(pilot, finished_screen)
         await pilot.press("q")
     assert app.return_value == "quit"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shlex
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO
 
 pytestmark = [
     pytest.mark.slow,
@@ -23,11 +24,16 @@ pytestmark = [
 ]
 
 
+#: Numbers the tmux servers of this test process.
+_SOCKETS = itertools.count()
+
+
 class Tmux:
     """One detached tmux session on a private server socket."""
 
     def __init__(self, name: str, width: int = 80, height: int = 24) -> None:
-        self.socket = f"ftwatch-test-{os.getpid()}-{name}"
+        # a server of its own per session: a killed server of the same name may still be going away
+        self.socket = f"ftwatch-test-{os.getpid()}-{name}-{next(_SOCKETS)}"
         self.name = name
         self.width, self.height = width, height
 
@@ -36,9 +42,9 @@ class Tmux:
                               timeout=30)
 
     def start(self, command: str) -> None:
+        # one tmux command list: the pane stays on exit even when the command ends at once
         self.run("new-session", "-d", "-x", str(self.width), "-y", str(self.height), "-s", self.name,
-                 "-e", "TERM=xterm-256color", command)
-        self.run("set-option", "-t", self.name, "remain-on-exit", "on")
+                 "-e", "TERM=xterm-256color", command, ";", "set-option", "-t", self.name, "remain-on-exit", "on")
 
     def screen(self) -> str:
         result = self.run("capture-pane", "-p", "-t", self.name, check=False)
