@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ftwatch.training.probe import accounting
-from ftwatch.training.probe.guarded import guarded
+from ftwatch.training.probe.guard import guarded
 
 
 class ModelAttachment:

@@ -50,8 +50,7 @@ from ftwatch.runlog.paths import distributed_rank, new_run_dir, rank_dir, shared
 from ftwatch.training.probe import accounting
 from ftwatch.training.probe.attach import ModelAttachment
 from ftwatch.training.probe.devices import DeviceSampler, NvmlReader
-from ftwatch.training.probe.guard import Guard, say
-from ftwatch.training.probe.guarded import guarded
+from ftwatch.training.probe.guard import Guard, guarded, say
 from ftwatch.training.probe.run_setup import RunSetup, UnrecordedWriter
 from ftwatch.training.probe.snapshots import StepSnapshots
 from ftwatch.training.probe.stop import SigintStop

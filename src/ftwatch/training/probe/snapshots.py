@@ -13,7 +13,7 @@ import torch
 
 from ftwatch.runlog.categories import derive_device_categories
 from ftwatch.training.probe import accounting
-from ftwatch.training.probe.guarded import guarded
+from ftwatch.training.probe.guard import guarded
 
 
 class StepSnapshots:
