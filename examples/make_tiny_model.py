@@ -1,9 +1,11 @@
 """Generate the bundled tiny Llama model (config, safetensors weights, tokenizer).
 
 Run from anywhere: ``python examples/make_tiny_model.py``. The output is deterministic and is
-committed under ``examples/tiny-llama/`` so tests and the example need no model hub. The tokenizer
-is a byte-level BPE trained on the example data set; the weights are random (seeded): the model
-exists to exercise the real ``from_pretrained`` -> peft -> Trainer path, not to be good.
+committed under ``src/ftwatch/bundled_example/tiny-llama/``, package data that ``ftwatch example``
+writes out for pip users (``examples/tiny-llama`` links to it), so tests and the example need no
+model hub. The tokenizer is a byte-level BPE trained on the example data set; the weights are
+random (seeded): the model exists to exercise the real ``from_pretrained`` -> peft -> Trainer
+path, not to be good.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "tiny-llama"
-DATA = HERE / "data" / "field-notes.jsonl"
+BUNDLED = HERE.parent / "src" / "ftwatch" / "bundled_example"
+OUT = BUNDLED / "tiny-llama"
+DATA = BUNDLED / "data" / "field-notes.jsonl"
 
 VOCAB_SIZE = 512
 CONFIG = dict(
@@ -48,7 +51,7 @@ def build_tokenizer():
 
 
 def main() -> None:
-    """Write ``examples/tiny-llama``."""
+    """Write ``src/ftwatch/bundled_example/tiny-llama``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

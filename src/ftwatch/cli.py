@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "ls": "ls",
     "estimate": "estimate",
     "explain": "explain",
+    "example": "example",
 }
 
 #: A value that starts with a dash and then a digit or a point (``-5GiB``, ``-0.5``, ``-3``) is an

@@ -45,6 +45,11 @@ LOW_BIT_OPTIMIZERS = ("8bit", "4bit", "adafactor", "lomo", "sgd")
 CACHE_SHARE = 0.05
 CACHE_MIN_BYTES = 256 * 1024**2
 
+#: Changes to the base weights: priced on an estimate, they save on the full model, which can be more
+#: than a run that died while loading held (98.5 GiB with 77.5 GiB held): :func:`of_full_model` says so.
+WEIGHT_KINDS = ("dtype", "load_in_4bit", "load_in_8bit")
+FULL_MODEL = "the saving is of the full model"
+
 #: Savings below this share of the largest saving are noise (a paged optimizer on a tiny adapter): not shown.
 MIN_SAVING_SHARE = 0.001
 
@@ -77,6 +82,16 @@ class Suggestion:
         """``{change, config, saves_bytes, fits_after, fails_at_after}``."""
         return {"change": self.change, "config": self.config, "saves_bytes": int(self.saves_bytes),
                 "fits_after": self.fits_after, "fails_at_after": self.fails_at_after}
+
+
+def of_full_model(change: str, *, joined: bool = False) -> str:
+    """``change`` saying its saving is of the full model: in its closing parenthesis, in one of its
+    own, or after ``; `` when ``joined`` (a combination's ``together: a; b``)."""
+    if joined:
+        return f"{change}; {FULL_MODEL}"
+    if change.endswith(")"):
+        return f"{change[:-1]}; {FULL_MODEL})"
+    return f"{change} ({FULL_MODEL})"
 
 
 def _render(setting: Setting) -> str:
@@ -233,7 +248,10 @@ def suggest(before: Estimate) -> list[Suggestion]:
 
     def price(candidate: _Candidate) -> Suggestion:
         after = estimate_inputs(candidate.inputs, capacity)
-        return _suggestion(candidate, before.total - after.total, after.verdict, after.fails_at, before.verdict)
+        priced = _suggestion(candidate, before.total - after.total, after.verdict, after.fails_at, before.verdict)
+        if candidate.kind in WEIGHT_KINDS:
+            priced.change = of_full_model(priced.change)
+        return priced
 
     # Batch and sequence length never shrink the weights: when loading fails, only their strongest
     # option is worth pricing.
@@ -282,6 +300,8 @@ def combine(before: Estimate) -> Suggestion | None:
         if after.verdict != "does_not_fit":
             settings = tuple(setting for c in steps for setting in c.settings)
             change = "together: " + "; ".join(c.change for c in steps)
+            if any(c.kind in WEIGHT_KINDS for c in steps):
+                change = of_full_model(change, joined=True)
             return Suggestion(kind="combined", change=change, settings=settings,
                               saves_bytes=int(before.total - after.total), fits_after=True,
                               fails_at_after=None, resolves=True)

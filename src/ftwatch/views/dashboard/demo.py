@@ -102,7 +102,7 @@ def synthetic_events(scenario: Scenario = "cuda", *, steps: int = 60, ending: En
              model=model, device=device, budget=None, sample_hz=hz, max_steps=steps, rank=0, world_size=1)
     if cpu:
         sim.emit("note", code="no_gpu", message="no CUDA device visible to torch: tensor accounting only, "
-                                                  "drawn against the RAM")
+                                                  "within the process's RSS, against the RAM")
     sim.sample()
 
     # -- loading ---------------------------------------------------------------------------
@@ -112,9 +112,9 @@ def synthetic_events(scenario: Scenario = "cuda", *, steps: int = 60, ending: En
         sim.emit("warning", code="load_will_not_fit", level="danger", step=None, category="weights",
                  message="the bf16 weights need about 131.4 GiB; the device has 79.6 GiB",
                  suggestions=[
-                     {"change": "load the base model in 4-bit (QLoRA)", "config": "[model] load_in_4bit = true",
+                     {"change": "load the base model in 4-bit (QLoRA; the saving is of the full model)", "config": "[model] load_in_4bit = true",
                       "saves_bytes": int(98.5 * GiB)},
-                     {"change": "load it in 8-bit", "config": "[model] load_in_8bit = true",
+                     {"change": "load it in 8-bit (the saving is of the full model)", "config": "[model] load_in_8bit = true",
                       "saves_bytes": int(65.7 * GiB)}])
         limit = H100_TOTAL - CONTEXT - OTHER_PROCS - 300 * MiB
 
@@ -137,7 +137,7 @@ def synthetic_events(scenario: Scenario = "cuda", *, steps: int = 60, ending: En
                  oom={"phase": "loading_model", "message": message, "requested_bytes": 448 * MiB,
                       "last_categories": last},
                  suggestions=[
-                     {"change": "load the base model in 4-bit (QLoRA)", "config": "[model] load_in_4bit = true",
+                     {"change": "load the base model in 4-bit (QLoRA; the saving is of the full model)", "config": "[model] load_in_4bit = true",
                       "saves_bytes": int(98.5 * GiB)},
                      {"change": "use a card with more memory, or shard the model over two",
                       "config": "[model] device_map = \"auto\"", "saves_bytes": None}])

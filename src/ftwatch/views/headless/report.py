@@ -159,7 +159,7 @@ def ranks_summary_text(run: RankedRun, stats: Any = None) -> str:
         s = state.summary() if state.exit else {**state.summary(), "status": "running"}
         peaks = s["peak_bytes"]
         tensors = sum(v for k, v in peaks.items() if k in TENSOR_CATEGORIES)
-        process = peaks.get("total") or s.get("peak_rss_bytes")
+        process = process_peak(state)
         index = state.device.get("index")
         device = f"{state.device.get('type')}:{index}" if index is not None else str(state.device.get("type"))
         why = f"  {state.exit.get('error_type')}" if state.exit and state.exit.get("error_type") else ""
@@ -169,6 +169,17 @@ def ranks_summary_text(run: RankedRun, stats: Any = None) -> str:
         lines.append(f"  {rank:<5}{'no log':<10}")
     lines.append(f"rank {worst}:")
     return "\n".join(lines) + "\n" + summary_text(run.ranks[worst], stats)
+
+
+def process_peak(state: RunState) -> int | None:
+    """The most memory the process held: on CUDA its device memory (tensors, the allocator's cache,
+    the CUDA context: the breakdown's total); elsewhere its RSS, which the tensors are a part of.
+    ``None`` when unknown (no sample on a CPU run): the tensor total is not the process's memory."""
+    if state.is_cuda:
+        return state.peak_total or None
+    if not state.peak_rss:
+        return None
+    return max(state.peak_rss, state.peak_total)
 
 
 def _count(n: int | None) -> str:
