@@ -99,7 +99,7 @@ def test_two_ranks_each_measure_their_own_replica(tiny_config, tmp_path):
     launch = json.loads((run_dir / "launch.json").read_text())
     assert launch["world_size"] == 2 and launch["ranks"] == [0, 1] and launch["launcher"] == "torchrun"
     for rank in (0, 1):
-        header = rank_events(tmp_path / "runs", rank)[0]
+        header = next(e for e in rank_events(tmp_path / "runs", rank) if e["kind"] == "header")
         assert (header["rank"], header["local_rank"], header["world_size"]) == (rank, rank, 2)
 
     # each rank's loss is on the Trainer's scale: their mean is what the Trainer logs (every step here)
@@ -145,6 +145,48 @@ def test_a_stop_asked_of_one_rank_stops_every_rank_after_the_same_step(tiny_conf
         assert events[-1]["kind"] == "exit" and events[-1]["by"] == "worker" and events[-1]["step"] == last_step
         ends.append(last_step)
     assert ends[0] == ends[1]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    log = run_dir / "worker.log"  # torchrun's last words come after the ranks' exits
+    wait_for(lambda: "ftwatch torchrun:" in log.read_text() or "Traceback" in log.read_text(), timeout=120)
+    assert "Traceback" not in log.read_text() and "ChildFailedError" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_a_stop_asked_by_ftwatch_ends_without_torchruns_traceback(tiny_config, tmp_path):
+    """``k`` (and a headless Ctrl-C) signal the launcher through the worker handle: the ranks stop
+    after the same step, and worker.log ends with one line, not torchrun's SignalException trace."""
+    import psutil
+
+    from ftwatch.runlog.ranks import read_launch
+    from ftwatch.runlog.sources import WorkerHandle
+
+    config = tiny_config(launch=LAUNCH, training={"max_steps": 100000})
+    viewer = subprocess.Popen([sys.executable, "-m", "ftwatch", "run", str(config), "--headless", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        wait_for(lambda: reached_step(tmp_path / "runs", 1, 3), timeout=240)
+        (run_dir,) = (tmp_path / "runs").iterdir()
+        launcher = int(read_launch(run_dir)["launcher_pid"])
+        WorkerHandle(launcher, run_dir, group=True).request_stop()  # what the dashboard's k does
+        out, err = viewer.communicate(timeout=240)
+    finally:
+        if viewer.poll() is None:
+            viewer.kill()
+    assert viewer.returncode == 130, err[-3000:]
+    assert [r["status"] for r in json.loads(out)["ranks"]] == ["stopped", "stopped"]
+    ends = {max(e["step"] for e in rank_events(tmp_path / "runs", rank) if e["kind"] == "snapshot" and e.get("step"))
+            for rank in (0, 1)}
+    assert len(ends) == 1  # the stop agreement: both after the same step
+
+    def launcher_gone() -> bool:
+        try:
+            return psutil.Process(launcher).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(launcher_gone, timeout=120)  # it writes its last words after the ranks' exits
+    log = (run_dir / "worker.log").read_text()
+    assert "Traceback" not in log and "SignalException" not in log, log[-3000:]
+    assert log.rstrip().endswith("ftwatch torchrun: SIGINT: the ranks were asked to stop and have ended"), log[-2000:]
 
 
 def test_a_killed_rank_is_shown_dead_and_blamed(tiny_config, tmp_path):

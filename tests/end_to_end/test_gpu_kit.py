@@ -143,7 +143,7 @@ def test_fixtures_tarball_holds_readings_and_a_replayable_run_log(dry):
     for reading in readings["readings"]:  # the fixture holds all NvmlReader needs: replayed, it reads the same
         replayed = NvmlReader(0, pid=reading["pid"], nvml=ReplayNvml(reading)).read()
         assert replayed == reading["ftwatch_nvml_reader"]
-    assert events[0]["kind"] == "header" and events[-1]["kind"] == "exit"
+    assert [e["kind"] for e in events[:2]] == ["note", "header"] and events[-1]["kind"] == "exit"  # the starting note
     assert events[-1]["status"] == "finished"
     with tarfile.open(dry.out / "run-logs.tar.gz") as tar:
         logs = tar.getnames()

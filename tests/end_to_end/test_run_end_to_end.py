@@ -123,7 +123,7 @@ def test_sigkill_mid_training_leaves_a_readable_log_reported_failed(tiny_config,
     assert summary["status"] == "failed"
     assert "SIGKILL" in summary["error"]
     events = _events(tmp_path / "runs")
-    assert events[0]["kind"] == "header"
+    assert [e["kind"] for e in events[:2]] == ["note", "header"] and events[0]["code"] == "starting"
     assert events[-1]["kind"] == "exit" and events[-1]["by"] == "monitor"
     replay = run_cli("replay", str(next((tmp_path / "runs").iterdir())), "--json")
     assert replay.returncode == 0

@@ -495,7 +495,7 @@ def test_scraped_figures_match_the_runs_summary_and_log(tiny_config: Any, tmp_pa
     assert value(final, "ftwatch_steps_per_second", **base) == pytest.approx((s1 - s0) / (t1 - t0), rel=1e-12)
     assert value(final, "ftwatch_last_event_timestamp_seconds", **base) == events[-1]["t"]
     assert value(final, "ftwatch_start_timestamp_seconds", **base) == events[0]["t"]
-    assert labels_of(final, "ftwatch_run_info")["run_id"] == events[0]["run_id"]
+    assert labels_of(final, "ftwatch_run_info")["run_id"] == next(e for e in events if e["kind"] == "header")["run_id"]
     assert value(final, "ftwatch_risk_level", **base) == 0
     assert len(summary["warnings"]) == sum(v for (n, _), v in final.items() if n == "ftwatch_warnings_total")
 

@@ -43,10 +43,14 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     try:
-        capacity, source, on_gpu = resolve_capacity(cfg, args.gpu_memory)
+        if args.gpu_memory is not None:  # a bad size is told first: it costs nothing to check
+            resolve_capacity(cfg, args.gpu_memory)
     except ValueError as exc:
         raise UsageError(f"--gpu-memory: {exc}") from None
-    notes = check_config(cfg, "estimate")  # the validation `ftwatch run` makes, word for word
+    # the validation `ftwatch run` makes, word for word (a typo'd key: the same "did you mean" line),
+    # before the GPU is asked and before the estimate's trace
+    notes = check_config(cfg, "estimate")
+    capacity, source, on_gpu = resolve_capacity(cfg, args.gpu_memory)
 
     from ftwatch.analysis.advice import estimate_and_advise
 

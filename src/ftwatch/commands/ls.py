@@ -34,8 +34,13 @@ def peek(log_path: os.PathLike[str] | str) -> RunState:
     decoder = EventDecoder()
     try:
         with open(log_path, encoding="utf-8", errors="replace") as handle:
-            first = handle.readline()
-            state.apply_all(decoder.feed(first if first.endswith("\n") else first + "\n"))
+            first = ""
+            for _ in range(4):  # the header: the first line, or after the worker's ``starting`` note
+                line = handle.readline()
+                first += line
+                state.apply_all(decoder.feed(line if line.endswith("\n") else line + "\n"))
+                if state.header or not line:
+                    break
             size = os.fstat(handle.fileno()).st_size
             start = max(handle.tell(), size - TAIL_BYTES)
             handle.seek(start)

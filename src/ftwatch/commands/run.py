@@ -63,7 +63,7 @@ WORKER_LOG = "worker.log"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ftwatch run``."""
-    parser.add_argument("config", help="the run's TOML config (see examples/tiny-lora.toml)")
+    parser.add_argument("config", help="the run's TOML config (`ftwatch example` writes one to start from)")
     parser.add_argument("--headless", action="store_true", help="print progress lines instead of the dashboard")
     parser.add_argument("--json", action="store_true",
                         help="print the run summary as one JSON object on stdout (progress goes to stderr)")
@@ -96,14 +96,41 @@ def validate(cfg: Config) -> Prestarted:
     if needs:
         raise ConfigError(cfg.path, needs[0])
     early = Prestarted(cfg.path)
+    shown = _say_checking(sys.stderr)
     try:
         refused = early.verdict()
     except BaseException:
         early.cancel()
         raise
+    finally:
+        if shown:  # the line goes: the dashboard, the progress or the one error line take its place
+            _write_quietly(sys.stderr, "\r\x1b[K")
     if refused is not None:
         raise ConfigError(None, refused)
     return early
+
+
+#: Said on a terminal while the checks' process imports the libraries (seconds; nothing else shows yet).
+CHECKING = "ftwatch run: checking the config with transformers and peft…"
+
+
+def _say_checking(stream: Any) -> bool:
+    """On a terminal, say what the first seconds are for; whether it was said (to take it back)."""
+    try:
+        if not stream.isatty():
+            return False
+    except (AttributeError, ValueError, OSError):
+        return False
+    return _write_quietly(stream, CHECKING)
+
+
+def _write_quietly(stream: Any, text: str) -> bool:
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _run(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None, early: Prestarted) -> int:
@@ -167,7 +194,8 @@ def start_worker(config_path: Path, run_dir: Path, strict: bool = False,
     """Start the training worker in its own session, its output going to ``worker.log``.
 
     ``torchrun``: the launcher's options; the worker then runs once per rank under
-    ``python -m torch.distributed.run`` and the handle is the launcher's (its process group).
+    ``python -m torch.distributed.run`` (through :mod:`ftwatch.training.torchrun`, which ends a stop
+    without a traceback) and the handle is the launcher's (its process group).
     ``early``: a process started ahead that passed the checks; it becomes the worker.
     """
     arguments = ["--config", str(config_path.resolve()), "--run-dir", str(run_dir.resolve()),
@@ -177,7 +205,7 @@ def start_worker(config_path: Path, run_dir: Path, strict: bool = False,
     else:
         log_fd = os.open(run_dir / WORKER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        launcher = ["-m", "torch.distributed.run", *torchrun] if torchrun is not None else []
+        launcher = ["-m", "ftwatch.training.torchrun", *torchrun] if torchrun is not None else []
         try:
             process = subprocess.Popen(
                 [sys.executable, *launcher, "-m", "ftwatch.training.worker", *arguments],

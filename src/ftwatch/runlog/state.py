@@ -159,6 +159,8 @@ class RunState:
 
     def _on_header(self, event: dict[str, Any], t: float) -> None:
         self.header = event
+        if self.notes:  # the worker's ``starting`` note said what the wait was for: it is over
+            self.notes = [n for n in self.notes if n.get("code") != "starting"]
 
     def _on_model(self, event: dict[str, Any], t: float) -> None:
         self.model = event

@@ -75,11 +75,28 @@ def training_kwargs(cfg: Config, output_dir: str, **forced: Any) -> dict[str, An
     """The keyword arguments of :func:`build_training_arguments`."""
     kwargs = dict(cfg.training)
     kwargs.update(forced)
+    _current_names(kwargs)
     kwargs.setdefault("output_dir", output_dir)
     kwargs.setdefault("report_to", "none")
     kwargs.setdefault("disable_tqdm", True)
     kwargs.setdefault("save_strategy", "no")
     return kwargs
+
+
+#: ``TrainingArguments`` fields transformers 5 renamed (the old names are deprecated aliases there,
+#: a FutureWarning each): a config may use either name, the worker passes the installed one.
+_RENAMED = (("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"))
+
+
+def _current_names(kwargs: dict[str, Any]) -> None:
+    """Rename, in place, the deprecated checkpointing fields the installed transformers renamed."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    for old, new in _RENAMED:
+        if old in kwargs and new in fields and new not in kwargs:
+            kwargs[new] = kwargs.pop(old)
 
 
 def _first_line(exc: BaseException) -> str:

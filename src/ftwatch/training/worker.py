@@ -22,6 +22,7 @@ stop request at each step boundary (one small all-reduce), so they all stop afte
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_output._LOG_PREFIX = f"ftwatch worker [rank {rank}]"
         run_dir = rank_dir(run_dir, rank)
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _say_starting(run_dir / EVENTS_FILE)
     try:
         cfg = load_config(args.config)
         validate_library_sections(cfg)
@@ -68,6 +70,31 @@ def main(argv: list[str] | None = None) -> int:
         writer.close()
         return EXIT_CONFIG
     return training.run()
+
+
+#: The code of the worker's first note, written before its heavy start-up (see docs/events.md).
+STARTING = "starting"
+
+
+def starting_stage() -> str:
+    """What the worker does before it can write the header: the imports (unless a process started
+    ahead made them: :mod:`ftwatch.training.prestart`), then the device and the probe."""
+    if all(name in sys.modules for name in ("torch", "transformers", "peft")):
+        return "worker starting: setting up the device and the probe"
+    return "worker starting: importing torch, transformers and peft"
+
+
+def _say_starting(path: Path) -> None:
+    """The run log's first event, before the heavy start-up: a ``starting`` note saying what the
+    viewer is waiting for (never raises: a log that cannot be written is the probe's to report)."""
+    from ftwatch.runlog.event_writer import EventWriter
+
+    try:
+        writer = EventWriter(path)
+    except OSError:
+        return
+    writer.emit("note", code=STARTING, message=starting_stage(), pid=os.getpid())
+    writer.close()
 
 
 def check_gpu_for_rank(local_rank: int, gpus: int, config_path: Path, nproc_per_node: int) -> None:
@@ -270,7 +297,7 @@ class Training:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
         elif checkpointing:
             model.enable_input_require_grads()
-        model = get_peft_model(model, build_lora_config(self.cfg))
+        model = _without_peft_alias_warning(model, lambda: get_peft_model(model, build_lora_config(self.cfg)))
         self.probe.attach_model(model)
         self.probe.snapshot()
         return model
@@ -291,6 +318,8 @@ class Training:
         overrides = {}
         if self.world_size > 1 and self.device == "cpu":  # DDP over gloo (else every rank would train alone)
             overrides["use_cpu"] = True
+        if self.device == "cpu" and "dataloader_pin_memory" not in self.cfg.training:
+            overrides["dataloader_pin_memory"] = False  # pinned pages only speed copies to an accelerator
         output_dir = self.run_dir.parent if self.world_size > 1 else self.run_dir
         args = build_training_arguments(self.cfg, output_dir=str(output_dir / "output"), **overrides)
         callback = FtwatchCallback(probe=self.probe, stop_requested=AgreedStop(self.stop))
@@ -313,6 +342,23 @@ class Training:
         finally:
             self.stop.in_training = False
             self.step = trainer.state.global_step
+
+
+#: transformers 5 renamed ``is_gradient_checkpointing`` (a FutureWarning on each read); peft reads the
+#: old name once in ``PeftModel.__init__`` (peft 0.21, ``peft_model.py``). ftwatch itself uses neither.
+_PEFT_ALIAS_WARNING = r"`is_gradient_checkpointing` is deprecated"
+
+
+def _without_peft_alias_warning(model: Any, wrap: Any) -> Any:
+    """``wrap()`` (peft's ``get_peft_model``) without the FutureWarning of peft's own read of the
+    deprecated alias, when the model has the new name; every other warning goes through."""
+    if not hasattr(type(model), "is_activation_checkpointing"):
+        return wrap()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_ALIAS_WARNING, category=FutureWarning)
+        return wrap()
 
 
 if __name__ == "__main__":

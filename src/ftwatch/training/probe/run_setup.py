@@ -94,8 +94,8 @@ class RunSetup:
             self.note(code, message)
         if self.device.type != "cuda":
             reason = "no CUDA device visible to torch" if not torch.cuda.is_available() else "training on the CPU"
-            self.note("no_gpu", f"{reason}: tensor accounting only, drawn against "
-                                f"{'the budget' if self.budget else 'the RAM'}")
+            self.note("no_gpu", f"{reason}: tensor accounting only, within the process's RSS, "
+                                f"against {'the budget' if self.budget else 'the RAM'}")
         if system is not None:
             try:
                 self._sampler = DeviceSampler(self.writer.emit, self.note, self.sample_hz,
