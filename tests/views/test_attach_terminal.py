@@ -120,7 +120,7 @@ def test_replay_in_a_terminal_steps_and_jumps(tmp_path: Path, private_state_dir:
     try:
         tmux.start(ftwatch_command(private_state_dir, "replay", str(run)))
         wait_until(lambda: "FINISHED" in tmux.screen() and "Back" in tmux.screen(), 60, "the end", tmux.screen)
-        for key, expected in (("Left", "step 60/60"), ("Left", "step 59/60"), ("Home", "step 0/60"),
+        for key, expected in (("Left", "step 59/60"), ("Left", "step 58/60"), ("Home", "step 0/60"),
                               ("Right", "step 1/60"), ("Right", "step 2/60")):
             tmux.keys(key)
             wait_until(lambda expected=expected: expected in tmux.screen() and "PAUSED" in tmux.screen(), 10,

@@ -181,10 +181,12 @@ def test_steps_back_and_forth_and_the_two_ends(tmp_path: Path) -> None:
     marks = step_marks(events)
     feed = drain(ReplayFeed(write_log(tmp_path / "events.jsonl", lines), "max", checkpoint_every=23))
     assert feed.at_end and feed.state.exit["status"] == "finished" and feed.position == len(events)
+    assert len(events) > marks[-1]  # the log goes on after the last step ends (phase end, exit)
+    press(feed, "step", -1)  # the end shows step 40: the first step back is the end of step 39
+    assert feed.position == marks[-2] and feed.state.step == 39 and feed.state.exit is None
+    assert facts(feed.state) == facts(fold(events[:marks[-2]]))
     press(feed, "step", -1)
-    assert feed.position == marks[-1] and feed.state.step == 40 and feed.state.exit is None
-    press(feed, "step", -1)
-    assert feed.position == marks[-2] and facts(feed.state) == facts(fold(events[:marks[-2]]))
+    assert feed.position == marks[-3] and feed.state.step == 38
     press(feed, "jump", "start")
     assert feed.position == 1 and feed.state.header["name"] == "llama8b-lora" and feed.state.samples == 0
     press(feed, "step", -1)
@@ -345,13 +347,16 @@ async def test_replay_keys_on_screen(tmp_path: Path) -> None:
     async with app.run_test(size=SMALL) as pilot:
         await wait_for(pilot, lambda: "FINISHED" in screen_text(app) and "Quit" in screen_text(app).splitlines()[-1])
         footer = screen_text(app).splitlines()[-1]
-        assert "Play/pause" in footer and "Back" in footer and "Step" in footer
+        assert "space Play " in footer and "Back" in footer and "Step" in footer  # at the end: play again
         assert "Detach" not in footer and "Stop" not in footer
-        await pilot.press("left", "left")
+        await pilot.press("left")  # the first step back from the end moves (60 -> 59)
         await wait_for(pilot, lambda: "step 59/60" in screen_text(app))
         rows = screen_text(app).splitlines()
         assert "PAUSED" in rows[0] and "space plays" in rows[1]
         assert "step 59" in rows[2]  # the bar shows that step's snapshot
+        assert "space Play " in rows[-1]
+        await pilot.press("left")
+        await wait_for(pilot, lambda: "step 58/60" in screen_text(app))
         await pilot.press("home")
         await wait_for(pilot, lambda: "step 0/60" in screen_text(app))
         await pilot.press("right")
@@ -360,8 +365,10 @@ async def test_replay_keys_on_screen(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: "FINISHED" in screen_text(app) and "end of the log" in screen_text(app))
         await pilot.press("space")
         await wait_for(pilot, lambda: "REPLAY" in screen_text(app) and "▶ 1×" in screen_text(app))
+        await wait_for(pilot, lambda: "space Pause " in screen_text(app).splitlines()[-1])  # while playing
         await pilot.press("space")
         await wait_for(pilot, lambda: "PAUSED" in screen_text(app))
+        await wait_for(pilot, lambda: "space Play " in screen_text(app).splitlines()[-1])
         await pilot.press("question_mark")
         assert "play / pause the replay" in screen_text(app)
         await pilot.press("escape")
@@ -445,3 +452,11 @@ def test_outside_breakdown_on_cuda_splits_the_card_without_inventing_categories(
         ("free", nvml["total"] - nvml["used"])]
     assert sum(p.bytes for p in bd.parts) == bd.scale == nvml["total"] and bd.source == "outside"
     assert bd.tensor_parts == [] and not bd.needs_zoom
+
+
+@pytest.mark.parametrize("rate, shown", [(1.64176, "1.6×"), (0.25, "0.25×"), (1.0, "1×"), (2.5, "2.5×"),
+                                         (30.0, "30×"), (3600.0, "3600×"), (10800.0, "10800×"), (None, "?×")])
+def test_the_replay_rate_is_shown_to_two_figures(rate, shown) -> None:
+    from ftwatch.views.dashboard.widgets.status import rate_text
+
+    assert rate_text(rate) == shown

@@ -130,7 +130,7 @@ def test_run_dashboard_at_80x24_then_quit_and_stop(tiny_config, tmp_path: Path) 
 
         tmux.keys("q")
         wait_until(lambda: "still running" in tmux.screen(), 10, "the quit question", tmux.screen)
-        tmux.keys("s")
+        tmux.keys("k")
         wait_until(lambda: "FTWATCH-EXIT=" in tmux.screen(), 90, "ftwatch to exit", tmux.screen)
         screen = tmux.screen()
         assert "FTWATCH-EXIT=130" in screen  # stopped
@@ -188,7 +188,7 @@ def test_two_rank_run_at_80x24_shows_every_rank_then_stops_them_all(tiny_config,
 
         tmux.keys("q")
         wait_until(lambda: "still running" in tmux.screen(), 10, "the quit question", tmux.screen)
-        tmux.keys("s")
+        tmux.keys("k")
         wait_until(lambda: "FTWATCH-EXIT=" in tmux.screen(), 120, "ftwatch to exit", tmux.screen)
         assert "FTWATCH-EXIT=130" in tmux.screen()
         wait_until(lambda: not any(alive(p) for p in [*pids, launcher]), 60, "every process to be gone", tmux.screen)

@@ -65,6 +65,8 @@ class FtwatchApp(DashboardKeys):
         self.render_interval = 1.0 / max(render_hz, 0.5)
         self.plot_interval = 1.0 / max(plot_hz, 0.1)
         self.paused = False
+        self.report_overflows = False  # the warnings panel has more than it shows (f gives it the room)
+        self._bindings_shown: tuple[object, ...] | None = None
         self.user_stopped = False
         self.quit_when_stopped = False
         self.renders = 0

@@ -6,8 +6,14 @@ Pure functions of a :class:`~ftwatch.views.dashboard.run_view.RunView`, so they 
 - CUDA, other phases: the latest device sample split with the last snapshot's tensor figures, so
   the bar grows while the weights load (before the first snapshot, what the allocator holds while
   ``loading_model`` runs is shown as ``weights``, marked as estimated).
-- CPU: the tensor categories plus the rest of the process's resident memory, against the budget
-  or the RAM; the tensors are also shown zoomed when they are too small to read.
+- CPU: the tensor categories plus the rest of the process's resident memory, drawn against the
+  process itself (its peak RSS), not the RAM: the tensors of a small model are a sliver of the RAM.
+  The RAM or the budget (``scale``) stays in the panel title and places the warning marker; the
+  tensors are also shown zoomed when they are too small to read.
+
+Every part that holds bytes gets at least one cell of a bar (:func:`layout_segments` with
+``min_cell``), so no category is dropped from a bar because it is small; its legend entry gives
+its true size and share.
 - After an out-of-memory exit: the breakdown recorded at the failure.
 """
 
@@ -42,7 +48,12 @@ class Part:
 
 @dataclass
 class Breakdown:
-    """Everything the memory panel draws."""
+    """Everything the memory panel draws.
+
+    ``scale`` is what the run is measured against (the device, the budget or the RAM: the title's
+    "of ...", the warning threshold); ``bar_scale``, when set, is what the bar is drawn against
+    instead (a CPU run: the process's own memory). ``peak_label`` names what ``peak`` measures.
+    """
 
     parts: list[Part] = field(default_factory=list)
     scale: int = 0
@@ -52,6 +63,14 @@ class Breakdown:
     threshold_label: str = ""
     source: str = "none"
     capacity_label: str = ""
+    bar_scale: int = 0
+    peak_label: str = "peak"
+    scale_note: str = ""
+
+    @property
+    def drawn_scale(self) -> int:
+        """The bytes the full width of the bar stands for."""
+        return self.bar_scale or self.scale
 
     @property
     def tensor_parts(self) -> list[Part]:
@@ -64,16 +83,23 @@ class Breakdown:
         return sum(p.bytes for p in self.tensor_parts)
 
     def share(self, nbytes: int | None) -> float | None:
-        """``nbytes`` as a fraction of the bar."""
+        """``nbytes`` as a fraction of ``scale`` (the device, the budget or the RAM)."""
         if nbytes is None or self.scale <= 0:
             return None
         return nbytes / self.scale
 
+    def bar_share(self, nbytes: int | None) -> float | None:
+        """``nbytes`` as a fraction of the bar (of the process's memory on a CPU run)."""
+        scale = self.drawn_scale
+        if nbytes is None or scale <= 0:
+            return None
+        return nbytes / scale
+
     @property
     def needs_zoom(self) -> bool:
         """True when the tensor categories are too small on the main bar to be read."""
-        total = self.tensor_total
-        return self.scale > 0 and total > 0 and total / self.scale < ZOOM_BELOW
+        total, scale = self.tensor_total, self.drawn_scale
+        return scale > 0 and total > 0 and total / scale < ZOOM_BELOW
 
 
 @dataclass(frozen=True)
@@ -86,24 +112,49 @@ class BarSegment:
     bytes: int
 
 
-def layout_segments(parts: list[tuple[str, int]], scale: int, width: int) -> list[BarSegment]:
+def layout_segments(parts: list[tuple[str, int]], scale: int, width: int,
+                    min_cell: bool = False) -> list[BarSegment]:
     """Lay parts out left to right on ``width`` cells, each boundary rounded half up.
 
     Boundary ``i`` sits at ``round_half_up(cumulative_bytes_i / scale * width)``, so the cells add
     up to exactly the share of the bar the parts fill, and a part smaller than half a cell may
-    get none (the legend still lists it). Parts beyond the scale are clipped at the bar's end.
+    get none. Parts beyond the scale are clipped at the bar's end.
+
+    With ``min_cell`` (what the bars draw), each part that holds bytes but got no cell then takes
+    one, in the bar's order, from the widest part (the first of equals) while that has more than
+    one, else from the empty rest of the bar; only a bar narrower than its parts leaves one out.
     """
-    out: list[BarSegment] = []
     if width <= 0 or scale <= 0:
-        return out
+        return []
+    cells: list[int] = []
     cumulative = 0
     previous = 0
-    for name, nbytes in parts:
+    for _, nbytes in parts:
         cumulative += max(int(nbytes), 0)
         end = min((2 * cumulative * width + scale) // (2 * scale), width)
-        out.append(BarSegment(name, previous, end - previous, int(nbytes)))
+        cells.append(end - previous)
         previous = end
+    if min_cell:
+        _give_minimum_cells(cells, [int(b) for _, b in parts], width)
+    out: list[BarSegment] = []
+    start = 0
+    for (name, nbytes), n in zip(parts, cells, strict=True):
+        out.append(BarSegment(name, start, n, int(nbytes)))
+        start += n
     return out
+
+
+def _give_minimum_cells(cells: list[int], sizes: list[int], width: int) -> None:
+    """One cell for each part with bytes and no cell: from the widest part, else from the track."""
+    for i, nbytes in enumerate(sizes):
+        if nbytes <= 0 or cells[i] > 0:
+            continue
+        widest = max(range(len(cells)), key=lambda j: (cells[j], -j))
+        if cells[widest] > 1:
+            cells[widest] -= 1
+            cells[i] = 1
+        elif sum(cells) < width:
+            cells[i] = 1
 
 
 def _tensor_figures(categories: dict[str, Any]) -> dict[str, int]:
@@ -146,21 +197,36 @@ def compute_breakdown(view: Any) -> Breakdown:
         out.scale = max(capacity or 0, total)
         out.capacity_label = f"GPU {device.get('index', 0)}"
     else:
-        tensors = _tensor_figures(last or snapshot.get("categories") or {})
-        parts = [Part(c, tensors[c]) for c in TENSOR_CATEGORIES if c in tensors]
-        tensor_total = sum(tensors.values())
-        rss = sample.get("rss")
-        if rss is not None:
-            parts.append(Part(PROCESS_REST, max(int(rss) - tensor_total, 0)))
-            out.used = max(int(rss), tensor_total)
-        elif parts:
-            out.used = tensor_total
-        out.parts = parts
-        out.source = "oom" if last else ("snapshot" if snapshot else ("live" if sample else "none"))
-        out.peak = max(view.peak_rss or 0, view.peak_total or 0) or None
-        out.scale = max(capacity or 0, out.used or 0)
-        out.capacity_label = "budget" if device.get("capacity_source") == "budget" else "RAM"
+        _cpu_breakdown(out, view, last)
     return _set_threshold(out, view)
+
+
+def _cpu_breakdown(out: Breakdown, view: Any, last: dict[str, Any] | None) -> None:
+    """A CPU run: the tensors and the rest of the process's RSS, on a bar as long as its peak RSS.
+
+    The peak is the samples' RSS (``peak RSS``), which is not the tensors' peak; before the first
+    sample there is no RSS, and the bar and its peak are the tensors' own (``tensor peak``).
+    """
+    snapshot = view.snapshot or {}
+    sample = view.sample or {}
+    tensors = _tensor_figures(last or snapshot.get("categories") or {})
+    parts = [Part(c, tensors[c]) for c in TENSOR_CATEGORIES if c in tensors]
+    tensor_total = sum(tensors.values())
+    rss = sample.get("rss")
+    if rss is not None:
+        parts.append(Part(PROCESS_REST, max(int(rss) - tensor_total, 0)))
+        out.used = max(int(rss), tensor_total)
+        out.peak, out.peak_label = view.peak_rss or None, "peak RSS"
+        out.scale_note = "bar: this process's RSS"
+    elif parts:
+        out.used = tensor_total
+        out.peak, out.peak_label = view.peak_total or None, "tensor peak"
+        out.scale_note = "bar: the tensors"
+    out.parts = parts
+    out.source = "oom" if last else ("snapshot" if snapshot else ("live" if sample else "none"))
+    out.scale = max(view.capacity or 0, out.used or 0)
+    out.bar_scale = max(out.used or 0, out.peak or 0)
+    out.capacity_label = "budget" if view.device.get("capacity_source") == "budget" else "RAM"
 
 
 def _set_threshold(out: Breakdown, view: Any) -> Breakdown:

@@ -20,6 +20,8 @@ from ftwatch.views.dashboard.worker_tail import WORKER_LOG
 
 #: The keys of a replay (hidden on a live run).
 REPLAY_ACTIONS = ("play_pause", "step", "jump", "rate")
+#: What ``f`` shows of the warnings panel, by what the panel holds (``less``: it is open).
+REPORT_LABELS = {"fixes": "Fixes", "summary": "Summary", "more": "More", "less": "Less"}
 #: The keys of a multi-process run (hidden for a single process).
 RANK_ACTIONS = ("focus_rank", "follow_worst")
 RANK_KEYS = Binding.Group("Rank")
@@ -31,10 +33,13 @@ class DashboardKeys(DashboardRefresh):
     BINDINGS = [
         Binding("q", "quit_dashboard", "Quit"),
         Binding("d", "detach", "Detach"),
-        Binding("k", "stop_training", "Stop training"),
+        Binding("k", "stop_training", "Stop"),
+        # One key, the label of what it does now (check_action shows one of each pair).
         Binding("space", "toggle_pause", "Pause"),
+        Binding("space", "toggle_pause('resume')", "Resume"),
         # A replay's keys; priority over the warnings panel's scrolling (only in a replay).
-        Binding("space", "play_pause", "Play/pause"),
+        Binding("space", "play_pause", "Pause"),
+        Binding("space", "play_pause('play')", "Play"),
         Binding("left", "step(-1)", "Back", priority=True),
         Binding("right", "step(1)", "Step", priority=True),
         Binding("home", "jump('start')", "Start", priority=True, show=False),
@@ -45,6 +50,8 @@ class DashboardKeys(DashboardRefresh):
         Binding("left_square_bracket", "focus_rank(-1)", "Previous rank", group=RANK_KEYS),
         Binding("right_square_bracket", "focus_rank(1)", "Next rank", group=RANK_KEYS),
         Binding("w", "follow_worst", "Worst rank", show=False),  # in the help and the ranks panel's title
+        # The warnings panel (post-mortem, summary) given the room: shown when it has more than fits.
+        *(Binding("f", f"toggle_report('{what}')", label) for what, label in REPORT_LABELS.items()),
         Binding("l", "toggle_log", "Log"),
         Binding("s", "screenshot", "Screenshot"),
         Binding("question_mark", "help", "Help"),
@@ -55,6 +62,7 @@ class DashboardKeys(DashboardRefresh):
     # Set by the app's constructor (FtwatchApp.__init__).
     replay: bool
     user_stopped: bool
+    report_overflows: bool
 
     # -- keys --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -62,13 +70,33 @@ class DashboardKeys(DashboardRefresh):
         replay's keys only in a replay."""
         if action in ("detach", "stop_training"):
             return self.live
-        if action in REPLAY_ACTIONS:
-            return self.replay
         if action in RANK_ACTIONS:
             return self.multi
+        if action == "play_pause":
+            return self.replay and (parameters == ("play",)) != self._replay_playing()
+        if action in REPLAY_ACTIONS:
+            return self.replay
         if action == "toggle_pause":
-            return not self.replay
+            return not self.replay and (parameters == ("resume",)) == self.paused
+        if action == "toggle_report":
+            return parameters == (self.report_key(),)
         return True
+
+    def _replay_playing(self) -> bool:
+        info = self.view.replay if self.view is not None else None
+        return info is not None and info.playing
+
+    def report_key(self) -> str | None:
+        """What ``f`` would do now (a key of :data:`REPORT_LABELS`), None when the panel fits."""
+        screen = getattr(self, "main_screen", None)
+        if screen is not None and screen.has_class("-report-open"):
+            return "less"
+        if not self.report_overflows:
+            return None
+        status = (self.view.exit or {}).get("status") if self.view is not None else None
+        if status in ("oom", "failed"):
+            return "fixes"
+        return "summary" if self.view is not None and self.view.ended else "more"
 
     def _modal_open(self) -> bool:
         return len(self.screen_stack) > 1
@@ -135,16 +163,17 @@ class DashboardKeys(DashboardRefresh):
         self.feed.request_stop()
         self._shown_version = -1
 
-    def action_toggle_pause(self) -> None:
-        """Freeze the display (the data keeps being read, the training is untouched)."""
+    def action_toggle_pause(self, _label: str = "") -> None:
+        """Freeze the display (the data keeps being read, the training is untouched), or resume."""
         self.paused = not self.paused
         self.render_view(self.feed.view() if not self.paused else self._paused_view())
+        self.refresh_bindings()
 
     def _paused_view(self) -> RunView:
         # Pausing redraws the status line only: the rest keeps what was on screen.
         return self.view if self.view is not None else self.feed.view()
 
-    def action_play_pause(self) -> None:
+    def action_play_pause(self, _label: str = "") -> None:
         """Replay: stop or start the replay's clock (at the end: play again from the start)."""
         self._replay_key(lambda feed: feed.toggle_play())
 
@@ -180,8 +209,27 @@ class DashboardKeys(DashboardRefresh):
         self.feed.follow_worst()
         self._tick()
 
+    def action_toggle_report(self, _label: str = "") -> None:
+        """Give the warnings panel (post-mortem, summary) the room below the phases, or shrink it back;
+        open, it has the focus, so the arrow keys scroll it."""
+        if self._modal_open():
+            return
+        screen = self.main_screen
+        screen.set_class(False, "-log-open")
+        self.w_log_box.border_title = f"Worker log · {WORKER_LOG}  (l: more)"
+        screen.toggle_class("-report-open")
+        if screen.has_class("-report-open"):
+            self.w_alerts_box.focus()
+        else:
+            screen.set_focus(None)
+        self.w_alerts_box.scroll_home(animate=False)
+        self._shown_version = -1
+        self.refresh_bindings()
+
     def action_toggle_log(self) -> None:
         """Give the worker's output most of the screen, or shrink it back."""
+        if self.main_screen.has_class("-report-open"):
+            self.action_toggle_report()
         self.main_screen.toggle_class("-log-open")
         self.w_log_box.border_title = (
             f"Worker log · {WORKER_LOG}  (l: less)" if self.main_screen.has_class("-log-open")

@@ -7,6 +7,7 @@ cadence). A drawing bug is reported once and never takes the dashboard (or the r
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
@@ -48,6 +49,9 @@ class DashboardRefresh(DashboardLayout):
     _plot_version: int
     _ended_shown: bool
     _live_shown: bool | None
+    _bindings_shown: tuple[object, ...] | None
+    report_overflows: bool
+    report_key: Callable[[], str | None]
     mono: bool
     live: bool
 
@@ -77,11 +81,11 @@ class DashboardRefresh(DashboardLayout):
         self._shown_version = view.version
         self._last_render = now
         self.renders += 1
-        if self.live != self._live_shown:  # stop/detach come and go with the worker
-            self._live_shown = self.live
-            self.refresh_bindings()
+        self._refresh_keys()
         tall = self.size.height >= TALL_FROM
         width = self.size.width
+        # 80x24 and the like: an ended run's worker log gives its rows to the verdict (l brings it back).
+        self.main_screen.set_class(view.ended and not tall, "-fold")
         self.w_status.show(status_lines(view, max(width - 2, 20), paused=self.paused,
                                                      live=self.handle is not None, title=self.run_title,
                                                      now=now, mono=self.mono))
@@ -101,9 +105,9 @@ class DashboardRefresh(DashboardLayout):
         self.w_phases.show(
             phase_cells(view.phases, view.phase, status, view.capacity, view.timeline[-1].t if view.timeline else None),
             rows=3 if tall else 2)
-        alerts_box = self.w_alerts_box
-        _set_title(alerts_box, alerts_title(view))
         self.w_alerts.show(alerts_text(view))
+        self._title_alerts()
+        self.call_after_refresh(self._check_report_fold)
         self.w_log.show(view.log_lines, view.log_version, view.log_exists)
         plot_due = now - self._last_plot >= self.plot_interval
         if self._plot_after is not None and view.version > self._plot_after:  # a replay key: at once
@@ -118,6 +122,32 @@ class DashboardRefresh(DashboardLayout):
             self._plot_width = width
             self._ended_shown = view.ended
             self._plot_focus = focus
+
+    def _refresh_keys(self) -> None:
+        """Redraw the footer when the keys that apply, or their labels, change: stop and detach
+        come and go with the worker, space says what it does now, f shows when the panel overflows."""
+        replay = self.view.replay if self.view is not None else None
+        shown = (self.live, self.paused, replay is not None and replay.playing, self.report_key())
+        if shown != self._bindings_shown:
+            self._bindings_shown = shown
+            self._live_shown = self.live
+            self.refresh_bindings()
+
+    def _check_report_fold(self) -> None:
+        """Once laid out: does the warnings panel hold more than it shows? (f, and a hint in its title)"""
+        overflows = self.w_alerts_box.max_scroll_y > 0
+        if overflows != self.report_overflows:
+            self.report_overflows = overflows
+            self._title_alerts()
+            self._refresh_keys()
+
+    def _title_alerts(self) -> None:
+        if self.view is None:
+            return
+        box = self.w_alerts_box
+        title = alerts_title(self.view, width=box.size.width - 2, overflows=self.report_overflows,
+                             opened=self.main_screen.has_class("-report-open"))
+        _set_title(box, escape(title))
 
     def _show_ranks(self, view: RunView, compact: bool) -> None:
         """A multi-process run: the rank rows, and the focused rank named in the panel titles."""
@@ -147,10 +177,12 @@ class DashboardRefresh(DashboardLayout):
         plot_width = plot.content_size.width or width
         series = build_series(view.timeline, view.phases, view.capacity, bd.threshold, view.is_cuda, plot_width,
                               t0=view.header.get("t"), limit_label=bd.threshold_label, tensors=not view.external)
-        legend = legend_text(series, view.capacity, self.mono)
-        if legend != getattr(self, "_plot_legend", None):
+        legend = legend_text(series, view.capacity, self.mono, width=self.w_plot_legend.content_size.width or plot_width)
+        shown = getattr(self, "_plot_legend", None)
+        if legend != shown:
             self._plot_legend = legend
-            self.w_plot_legend.update(legend, layout=False)  # one line, always
+            resized = shown is None or shown.plain.count("\n") != legend.plain.count("\n")
+            self.w_plot_legend.update(legend, layout=resized)  # one line, two when one cannot hold it
         plot.show(series, mono=self.mono)
 
 

@@ -316,9 +316,12 @@ class ReplayFeed(RunFeed):
             self._scan()  # read on until the next step ends, or the log does
 
     def _previous_mark(self, position: int) -> int:
+        """The end of the step before the one on screen: the screen shows the step whose end is the
+        last mark at or before ``position`` (at the end of the log: the last step, with the events
+        after it), so a step back goes one mark further (the step count always moves)."""
         assert self.scanner is not None
         marks = self.scanner.marks
-        i = bisect.bisect_left(marks, position) - 1
+        i = bisect.bisect_right(marks, position) - 2
         return marks[i] if i >= 0 else min(self._start_index(), position)
 
     def _start_index(self) -> int:

@@ -18,7 +18,8 @@ KEYS = [
     ("q", "quit (asks: stop the training, or leave it running)"),
     ("d", "detach: leave; the training goes on"),
     ("k", "stop the training cleanly at the next step"),
-    ("space", "pause the display (not the training)"),
+    ("space", "pause the display (not the training); again: resume"),
+    ("f", "the warnings panel in full (fixes, summary); Tab ↑↓ scroll"),
     ("l", "more or less of the worker's output"),
     ("s", "save an SVG screenshot in the run directory"),
     ("?", "this help (↑↓ scroll, esc closes)"),
@@ -31,6 +32,7 @@ REPLAY_KEYS = [
     ("→ ←", "pause at the end of the next / previous training step"),
     ("home", "the start of the run;  end: its end"),
     ("+ -", "play faster / slower"),
+    ("f", "the warnings panel in full (fixes, summary); Tab ↑↓ scroll"),
     ("l", "more or less of the worker's output"),
     ("s", "save an SVG screenshot in the run directory"),
     ("?", "this help (↑↓ scroll, esc closes)"),
@@ -47,8 +49,8 @@ class QuitScreen(ModalScreen[str | None]):
     """The training is still running: stop it, leave it running, or stay."""
 
     BINDINGS = [
-        Binding("s", "choose('stop')", "Stop training"),
-        Binding("k", "choose('stop')", "Stop training", show=False),
+        # k, as on the dashboard (s stays the screenshot there and here).
+        Binding("k", "choose('stop')", "Stop training"),
         Binding("d", "choose('detach')", "Detach"),
         Binding("q", "choose('detach')", "Detach", show=False),  # q twice: leave, harmlessly
         Binding("escape", "choose(None)", "Cancel"),
@@ -59,7 +61,7 @@ class QuitScreen(ModalScreen[str | None]):
         """The question and its three answers."""
         text = Text()
         text.append("The training is still running.\n\n", Style(bold=True))
-        text.append(" s ", Style(reverse=True, bold=True))
+        text.append(" k ", Style(reverse=True, bold=True))
         text.append("  stop it cleanly at the next step, then quit\n")
         text.append(" d ", Style(reverse=True, bold=True))
         text.append("  detach: quit the dashboard, training goes on (or q)\n")
@@ -149,8 +151,18 @@ def help_text(mono: bool = False, replay: bool = False, ranks: bool = False) -> 
         else:
             text.append("  ", Style(bgcolor=look.colour))
         text.append(f" {look.label:<12} {MEANINGS[name]}\n")
-    text.append(f"\n▲ peak so far   ◆ budget, else {round(WARN_FRACTION * 100)}% (warnings start there)\n")
-    text.append("Phases: what each added to the process, and how long it took.")
+    warn = f"{round(WARN_FRACTION * 100)}%"
+    text.append(f"\nUnder the bar: ▲ the peak so far; ◆ the budget, else {warn} of\n"
+                "the device (warnings start there).\n")
+    text.append("Phases: what each added to the process, and how long it took.\n")
+    text.append("\nThe timeline\n", Style(bold=True))
+    text.append("━ the process and its largest categories over the run\n"
+                "─ red: the capacity\n"
+                f"─ yellow: the budget, else {warn} (the bar's ◆)\n"
+                "│ grey: a phase begins (loading → LoRA → setup → training)\n"
+                "▲ the peak\n"
+                "On a CPU the RAM is often far above what the process holds:\n"
+                "the scale is then the process's (capacity off scale).")
     return text
 
 

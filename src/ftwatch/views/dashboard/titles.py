@@ -40,8 +40,10 @@ def memory_title(view: RunView, bd: Breakdown) -> str:
     return f"{head} · {where}" if where else head
 
 
-def alerts_title(view: RunView) -> str:
-    """The warnings panel's title (naming the focused rank of a multi-process run)."""
+def alerts_title(view: RunView, *, width: int | None = None, overflows: bool = False, opened: bool = False) -> str:
+    """The warnings panel's title (naming the focused rank of a multi-process run), and how to
+    see the rest when it holds more than it shows: ``f`` gives it the room, Tab then the arrows
+    scroll it (open, it has the focus: the arrows alone). The longest hint that fits ``width``."""
     status = (view.exit or {}).get("status")
     if status in ("oom", "failed"):
         title = "Post-mortem"
@@ -49,4 +51,14 @@ def alerts_title(view: RunView) -> str:
         title = "Summary"
     else:
         title = f"Warnings ({len(view.warnings)})" if view.warnings else "Warnings"
-    return title + rank_suffix(view)
+    title += rank_suffix(view)
+    if opened:
+        hints = ["  ↓ more: ↑↓ scroll · f: less", "  ↓ ↑↓ · f: less"] if overflows else ["  (f: less)"]
+    elif overflows:
+        hints = ["  ↓ more: f, or Tab ↑↓", "  ↓ more: f · Tab ↑↓", "  ↓ f, Tab ↑↓", "  ↓ f"]
+    else:
+        hints = []
+    for hint in hints:
+        if width is None or len(title) + len(hint) <= width:
+            return title + hint
+    return title + hints[-1] if hints else title

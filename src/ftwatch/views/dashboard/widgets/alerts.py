@@ -48,7 +48,8 @@ def rank_prefix(view: RunView) -> str:
 
 
 def post_mortem(view: RunView) -> Text:
-    """Why the run ended badly: where, the error, the breakdown at the failure, what to change."""
+    """Why the run ended badly: where, what to change (first: on a small screen the verdict and the
+    first fix are what shows without scrolling), the error, the breakdown at the failure."""
     exit_event = view.exit or {}
     status = exit_event.get("status")
     oom = exit_event.get("oom") if isinstance(exit_event.get("oom"), dict) else None
@@ -59,15 +60,15 @@ def post_mortem(view: RunView) -> Text:
     if phase == "training" and exit_event.get("step") is not None:
         where += f" (step {exit_event['step']})"
     out.append(f"✖ {rank_prefix(view)}{title}{where}\n", Style(color=DANGER, bold=True))
+    suggestions = exit_event.get("suggestions")
+    if suggestions:
+        out.append("to fix it:\n", Style(bold=True))
+        _suggestions(suggestions, out)
     message = (oom or {}).get("message") or exit_event.get("message")
     if message:
         out.append(f"{message}\n")
     if oom and oom.get("requested_bytes"):
         out.append(f"asked for {fmt.size(oom['requested_bytes'])} more\n", Style(color=DIM))
-    suggestions = exit_event.get("suggestions")
-    if suggestions:
-        out.append("to fix it:\n", Style(bold=True))
-        _suggestions(suggestions, out)
     if oom and oom.get("last_categories"):
         out.append("held at the failure (the bar shows it): ", Style(bold=True))
         _breakdown_line(oom["last_categories"], out)

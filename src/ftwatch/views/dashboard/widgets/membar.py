@@ -1,4 +1,9 @@
-"""The stacked memory bar, its zoomed tensor bar and its legend."""
+"""The stacked memory bar, its zoomed tensor bar and its legend.
+
+Every part that holds bytes gets at least one cell (so no category vanishes from a bar), and the
+text on a bar keeps the figures first when it runs short of room: a segment too narrow for its
+name and size shows the size, and the peak marker keeps its value.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,10 @@ LIMIT_GLYPH = "◆"
 
 
 def _segment_label(part: Part, cells: int) -> str:
-    """The text written inside a segment: name and size, else the name, else nothing."""
+    """The text written inside a segment: name and size, else the size, else the name, else nothing."""
     look = LOOKS[part.name]
-    approx = "≈" if part.estimated else ""
-    for text in (f" {look.label} {approx}{fmt.size(part.bytes)} ", f" {look.label} "):
+    size = ("≈" if part.estimated else "") + fmt.size(part.bytes)
+    for text in (f" {look.label} {size} ", f"{look.label} {size}", f" {size} ", size, f" {look.label} "):
         if len(text) <= cells:
             return text
     return ""
@@ -33,7 +38,7 @@ def render_bar(parts: list[Part], scale: int, width: int, rows: int = 1, mono: b
     it is a run of the category's glyph. Names (and sizes) are written inside segments wide
     enough for them, on the middle row.
     """
-    segments = layout_segments([(p.name, p.bytes) for p in parts], scale, width)
+    segments = layout_segments([(p.name, p.bytes) for p in parts], scale, width, min_cell=True)
     by_name = {p.name: p for p in parts}
     label_row = rows // 2
     text = Text(no_wrap=True, overflow="crop")
@@ -67,36 +72,55 @@ def _col(nbytes: int, scale: int, width: int) -> int:
 
 
 def render_markers(bd: Breakdown, width: int) -> Text:
-    """The line under the bar: the peak so far and the budget or warning threshold."""
+    """The line under the bar: the peak so far and the budget or warning threshold.
+
+    A marker's label sits beside its glyph when there is room; else it is written where there is
+    room with the glyph as its key (``▲ peak 79.2 GiB``), so the peak never loses its value; only
+    then is a short label tried. The peak is placed first. A threshold beyond the bar's scale is
+    not drawn (the title states what the run is measured against). ``bd.scale_note`` (what the
+    bar stands for) takes the left end when it is free.
+    """
+    scale = bd.drawn_scale
+    if width <= 0 or scale <= 0:
+        return Text("")
     line = [" "] * width
     styles: list[Style | None] = [None] * width
-    if width <= 0 or bd.scale <= 0:
-        return Text("")
-    marks: list[tuple[int, str, tuple[str, ...], Style]] = []
+    marks: list[tuple[int, str, tuple[str, str], Style]] = []
     if bd.peak:
-        marks.append((_col(bd.peak, bd.scale, width), PEAK_GLYPH,
-                      (f"peak {fmt.size(bd.peak)}", "peak"), Style(bold=True)))
-    if bd.threshold:
+        marks.append((_col(bd.peak, scale, width), PEAK_GLYPH,
+                      (f"{bd.peak_label} {fmt.size(bd.peak)}", bd.peak_label), Style(bold=True)))
+    if bd.threshold and bd.threshold <= scale:
         crossed = bd.peak is not None and bd.peak >= bd.threshold
-        marks.append((_col(bd.threshold, bd.scale, width), LIMIT_GLYPH,
+        marks.append((_col(bd.threshold, scale, width), LIMIT_GLYPH,
                       (f"{bd.threshold_label} {fmt.size(bd.threshold)}", bd.threshold_label),
                       Style(color=DANGER if crossed else WATCH)))
     taken = [False] * width
+
+    def free(start: int, text: str) -> bool:
+        stop = start + len(text)
+        return start >= 0 and stop <= width and not any(taken[start:stop])
+
+    def put(start: int, text: str, style: Style | None) -> None:
+        for i, ch in enumerate(text, start):
+            line[i], styles[i], taken[i] = ch, style, True
+
+    def gap_free(start: int, text: str) -> bool:  # free, and so is the cell each side of it
+        return free(start, text) and not any(taken[max(start - 1, 0):start + len(text) + 1])
+
     for col, glyph, _, style in marks:
-        line[col], styles[col], taken[col] = glyph, style, True
-    for col, _, labels, style in marks:
-        placed = False
-        for label in labels:
-            right = range(col + 1, col + 2 + len(label))
-            left = range(col - len(label) - 1, col)
-            for span, chars in ((right, f" {label}"), (left, f"{label} ")):
-                if span.start >= 0 and span.stop <= width and not any(taken[i] for i in span):
-                    for i, ch in zip(span, chars, strict=True):
-                        line[i], styles[i], taken[i] = ch, style, True
-                    placed = True
-                    break
-            if placed:
+        put(col, glyph, style)
+    for col, glyph, (full, short), style in marks:
+        keyed = f"{glyph} {full}"
+        spots = [(col + 1, f" {full}", free), (col - len(full) - 1, f"{full} ", free),
+                 *((start, keyed, gap_free) for start in range(width - len(keyed) + 1)),
+                 (col + 1, f" {short}", free), (col - len(short) - 1, f"{short} ", free)]
+        for start, text, fits in spots:
+            if fits(start, text):
+                put(start, text, style)
                 break
+    note = f"{bd.scale_note} " if bd.scale_note else ""
+    if note and free(0, note):
+        put(0, note, Style(color=DIM))
     out = Text(no_wrap=True, overflow="crop")
     for ch, style in zip(line, styles, strict=True):
         out.append(ch, style or Style())
@@ -119,7 +143,7 @@ class MemoryBar(Widget):
 
     def show(self, bd: Breakdown, rows: int = 1, mono: bool = False) -> None:
         """Draw ``bd`` (refreshes only when something visible changed)."""
-        key = (tuple(bd.parts), bd.scale, bd.peak, bd.threshold, rows, mono)
+        key = (tuple(bd.parts), bd.drawn_scale, bd.peak, bd.peak_label, bd.threshold, bd.scale_note, rows, mono)
         if key == self._key:
             return
         resized = rows != self.rows
@@ -129,8 +153,8 @@ class MemoryBar(Widget):
     @property
     def segments(self) -> list[BarSegment]:
         """The segments as laid out at the widget's current width."""
-        return layout_segments([(p.name, p.bytes) for p in self.breakdown.parts], self.breakdown.scale,
-                               self.content_size.width)
+        return layout_segments([(p.name, p.bytes) for p in self.breakdown.parts], self.breakdown.drawn_scale,
+                               self.content_size.width, min_cell=True)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         """The bar rows plus the marker line."""
@@ -140,9 +164,9 @@ class MemoryBar(Widget):
         """The bar and the markers."""
         width = self.content_size.width
         bd = self.breakdown
-        if bd.scale <= 0 or not bd.parts:
+        if bd.drawn_scale <= 0 or not bd.parts:
             return Text("waiting for the first memory reading…", style=DIM)
-        bar, _ = render_bar(bd.parts, bd.scale, width, self.rows, self.mono)
+        bar, _ = render_bar(bd.parts, bd.drawn_scale, width, self.rows, self.mono)
         bar.append("\n")
         bar.append_text(render_markers(bd, width))
         return bar
@@ -180,7 +204,8 @@ class ZoomBar(Widget):
 
 def legend_entries(bd: Breakdown, peaks: dict[str, int], with_share: bool, with_peak: bool,
                    mono: bool) -> list[Text]:
-    """One entry per part: swatch, name, size, share of the bar, and the peak so far."""
+    """One entry per part: swatch, name, size, share of the bar (of the process on a CPU run), and
+    the peak so far."""
     label_w = max((len(LOOKS[p.name].label) for p in bd.parts), default=0)
     entries = []
     for part in bd.parts:
@@ -194,7 +219,7 @@ def legend_entries(bd: Breakdown, peaks: dict[str, int], with_share: bool, with_
         approx = "≈" if part.estimated else " "
         entry.append(f"{approx}{fmt.size(part.bytes):>8}", Style(bold=True))
         if with_share:
-            entry.append(f" {fmt.share(bd.share(part.bytes)):>4}", Style(color=DIM))
+            entry.append(f" {fmt.share(bd.bar_share(part.bytes)):>4}", Style(color=DIM))
         if with_peak:  # the peak of what is free says nothing: left blank
             peak = peaks.get(part.name) if part.name != "free" else None
             entry.append(f"  peak {fmt.size(peak):>8}" if peak is not None else " " * 15, Style(color=DIM))

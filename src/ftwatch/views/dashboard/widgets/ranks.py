@@ -69,13 +69,27 @@ def size_pair(used: int | None, capacity: int | None) -> str:
     return f"{lv}/{rv} {ru}" if lu == ru else f"{left}/{right}"
 
 
+def all_finished(ranks: RanksView) -> bool:
+    """Every rank of the whole job ended well: no rank is the worst, none is marked so."""
+    return (bool(ranks.rows) and not ranks.missing and len(ranks.rows) >= ranks.world_size
+            and all(row.ended and row.status == "finished" and not row.vanished for row in ranks.rows))
+
+
+def worst_rank(ranks: RanksView) -> int | None:
+    """The rank marked ``◀ worst``: the view's worst, unless every rank finished fine."""
+    return None if all_finished(ranks) else ranks.worst
+
+
 def ranks_title(ranks: RanksView) -> str:
-    """The panel's title: ``Ranks 2/2 · worst r1 (dead) · focus r1``."""
+    """The panel's title: ``Ranks 2/2 · worst r1 (dead) · focus r1`` (``all finished`` in place of
+    a worst rank once every rank finished fine)."""
     title = f"Ranks {ranks.started}/{len(ranks.rows)}"
     if ranks.world_size > len(ranks.rows):
         title += f" of {ranks.world_size}"
     worst = ranks.worst_row
-    if worst is not None:
+    if all_finished(ranks):
+        title += " · all finished"
+    elif worst is not None:
         title += f" · worst r{worst.rank} ({standing(worst)})"
     if ranks.focus is not None:
         title += f" · focus r{ranks.focus}" + ("" if ranks.following_worst else " (w: worst)")
@@ -108,7 +122,8 @@ def render_rows(ranks: RanksView, width: int, *, mono: bool = False, compact: bo
     step_w = max(len(s) for s in steps.values())
     peak_w = max(len(s) for s in peaks.values())
     word_w = max(len(w) for w, _ in words.values())
-    worst_w = len(WORST_MARK) + 2 if ranks.worst is not None else 0
+    marked = worst_rank(ranks)
+    worst_w = len(WORST_MARK) + 2 if marked is not None else 0
 
     show_device, show_sizes, show_peak = True, True, not compact and peak_w > 0
 
@@ -130,7 +145,7 @@ def render_rows(ranks: RanksView, width: int, *, mono: bool = False, compact: bo
 
     lines = []
     for row in rows:
-        focused, worst = row.rank == ranks.focus, row.rank == ranks.worst
+        focused, worst = row.rank == ranks.focus, row.rank == marked
         line = Text(no_wrap=True, overflow="crop")
         line.append(FOCUS_GLYPH if focused else " ", Style(bold=True))
         line.append(f"r{row.rank}".ljust(rank_w), Style(bold=focused or worst))

@@ -94,8 +94,10 @@ def risk_text(view: RunView) -> Text | None:
 
 
 def rate_text(rate: float | None) -> str:
-    """``30×``, ``0.5×``, ``3600×``."""
-    return "?×" if rate is None else f"{rate:g}×"
+    """``30×``, ``0.5×``, ``3600×``; an auto rate to two figures (``1.6×``, not ``1.64176×``)."""
+    if rate is None:
+        return "?×"
+    return f"{rate:.0f}×" if rate >= 10 else f"{rate:.2g}×"
 
 
 def replay_text(info: ReplayInfo) -> Text:
@@ -186,8 +188,13 @@ def status_lines(view: RunView, width: int, *, paused: bool = False, live: bool 
         line2.append(Text(safe(str(view.error), one_line=True), Style(color=DANGER)))
     elif view.status == "waiting" and view.replay is not None:
         line2.append(replay_text(view.replay))
-    elif view.status == "waiting":
-        line2.append(Text("waiting for the run to start writing its log…", Style(color=DIM)))
+    elif view.status == "waiting":  # the worker's ``starting`` note says what it does before its header
+        starting = next((n for n in reversed(view.notes) if n.get("code") == "starting"), None)
+        if starting is None:
+            line2.append(Text("waiting for the run to start writing its log…", Style(color=DIM)))
+        else:
+            stage = safe(str(starting.get("message") or "worker starting"), one_line=True)
+            line2.append(Text(f"{stage}… {fmt.duration(time.time() - float(starting['t']))}", Style(color=DIM)))
     else:
         line2 = outside_pieces(view) if view.external else progress_pieces(view)
         if view.ranks is not None and view.ranks.focus is not None:

@@ -136,21 +136,65 @@ def tick_label(value: float, unit: str = "") -> str:
     return f"{value:.3g}{unit[:1]}" if value else "0"
 
 
-def legend_text(series: Series, capacity: int | None, mono: bool = False) -> Text:
-    """The line above the plot: what each line is, and the limits drawn across it."""
-    out = Text(no_wrap=True, overflow="ellipsis")
+PHASE_LINE_COLOUR = (108, 108, 108)
+#: What the timeline's marks mean, for the legend (when it has room) and the help screen.
+PHASE_MARK, PEAK_MARK = "│ phase", "▲ peak"
+
+
+def legend_items(series: Series, capacity: int | None, mono: bool = False) -> tuple[list[Text], list[Text]]:
+    """The legend's entries: those it must show (the lines, the limits, a capacity off the scale)
+    and those it shows when there is room (the phase boundaries, the peak mark)."""
+    must: list[Text] = []
     for name in series.lines:
-        colour = _colour(name)
         label = {"used": "process", "tensors": "tensors"}.get(name, LOOKS[name].label if name in LOOKS else name)
-        out.append("━ " if not mono else "─ ", Style(color=colour, bold=True))
-        out.append(label + "  ")
+        must.append(Text.assemble(("━ " if not mono else "─ ", Style(color=_colour(name), bold=True)), label))
     if series.capacity is not None:
-        out.append("─ capacity  ", Style(color=DANGER))
+        must.append(Text("─ capacity", Style(color=DANGER)))
     if series.limit is not None:
-        out.append(f"─ {series.limit_label}  ", Style(color=WATCH))
+        must.append(Text(f"─ {series.limit_label}", Style(color=WATCH)))
     if series.off_scale and capacity:
-        out.append(f"(capacity {fmt.size(capacity)} off scale)", Style(color=DIM))
-    return out
+        must.append(Text(f"(capacity {fmt.size(capacity)} off scale)", Style(color=DIM)))
+    extra: list[Text] = []
+    if series.phase_starts:
+        extra.append(Text(PHASE_MARK, Style(color="#6c6c6c")))
+    if series.peak is not None:
+        extra.append(Text(PEAK_MARK))
+    return must, extra
+
+
+def _wrap(items: list[Text], width: int, sep: str) -> list[Text]:
+    """The items on as few lines of ``width`` cells as they take, never split."""
+    lines = [Text(no_wrap=True, overflow="ellipsis")]
+    for item in items:
+        line = lines[-1]
+        if line.cell_len and line.cell_len + len(sep) + item.cell_len > width:
+            line = Text(no_wrap=True, overflow="ellipsis")
+            lines.append(line)
+        if line.cell_len:
+            line.append(sep)
+        line.append_text(item)
+    return lines
+
+
+def legend_text(series: Series, capacity: int | None, mono: bool = False, width: int = 10_000,
+                max_lines: int = 2) -> Text:
+    """The line (two when one cannot hold it) above the plot: what each line is, the limits drawn
+    across it, and, when there is room, the phase boundaries and the peak mark. Never cut at
+    ``width`` unless ``max_lines`` lines of the lines and limits alone do not fit."""
+    must, extra = legend_items(series, capacity, mono)
+    # The extras go before a note on the capacity (the longest entry, best on a line of its own).
+    note = must[-1:] if series.off_scale and capacity else []
+    both = must[:len(must) - len(note)] + extra + note
+    width = max(width, 1)
+    tries = [(both, "  ", 1), (must, "  ", 1), (must, " ", 1),
+             (both, "  ", max_lines), (must, "  ", max_lines), (must, " ", max_lines)]
+    lines: list[Text] = []
+    for items, sep, most in tries:
+        lines = _wrap(items, width, sep)
+        if len(lines) <= most and all(line.cell_len <= width for line in lines):
+            break
+    lines = lines[:max_lines]
+    return Text("\n", no_wrap=True, overflow="ellipsis").join(lines)
 
 
 class TimelinePlot(PlotextPlot):
@@ -188,7 +232,7 @@ class TimelinePlot(PlotextPlot):
         if s.limit is not None:
             plt.hline(s.limit, color=_rgb(WATCH))
         for x in s.phase_starts:
-            plt.vline(x, color=(108, 108, 108))
+            plt.vline(x, color=PHASE_LINE_COLOUR)
         if s.peak is not None:
             plt.text("▲", s.peak[0], s.peak[1], color=_rgb(USED_COLOUR), alignment="center")
         plt.ylim(0, s.y_max)
