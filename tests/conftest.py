@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -101,8 +104,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own ftwatch state directory (the run registry), inherited by subprocesses."""
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Each test gets its own ftwatch state directory (the run registry), inherited by subprocesses.
+
+    Afterwards every run still registered there is killed: a training process outlives its viewer
+    by design, so a test that failed half-way would leave its run training beside the next tests."""
     home = tmp_path_factory.mktemp("ftwatch-home")
     monkeypatch.setenv("FTWATCH_HOME", str(home))
-    return home
+    yield home
+    from ftwatch.runlog import registry
+
+    for entry in registry.live_runs(clean=False):  # alive: the same process (its start time is checked)
+        if entry.pid == os.getpid():  # a Probe the test made in this process
+            continue
+        with contextlib.suppress(OSError):
+            group = os.getpgid(entry.pid)
+            if group == entry.pid and group != os.getpgrp():  # a session of its own (a worker)
+                os.killpg(group, signal.SIGKILL)
+            os.kill(entry.pid, signal.SIGKILL)

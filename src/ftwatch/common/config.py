@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from ftwatch.common.config_errors import ConfigError, _show, _unknown_key
 from ftwatch.common.config_sections import _COMMON_KEYS, _check_common, _Section
