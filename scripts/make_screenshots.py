@@ -3,8 +3,8 @@
     .venv/bin/python scripts/make_screenshots.py                 # records a fresh run of the example
     .venv/bin/python scripts/make_screenshots.py --from-run tests/fixtures/logs/cpu-finished
 
-By default the bundled example (examples/tiny-lora.toml) is trained once with
-``ftwatch run --headless`` into a temporary directory; its recorded run log is then shown at
+By default the bundled example is written out by ``ftwatch example`` into a temporary directory
+and trained once there with ``ftwatch run --headless``; its recorded run log is then shown at
 three moments (while the model loads, in the middle of training, at the end) at 120x36. The
 moments before the end are the same log cut at that event, shown as a live run. The synthetic
 CUDA runs (``ftwatch.views.dashboard.demo``: an 8B fine-tune with all ten categories, and a 70B model that
@@ -65,16 +65,13 @@ class StillRunning:
 
 
 def record_example(tmp: Path) -> Path:
-    """Train the bundled example once (headless) and return its run directory."""
-    config = tmp / "tiny-lora.toml"
-    text = (REPO / "examples" / "tiny-lora.toml").read_text()
-    text = text.replace('name = "tiny-llama"', f'name = "{REPO / "examples" / "tiny-llama"}"')
-    text = text.replace('path = "data/field-notes.jsonl"', f'path = "{REPO / "examples" / "data" / "field-notes.jsonl"}"')
-    text = text.replace('log_dir = "ftwatch-runs"', f'log_dir = "{tmp / "runs"}"')
-    config.write_text(text)
-    subprocess.run([sys.executable, "-m", "ftwatch", "run", str(config), "--headless"], check=True, cwd=tmp,
+    """Train the bundled example once (headless), as a user would after ``ftwatch example``, and
+    return its run directory (so the worker log shows the user's paths, not this checkout's)."""
+    subprocess.run([sys.executable, "-m", "ftwatch", "example", "ftwatch-example"], check=True, cwd=tmp,
                    stdout=subprocess.DEVNULL)
-    return next((tmp / "runs").iterdir())
+    subprocess.run([sys.executable, "-m", "ftwatch", "run", "ftwatch-example/tiny-lora.toml", "--headless"],
+                   check=True, cwd=tmp, stdout=subprocess.DEVNULL)
+    return next((tmp / "ftwatch-runs").iterdir())  # log_dir is relative to the current directory
 
 
 def cut_lines(lines: list[str], marker: str, extra: int) -> list[str]:
