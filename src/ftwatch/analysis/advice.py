@@ -19,15 +19,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ftwatch.analysis.advice_candidates import (
+    GRADED_CHANGES,
+    SINGLE_CHANGES,
+    Candidate,
+    Setting,
+)
 from ftwatch.analysis.estimate import (
-    DTYPE_BYTES,
     Estimate,
     EstimateInputs,
     estimate,
     estimate_inputs,
     judge,
-    meta_peft_model,
-    with_changes,
 )
 from ftwatch.common.config import Config
 from ftwatch.common.config_errors import ConfigError
@@ -39,8 +42,6 @@ from ftwatch.common.units import format_bytes
 #: 4: 8-bit optimizer state; 5/6: 8-bit/4-bit base weights; 7: shorter sequences; 8: smaller adapters.
 TIERS = {"env": 0, "process": 0, "dtype": 1, "checkpointing": 2, "batch": 3, "optimizer": 4,
          "load_in_8bit": 5, "load_in_4bit": 6, "max_length": 7, "rank": 8, "targets": 8}
-#: Optimizers whose state is already 8-bit (or smaller): no optimizer suggestion for them.
-LOW_BIT_OPTIMIZERS = ("8bit", "4bit", "adafactor", "lomo", "sgd")
 #: The smallest cache worth an ``expandable_segments`` suggestion: this share of capacity, and 256 MiB.
 CACHE_SHARE = 0.05
 CACHE_MIN_BYTES = 256 * 1024**2
@@ -53,7 +54,6 @@ FULL_MODEL = "the saving is of the full model"
 #: Savings below this share of the largest saving are noise (a paged optimizer on a tiny adapter): not shown.
 MIN_SAVING_SHARE = 0.001
 
-Setting = tuple[str, str, Any]  # (section, key, value); section "env" or "process" for the non-config fixes
 
 
 @dataclass
@@ -113,117 +113,6 @@ def _toml(value: Any) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    kind: str
-    change: str
-    settings: tuple[Setting, ...]
-    inputs: EstimateInputs
-
-
-# --- candidates: one config change each ---------------------------------------------------------
-
-def _precision(inputs: EstimateInputs) -> list[_Candidate]:
-    if DTYPE_BYTES[inputs.resolved_dtype] <= 2:
-        return []
-    return [_Candidate("dtype", "load the base model in bfloat16 instead of float32 "
-                                "(float16 on GPUs older than Ampere)",
-                       (("model", "dtype", "bfloat16"),), with_changes(inputs, dtype="bfloat16"))]
-
-
-def _quantize(inputs: EstimateInputs) -> list[_Candidate]:
-    if not inputs.on_gpu or inputs.load_in_4bit:
-        return []
-    out = [_Candidate("load_in_4bit", "load the base model in 4-bit NF4 (QLoRA; needs bitsandbytes)",
-                      (("model", "load_in_4bit", True),) + ((("model", "load_in_8bit", False),)
-                                                            if inputs.load_in_8bit else ()),
-                      with_changes(inputs, load_in_4bit=True, load_in_8bit=False))]
-    if not inputs.load_in_8bit:
-        out.append(_Candidate("load_in_8bit", "load the base model in 8-bit (LLM.int8; needs bitsandbytes)",
-                              (("model", "load_in_8bit", True),), with_changes(inputs, load_in_8bit=True)))
-    return out
-
-
-def _checkpointing(inputs: EstimateInputs) -> list[_Candidate]:
-    if inputs.gradient_checkpointing:
-        return []
-    return [_Candidate("checkpointing", "turn on gradient checkpointing (layers are recomputed in the "
-                                        "backward pass: about 30% slower, same results)",
-                       (("training", "gradient_checkpointing", True),),
-                       with_changes(inputs, training={"gradient_checkpointing": True}))]
-
-
-def _optimizer(inputs: EstimateInputs) -> list[_Candidate]:
-    if any(tag in inputs.optim for tag in LOW_BIT_OPTIMIZERS) or not inputs.on_gpu:
-        return []
-    return [_Candidate("optimizer", f"keep the optimizer state in 8 bits, paged (instead of {inputs.optim}; "
-                                    "needs bitsandbytes)",
-                       (("training", "optim", "paged_adamw_8bit"),),
-                       with_changes(inputs, training={"optim": "paged_adamw_8bit"}))]
-
-
-def _batch_options(inputs: EstimateInputs) -> list[_Candidate]:
-    """Smaller micro-batches with more accumulation, same effective batch (halving each time)."""
-    batch, accumulation = inputs.batch_size, inputs.grad_accumulation
-    out, smaller = [], batch // 2
-    while smaller >= 1:
-        if batch % smaller == 0:
-            steps = accumulation * batch // smaller
-            out.append(_Candidate(
-                "batch", f"use micro-batches of {smaller} with {steps} accumulation steps "
-                         f"(same effective batch of {batch * accumulation}; slower)",
-                (("training", "per_device_train_batch_size", smaller),
-                 ("training", "gradient_accumulation_steps", steps)),
-                with_changes(inputs, training={"per_device_train_batch_size": smaller,
-                                               "gradient_accumulation_steps": steps})))
-        smaller //= 2
-    return out
-
-
-def _max_length_options(inputs: EstimateInputs, shortest: int = 64) -> list[_Candidate]:
-    out, length = [], inputs.max_length // 2
-    while length >= shortest:
-        out.append(_Candidate("max_length", f"train on sequences of {length} tokens instead of "
-                                            f"{inputs.max_length} (longer texts are cut)",
-                              (("data", "max_length", length),), with_changes(inputs, max_length=length)))
-        length //= 2
-    return out
-
-
-def _rank(inputs: EstimateInputs, smaller: int = 8) -> list[_Candidate]:
-    rank = int(inputs.lora.get("r", 8))
-    if rank <= smaller:
-        return []
-    return [_Candidate("rank", f"use LoRA rank {smaller} instead of {rank}", (("lora", "r", smaller),),
-                       with_changes(inputs, lora={"r": smaller}))]
-
-
-def _targets(inputs: EstimateInputs, fewer: tuple[str, ...] = ("q_proj", "v_proj")) -> list[_Candidate]:
-    """Adapters on the query and value projections only (the original LoRA recipe).
-
-    Not offered when the targets are peft's default for the architecture (unset), already a subset,
-    or when the model has no modules of those names.
-    """
-    targets = inputs.lora.get("target_modules")
-    current = [targets] if isinstance(targets, str) else list(targets or [])
-    if not current or set(current) <= set(fewer):
-        return []
-    names = {name.rpartition(".")[2] for name, _ in meta_peft_model(inputs).get_base_model().named_modules()}
-    if not set(fewer) <= names:
-        return []
-    return [_Candidate("targets", "put adapters on q_proj and v_proj only",
-                       (("lora", "target_modules", list(fewer)),),
-                       with_changes(inputs, lora={"target_modules": list(fewer)}))]
-
-
-#: Changes with one setting to try; the option lists after them are tried mildest first.
-_SINGLE: tuple[Callable[[EstimateInputs], list[_Candidate]], ...] = (
-    _precision, _quantize, _checkpointing, _optimizer, _rank, _targets)
-_GRADED: tuple[Callable[[EstimateInputs], list[_Candidate]], ...] = (_batch_options, _max_length_options)
-
-
-# --- pricing ----------------------------------------------------------------------------------------
-
 def estimate_and_advise(cfg: Config, capacity_bytes: int | None = None, *, on_gpu: bool | None = None,
                         capacity_source: str | None = None) -> Estimate:
     """The estimate of the run a config describes (:func:`~ftwatch.analysis.estimate.estimate`) with
@@ -246,7 +135,7 @@ def suggest(before: Estimate) -> list[Suggestion]:
         raise ValueError("the estimate carries no inputs to vary")
     capacity = before.capacity_bytes
 
-    def price(candidate: _Candidate) -> Suggestion:
+    def price(candidate: Candidate) -> Suggestion:
         after = estimate_inputs(candidate.inputs, capacity)
         priced = _suggestion(candidate, before.total - after.total, after.verdict, after.fails_at, before.verdict)
         if candidate.kind in WEIGHT_KINDS:
@@ -283,7 +172,7 @@ def combine(before: Estimate) -> Suggestion | None:
     inputs, steps, after = before.inputs, [], before
     for _ in range(MAX_COMBINED):
         options = []
-        for make in _SINGLE + _GRADED:
+        for make in SINGLE_CHANGES + GRADED_CHANGES:
             for candidate in make(inputs):
                 estimate = estimate_inputs(candidate.inputs, capacity)
                 options.append((candidate, estimate))
@@ -329,7 +218,7 @@ def suggest_for_measured(
     base = estimate_inputs(inputs)
     verdict, _ = judge(used, 0, capacity_bytes)
 
-    def price(candidate: _Candidate) -> Suggestion:
+    def price(candidate: Candidate) -> Suggestion:
         after = estimate_inputs(candidate.inputs)
         saves = scaled_savings(measured, base.categories, after.categories)
         return _measured_suggestion(candidate.kind, candidate.change, candidate.settings, saves, used,
@@ -350,10 +239,10 @@ def scaled_savings(measured: Mapping[str, int | None], before: Mapping[str, int]
     return int(round(saved))
 
 
-def _collect(inputs: EstimateInputs, price: Callable[[_Candidate], Suggestion],
+def _collect(inputs: EstimateInputs, price: Callable[[Candidate], Suggestion],
              verdict: str | None, strongest_only: bool = False) -> list[Suggestion]:
-    out = [price(c) for make in _SINGLE for c in make(inputs)]
-    for make in _GRADED:
+    out = [price(c) for make in SINGLE_CHANGES for c in make(inputs)]
+    for make in GRADED_CHANGES:
         options = make(inputs)
         chosen = _mildest_enough(options[-1:] if strongest_only else options, price, verdict)
         if chosen is not None:
@@ -361,7 +250,7 @@ def _collect(inputs: EstimateInputs, price: Callable[[_Candidate], Suggestion],
     return out
 
 
-def _mildest_enough(options: Sequence[_Candidate], price: Callable[[_Candidate], Suggestion],
+def _mildest_enough(options: Sequence[Candidate], price: Callable[[Candidate], Suggestion],
                     verdict: str | None) -> Suggestion | None:
     """The mildest option that resolves the problem; else the strongest; the mildest if all is well."""
     chosen = None
@@ -372,7 +261,7 @@ def _mildest_enough(options: Sequence[_Candidate], price: Callable[[_Candidate],
     return chosen
 
 
-def _suggestion(candidate: _Candidate, saves: int, verdict_after: str | None, fails_at_after: str | None,
+def _suggestion(candidate: Candidate, saves: int, verdict_after: str | None, fails_at_after: str | None,
                 verdict_before: str | None) -> Suggestion:
     fits_after = None if verdict_after is None else verdict_after != "does_not_fit"
     return Suggestion(kind=candidate.kind, change=candidate.change, settings=candidate.settings,
