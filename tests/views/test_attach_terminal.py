@@ -86,7 +86,7 @@ def test_attach_to_a_process_without_probe_shows_the_outside_view_and_q_leaves_i
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
         tmux.start(ftwatch_command(private_state_dir, "attach", str(process.pid)))
         wait_until(lambda: "No category breakdown" in tmux.screen(), 60, "the outside view", tmux.screen)
-        wait_until(lambda: "process (no breakdown)" in tmux.screen() and "q Quit" in tmux.screen(), 10,
+        wait_until(lambda: "process (no breakdown)" in tmux.screen() and "q Quit" in tmux.screen(), 60,
                    "the first sample", tmux.screen)
         screen = tmux.screen()
         rows = screen.rstrip("\n").splitlines()
@@ -123,11 +123,11 @@ def test_replay_in_a_terminal_steps_and_jumps(tmp_path: Path, private_state_dir:
         for key, expected in (("Left", "step 59/60"), ("Left", "step 58/60"), ("Home", "step 0/60"),
                               ("Right", "step 1/60"), ("Right", "step 2/60")):
             tmux.keys(key)
-            wait_until(lambda expected=expected: expected in tmux.screen() and "PAUSED" in tmux.screen(), 10,
+            wait_until(lambda expected=expected: expected in tmux.screen() and "PAUSED" in tmux.screen(), 60,
                        expected, tmux.screen)
             assert "PAUSED" in tmux.screen().splitlines()[0]
         tmux.keys("End")
-        wait_until(lambda: "FINISHED" in tmux.screen(), 10, "the end again", tmux.screen)
+        wait_until(lambda: "FINISHED" in tmux.screen(), 60, "the end again", tmux.screen)
         tmux.keys("q")
         wait_until(lambda: "FTWATCH-EXIT=0" in tmux.screen(), 20, "replay to exit", tmux.screen)
     finally:
@@ -186,7 +186,7 @@ def test_ctrl_c_in_the_attach_dashboard_only_asks_and_the_target_gets_no_signal(
         wait_until(lambda: "Detach" in tmux.screen(), 60, "the attached dashboard", tmux.screen)
         pid = int(ready.read_text())
         tmux.keys("C-c")
-        wait_until(lambda: "still running" in tmux.screen(), 10, "the quit question", tmux.screen)
+        wait_until(lambda: "still running" in tmux.screen(), 60, "the quit question", tmux.screen)
         assert alive(pid) and not flag.exists()
         tmux.keys("C-c")  # twice: leave, harmlessly
         wait_until(lambda: "FTWATCH-EXIT=0" in tmux.screen(), 20, "attach to exit", tmux.screen)

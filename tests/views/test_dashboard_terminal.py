@@ -117,6 +117,10 @@ def test_run_dashboard_at_80x24_then_quit_and_stop(tiny_config, tmp_path: Path) 
         wait_until(lambda: seen("phase training"), 240, "the training phase", tmux.screen)
         first_states = [s.splitlines()[0] for s in screens if s.strip()]
         assert any("phase training" not in line for line in first_states), "never saw a phase before training"
+        # the panels and the footer draw a moment after the status line on a loaded machine
+        parts = ("Memory · RSS", "▲", "✔ loading", "▶ training", "q Quit", "Detach")
+        wait_until(lambda: all(part in tmux.screen() for part in parts), 60, "the whole training screen",
+                   tmux.screen)
         screen = tmux.screen()
         lines = screen.splitlines()
         assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
@@ -129,7 +133,7 @@ def test_run_dashboard_at_80x24_then_quit_and_stop(tiny_config, tmp_path: Path) 
         assert alive(worker_pid)
 
         tmux.keys("q")
-        wait_until(lambda: "still running" in tmux.screen(), 10, "the quit question", tmux.screen)
+        wait_until(lambda: "still running" in tmux.screen(), 60, "the quit question", tmux.screen)
         tmux.keys("k")
         wait_until(lambda: "FTWATCH-EXIT=" in tmux.screen(), 90, "ftwatch to exit", tmux.screen)
         screen = tmux.screen()
@@ -184,10 +188,10 @@ def test_two_rank_run_at_80x24_shows_every_rank_then_stops_them_all(tiny_config,
         assert all(alive(pid) for pid in [*pids, launcher])
 
         tmux.keys("]")  # the focus moves off the worst rank, and the memory title follows
-        wait_until(lambda: "Memory · rank" in tmux.screen(), 10, "a rank in the memory title", tmux.screen)
+        wait_until(lambda: "Memory · rank" in tmux.screen(), 60, "a rank in the memory title", tmux.screen)
 
         tmux.keys("q")
-        wait_until(lambda: "still running" in tmux.screen(), 10, "the quit question", tmux.screen)
+        wait_until(lambda: "still running" in tmux.screen(), 60, "the quit question", tmux.screen)
         tmux.keys("k")
         wait_until(lambda: "FTWATCH-EXIT=" in tmux.screen(), 120, "ftwatch to exit", tmux.screen)
         assert "FTWATCH-EXIT=130" in tmux.screen()
