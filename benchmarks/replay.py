@@ -158,8 +158,8 @@ def dashboard(log: Path, steps: int) -> dict[str, float]:
         backs = []
         for back in range(1, 4):
             mark, start = proc.mark(), time.perf_counter()
-            proc.send(b"\x1b[D")  # left: the end of the previous step
-            proc.wait_for(rf"step {steps - back + 1}/".encode(), 30, start=mark)
+            proc.send(b"\x1b[D")  # left: one step back (from the end too)
+            proc.wait_for(rf"step {steps - back}/".encode(), 30, start=mark)
             backs.append(time.perf_counter() - start)
         proc.send(b"q")
         time.sleep(0.3)
