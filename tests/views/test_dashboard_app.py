@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.color import Color
@@ -179,13 +180,14 @@ def expected_cells(parts: list[tuple[str, int]], scale: int, width: int) -> list
     return out
 
 
-def bar_runs_from_screen(app: FtwatchApp) -> list[tuple[str, int]]:
-    """Read the bar's first row back from the screen: background colour -> category, run-length coded."""
+def bar_runs_from_screen(app: FtwatchApp, widget: Any = None, skip: int = 0) -> list[tuple[str, int]]:
+    """Read a bar's first row back from the screen (the memory bar unless ``widget`` is given, from
+    its ``skip``-th cell): background colour -> category, run-length coded."""
     by_colour = {Color.parse(look.colour).triplet: name for name, look in LOOKS.items()}
     by_colour[Color.parse(TRACK.colour).triplet] = "(track)"
-    region = app.query_one(MemoryBar).content_region
+    region = (widget or app.query_one(MemoryBar)).content_region
     runs: list[tuple[str, int]] = []
-    for x in range(region.x, region.right):
+    for x in range(region.x + skip, region.right):
         style = app.screen.get_style_at(x, region.y)
         name = by_colour.get(style.bgcolor.triplet if style.bgcolor else None, "?")
         if runs and runs[-1][0] == name:

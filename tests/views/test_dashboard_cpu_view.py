@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.color import Color
-from test_dashboard_app import BIG, FIXTURES, SMALL, make_app, region_text, replay_dir, wait_for, wait_for_end
+from test_dashboard_app import (
+    BIG,
+    FIXTURES,
+    SMALL,
+    bar_runs_from_screen,
+    make_app,
+    region_text,
+    replay_dir,
+    wait_for,
+    wait_for_end,
+)
 from test_dashboard_parts import feed_of
 
 from ftwatch.views.dashboard.breakdown import Breakdown, Part, compute_breakdown
@@ -164,22 +173,6 @@ def cuda_peak(evs: list[dict[str, Any]]) -> int:
 
 
 # -- on screen -------------------------------------------------------------------------------------
-def row_runs(app, widget, skip: int = 0) -> list[tuple[str, int]]:
-    """One widget's first row read back from the screen: background colour -> category, run-length coded."""
-    by_colour = {Color.parse(look.colour).triplet: name for name, look in LOOKS.items()}
-    by_colour[Color.parse(TRACK.colour).triplet] = "(track)"
-    region = widget.content_region
-    runs: list[tuple[str, int]] = []
-    for x in range(region.x + skip, region.right):
-        style = app.screen.get_style_at(x, region.y)
-        name = by_colour.get(style.bgcolor.triplet if style.bgcolor else None, "?")
-        if runs and runs[-1][0] == name:
-            runs[-1] = (name, runs[-1][1] + 1)
-        else:
-            runs.append((name, 1))
-    return runs
-
-
 @pytest.mark.parametrize("size", [SMALL, BIG])
 async def test_every_cpu_category_is_on_screen_with_its_value(tmp_path: Path, size) -> None:
     run = replay_dir(tmp_path, "cpu-finished")
@@ -198,13 +191,13 @@ async def test_every_cpu_category_is_on_screen_with_its_value(tmp_path: Path, si
         sizes = [*f["tensors"].values(), f["rss"] - sum(f["tensors"].values())]
         cells = reference_cells(sizes, max(f["rss"], f["peak_rss"]), width)
         names = [*TENSORS, "process_rest"]
-        assert row_runs(app, bar) == [(n, c) for n, c in zip(names, cells, strict=True)]
+        assert bar_runs_from_screen(app, bar) == [(n, c) for n, c in zip(names, cells, strict=True)]
         zoom = app.query_one(ZoomBar)
         caption = f"tensors {TENSOR_TOTAL} "
         assert caption.strip() in region_text(app, zoom)
         tensor_sizes = list(f["tensors"].values())
         zoom_cells = reference_cells(tensor_sizes, sum(tensor_sizes), zoom.content_region.width - len(caption))
-        assert row_runs(app, zoom, skip=len(caption)) == list(zip(TENSORS, zoom_cells, strict=True))
+        assert bar_runs_from_screen(app, zoom, skip=len(caption)) == list(zip(TENSORS, zoom_cells, strict=True))
         assert BY_HAND["weights"] in region_text(app, zoom)  # the weights' value on the tensors bar
 
 
