@@ -331,8 +331,9 @@ async def test_q_in_a_replay_quits_at_once(tmp_path: Path) -> None:
     app = make_app(run / "events.jsonl", None)
     async with app.run_test(size=SMALL) as pilot:
         await wait_for_end(pilot)
+        await wait_for(pilot, lambda: "Quit" in screen_text(app).splitlines()[-1])  # the footer draws late
         footer = screen_text(app).splitlines()[-1]
-        assert "Quit" in footer and "Detach" not in footer and "Stop" not in footer
+        assert "Detach" not in footer and "Stop" not in footer
         await pilot.press("d")  # nothing to detach from: says so, stays
         assert app.is_running
         await pilot.press("q")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_dashboard_app import SMALL, screen_text, wait_for
+from test_dashboard_app import SMALL, eventually, screen_text, wait_for
 
 from conftest import FIXTURES_ROOT
 from ftwatch.runlog.events import encode
@@ -351,10 +351,14 @@ async def test_replay_keys_on_screen(tmp_path: Path) -> None:
         assert "Detach" not in footer and "Stop" not in footer
         await pilot.press("left")  # the first step back from the end moves (60 -> 59)
         await wait_for(pilot, lambda: "step 59/60" in screen_text(app))
-        rows = screen_text(app).splitlines()
-        assert "PAUSED" in rows[0] and "space plays" in rows[1]
-        assert "step 59" in rows[2]  # the bar shows that step's snapshot
-        assert "space Play " in rows[-1]
+
+        def one_step_back() -> None:  # the footer redraws a moment after the status line
+            rows = screen_text(app).splitlines()
+            assert "PAUSED" in rows[0] and "space plays" in rows[1]
+            assert "step 59" in rows[2]  # the bar shows that step's snapshot
+            assert "space Play " in rows[-1]
+
+        await eventually(pilot, one_step_back)
         await pilot.press("left")
         await wait_for(pilot, lambda: "step 58/60" in screen_text(app))
         await pilot.press("home")
@@ -370,7 +374,7 @@ async def test_replay_keys_on_screen(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: "PAUSED" in screen_text(app))
         await wait_for(pilot, lambda: "space Play " in screen_text(app).splitlines()[-1])
         await pilot.press("question_mark")
-        assert "play / pause the replay" in screen_text(app)
+        await wait_for(pilot, lambda: "play / pause the replay" in screen_text(app))
         await pilot.press("escape")
         await pilot.press("q")
     assert app.return_value == "quit" and app.render_error is None
