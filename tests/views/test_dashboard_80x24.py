@@ -208,7 +208,7 @@ async def test_in_the_quit_question_k_stops_as_on_the_dashboard(tmp_path: Path) 
         question = region_text(app, app.screen.query_one("#dialog"))
         assert "k stop it cleanly" in question and " s " not in question, question
         await pilot.press("k")
-        assert handle.stop_requests == 1
+        await wait_for(pilot, lambda: handle.stop_requests == 1)
         return_value = await finish(pilot, app, run, handle)
     assert return_value == "stopped"
 
