@@ -57,8 +57,8 @@ def test_a_run_survives_its_terminal_and_is_attached_to_until_it_finishes(tiny_c
         wait_until(lambda: "FINISHED" in second.screen(), 300, "the run to finish", second.screen)
         assert "run finished after 200 steps" in second.screen()
         second.keys("q")
-        wait_until(lambda: "FTWATCH-EXIT=0" in second.screen(), 30, "attach to exit", second.screen)
-        wait_until(lambda: not alive(worker_pid), 30, "the worker to end", second.screen)
+        wait_until(lambda: "FTWATCH-EXIT=0" in second.screen(), 60, "attach to exit", second.screen)
+        wait_until(lambda: not alive(worker_pid), 60, "the worker to end", second.screen)
         log = events(run)
         assert log[-1]["kind"] == "exit" and log[-1]["status"] == "finished" and log[-1]["by"] == "worker"
         steps = [e["step"] for e in log if e["kind"] == "snapshot" and e.get("step") is not None]
@@ -97,10 +97,10 @@ def test_attach_to_a_process_without_probe_shows_the_outside_view_and_q_leaves_i
         assert f"PID {process.pid} is watched from outside" in screen
         assert "callbacks=[FtwatchCallback()]" in screen and "from ftwatch import FtwatchCallback" in screen
         assert "q Quit" in rows[-1] and "Detach" not in rows[-1] and "Stop" not in rows[-1]  # not ours to stop
-        wait_until(lambda: "elapsed 3" in tmux.screen(), 20, "a few seconds of watching", tmux.screen)
+        wait_until(lambda: "elapsed 3" in tmux.screen(), 60, "a few seconds of watching", tmux.screen)
         assert "FAILED" not in tmux.screen() and "LIVE" in tmux.screen()
         tmux.keys("q")
-        wait_until(lambda: "FTWATCH-EXIT=0" in tmux.screen(), 20, "attach to exit", tmux.screen)
+        wait_until(lambda: "FTWATCH-EXIT=0" in tmux.screen(), 60, "attach to exit", tmux.screen)
         assert process.poll() is None  # the watched process never noticed
         logs = list((private_state_dir / "external").glob("*/events.jsonl"))
         assert len(logs) == 1 and '"external":true' in logs[0].read_text().splitlines()[0]
@@ -129,7 +129,7 @@ def test_replay_in_a_terminal_steps_and_jumps(tmp_path: Path, private_state_dir:
         tmux.keys("End")
         wait_until(lambda: "FINISHED" in tmux.screen(), 60, "the end again", tmux.screen)
         tmux.keys("q")
-        wait_until(lambda: "FTWATCH-EXIT=0" in tmux.screen(), 20, "replay to exit", tmux.screen)
+        wait_until(lambda: "FTWATCH-EXIT=0" in tmux.screen(), 60, "replay to exit", tmux.screen)
     finally:
         tmux.kill()
 
@@ -142,7 +142,7 @@ def test_replay_refuses_a_bad_log_before_the_dashboard_opens(tmp_path: Path, pri
     tmux = Tmux("bad-replay")
     try:
         tmux.start(ftwatch_command(private_state_dir, "replay", str(log)))
-        wait_until(lambda: "FTWATCH-EXIT=" in tmux.screen(), 30, "replay to exit", tmux.screen)
+        wait_until(lambda: "FTWATCH-EXIT=" in tmux.screen(), 60, "replay to exit", tmux.screen)
         screen = tmux.screen()
         assert "FTWATCH-EXIT=2" in screen and message in screen and "Traceback" not in screen
     finally:
@@ -189,7 +189,7 @@ def test_ctrl_c_in_the_attach_dashboard_only_asks_and_the_target_gets_no_signal(
         wait_until(lambda: "still running" in tmux.screen(), 60, "the quit question", tmux.screen)
         assert alive(pid) and not flag.exists()
         tmux.keys("C-c")  # twice: leave, harmlessly
-        wait_until(lambda: "FTWATCH-EXIT=0" in tmux.screen(), 20, "attach to exit", tmux.screen)
+        wait_until(lambda: "FTWATCH-EXIT=0" in tmux.screen(), 60, "attach to exit", tmux.screen)
         assert f"follow it with: ftwatch attach {pid}" in tmux.screen()
         assert alive(pid) and not flag.exists()
     finally:

@@ -112,11 +112,28 @@ async def eventually(pilot: Pilot, check: Callable[[], None], timeout: float = 3
         await pilot.pause(0.05)
 
 
+async def wait_for_settled(pilot: Pilot, timeout: float = 30.0) -> None:
+    """Until the footer has drawn and two reads of the screen a few frames apart agree (under load
+    Textual draws the footer and the plot after the rest: a read right after a change can miss them)."""
+    app = pilot.app
+    deadline = time.monotonic() + timeout
+    previous = None
+    while True:
+        text = screen_text(app)
+        footer = text.rstrip("\n").splitlines()[-1] if text.strip() else ""
+        if text == previous and "Quit" in footer:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("the screen did not settle in time; screen:\n" + text)
+        previous = text
+        await pilot.pause(0.1)
+
+
 async def wait_for_end(pilot: Pilot) -> None:
-    """Until the replayed run has ended on screen and the layout has settled."""
+    """Until the replayed run has ended on screen and the screen has settled."""
     app = pilot.app
     await wait_for(pilot, lambda: app.view is not None and app.view.ended)
-    await pilot.pause(0.3)
+    await wait_for_settled(pilot)
 
 
 def exit_line(run: Path, status: str, step: int) -> str:
@@ -348,9 +365,13 @@ async def test_space_pauses_the_display_not_the_data(tmp_path: Path) -> None:
     async with app.run_test(size=BIG) as pilot:
         await wait_for(pilot, lambda: "step 10/60" in screen_text(app))
         await pilot.press("space")
-        await pilot.pause(0.3)
+
+        def paused() -> None:
+            text = screen_text(app)
+            assert "PAUSED" in text and "step 10/60" in text and "Resume" in text.splitlines()[-1]
+
+        await eventually(pilot, paused)  # the whole screen, footer included, before it is frozen
         frozen = screen_text(app)
-        assert "PAUSED" in frozen and "step 10/60" in frozen
         upto = next(i for i, line in enumerate(rest) if '"step":20,' in line and '"snapshot"' in line)
         append(run, rest[:upto + 1])
         await wait_for(pilot, lambda: app.feed.state.step == 20)  # read and folded...
@@ -372,13 +393,16 @@ async def test_the_final_state_stays_after_the_worker_exits(tmp_path: Path) -> N
         append(run, [exit_line(run, "finished", 40)])
         handle.alive = False
         await wait_for(pilot, lambda: "FINISHED" in screen_text(app))
-        await pilot.pause(1.0)
-        text = screen_text(app)
-        assert app.is_running
-        assert "Summary" in text and "run finished after 40 steps" in text
-        assert "step 40/60" in text and "ETA" not in text
-        footer = text.splitlines()[-1]
-        assert "Detach" not in footer and "Stop" not in footer
+
+        def final_state() -> None:
+            text = screen_text(app)
+            assert app.is_running
+            assert "Summary" in text and "run finished after 40 steps" in text
+            assert "step 40/60" in text and "ETA" not in text
+            footer = text.splitlines()[-1]
+            assert "Quit" in footer and "Detach" not in footer and "Stop" not in footer
+
+        await eventually(pilot, final_state)
         await pilot.press("q")
     assert app.return_value == "quit"
 
@@ -393,11 +417,15 @@ async def test_a_worker_that_vanishes_is_reported(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: "LIVE" in screen_text(app))
         handle.alive = False
         await wait_for(pilot, lambda: "FAILED" in screen_text(app))
-        await pilot.pause(0.3)
-        text = screen_text(app)
-        assert "Post-mortem" in text and "RUN FAILED" in text
-        assert "without writing an exit event" in region_text(app, app.w_alerts_box)
-        assert "Detach" not in text.splitlines()[-1]
+
+        def reported() -> None:
+            text = screen_text(app)
+            assert "Post-mortem" in text and "RUN FAILED" in text
+            assert "without writing an exit event" in region_text(app, app.w_alerts_box)
+            footer = text.splitlines()[-1]
+            assert "Quit" in footer and "Detach" not in footer
+
+        await eventually(pilot, reported)
 
 
 async def test_l_gives_the_worker_log_the_room(tmp_path: Path) -> None:
@@ -407,13 +435,15 @@ async def test_l_gives_the_worker_log_the_room(tmp_path: Path) -> None:
         await wait_for_end(pilot)
         small = app.query_one("#log-box").size.height
         await pilot.press("l")
-        await pilot.pause(0.2)
-        assert app.query_one("#log-box").size.height > small + 5
-        text = screen_text(app)
-        assert "Timeline" not in text and "ftwatch worker: stopped at step 107" in text
+
+        def log_has_the_room() -> None:
+            assert app.query_one("#log-box").size.height > small + 5
+            text = screen_text(app)
+            assert "Timeline" not in text and "ftwatch worker: stopped at step 107" in text
+
+        await eventually(pilot, log_has_the_room)
         await pilot.press("l")
-        await pilot.pause(0.2)
-        assert app.query_one("#log-box").size.height == small
+        await wait_for(pilot, lambda: app.query_one("#log-box").size.height == small)
 
 
 async def test_s_saves_an_svg_into_the_run_directory(tmp_path: Path) -> None:
@@ -422,7 +452,7 @@ async def test_s_saves_an_svg_into_the_run_directory(tmp_path: Path) -> None:
     async with app.run_test(size=BIG) as pilot:
         await wait_for_end(pilot)
         await pilot.press("s")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: any(run.glob("ftwatch-*.svg")))
     shots = list(run.glob("ftwatch-*.svg"))
     assert len(shots) == 1 and "FINISHED" in shots[0].read_text()
 
@@ -502,19 +532,22 @@ async def test_training_state(tmp_path: Path, size) -> None:
     app = make_app(run / "events.jsonl", FakeHandle(run))  # type: ignore[arg-type]
     async with app.run_test(size=size) as pilot:
         await wait_for(pilot, lambda: "step 40/60" in screen_text(app))
-        await pilot.pause(1.2)  # let the timeline draw
-        text = screen_text(app)
-        rows = lines_of(text)
-        assert "phase training" in rows[0] and "ETA" in rows[1]
-        assert "step 40" in rows[2] and "free" in rows[2]
-        assert "peak" in text and "▲" in text and "◆" in text
-        assert "WATCH" in text and "oom_risk" in text  # the forecaster's warning
-        assert "Timeline" in text and "activations" in region_text(app, app.w_plot_legend)
-        if size == BIG:
-            assert "capacity" in region_text(app, app.w_plot_legend)
-        phase_row = next(i for i, r in enumerate(rows) if r.startswith("─Phases"))
-        assert "✔ loading" in rows[phase_row + 1] and "▶ training" in rows[phase_row + 1]
-        assert "+15.1 GiB" in rows[phase_row + 2]
+
+        def training_screen() -> None:
+            text = screen_text(app)
+            rows = lines_of(text)
+            assert "phase training" in rows[0] and "ETA" in rows[1]
+            assert "step 40" in rows[2] and "free" in rows[2]
+            assert "peak" in text and "▲" in text and "◆" in text
+            assert "WATCH" in text and "oom_risk" in text  # the forecaster's warning
+            assert "Timeline" in text and "activations" in region_text(app, app.w_plot_legend)
+            if size == BIG:
+                assert "capacity" in region_text(app, app.w_plot_legend)
+            phase_row = next(i for i, r in enumerate(rows) if r.startswith("─Phases"))
+            assert "✔ loading" in rows[phase_row + 1] and "▶ training" in rows[phase_row + 1]
+            assert "+15.1 GiB" in rows[phase_row + 2]
+
+        await eventually(pilot, training_screen)  # the timeline draws after the rest
         svg = app.export_screenshot()
         assert "training" in svg and "activations" in svg
 

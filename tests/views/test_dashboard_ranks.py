@@ -24,6 +24,7 @@ from test_dashboard_app import (  # noqa: F401 - the fixture applies here too
     region_text,
     screen_text,
     wait_for,
+    wait_for_settled,
 )
 
 from conftest import FIXTURES_ROOT
@@ -85,9 +86,10 @@ def ranks_rows(app: FtwatchApp) -> dict[int, str]:
 
 
 async def wait_settled(pilot) -> None:
+    """Until the job has ended on screen and the screen (footer included) has settled."""
     app = pilot.app
     await wait_for(pilot, lambda: app.view is not None and app.view.run_ended)
-    await pilot.pause(0.3)
+    await wait_for_settled(pilot)
 
 
 def copy_run(tmp_path: Path, name: str) -> Path:
@@ -197,7 +199,7 @@ async def test_single_process_runs_have_no_ranks_panel(tmp_path: Path) -> None:
     app = make_app(FIXTURES / "cpu-finished" / "events.jsonl", None)
     async with app.run_test(size=SMALL) as pilot:
         await wait_for(pilot, lambda: app.view is not None and app.view.ended)
-        await pilot.pause(0.2)
+        await wait_for_settled(pilot)
         text = screen_text(app)
         assert not app.w_ranks_box.display and app.view.ranks is None
         assert "Ranks" not in text and "Rank" not in text.splitlines()[-1] and "rank" not in text.splitlines()[1]
@@ -352,7 +354,7 @@ async def test_s_saves_a_screenshot_of_the_ranks_into_the_run_directory(tmp_path
         svg = app.export_screenshot()
         assert "DEAD:" in svg and "worst" in svg and "FAILED" in svg
         await pilot.press("s")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: any(run.glob("ftwatch-*.svg")))
     shots = list(run.glob("ftwatch-*.svg"))
     assert len(shots) == 1 and "DEAD:" in shots[0].read_text()
 
@@ -381,19 +383,22 @@ async def test_the_status_line_carries_the_worst_ranks_risk_and_warnings_name_th
     app = make_app(run, FakeHandle(run))  # type: ignore[arg-type]
     async with app.run_test(size=BIG) as pilot:
         await wait_for(pilot, lambda: "step 40" in ranks_rows(app).get(1, ""))
-        await pilot.pause(0.3)
-        rows = ranks_rows(app)
-        for rank in (0, 1):
-            events = [json.loads(line) for line in parts[rank]]
-            snap = [e for e in events if e["kind"] == "snapshot"][-1]
-            capacity = events[0]["device"]["capacity"]
-            share = (capacity - snap["categories"]["free"]) / capacity  # all but what is free
-            assert f"{share * 100:.0f}%" in rows[rank] and f"cuda:{rank}" in rows[rank]
         warned = [json.loads(line) for line in parts[1] if '"kind":"warning"' in line]
         assert warned and not any('"kind":"warning"' in line for line in parts[0])
-        assert "watch" in rows[1] and " ok" in rows[0] and rows[1].endswith("◀ worst")
-        status = screen_text(app).splitlines()[0]
-        assert "LIVE" in status and "● r1 oom risk" in status
-        alerts = region_text(app, app.w_alerts_box)
-        assert f"rank 1: {warned[-1]['message']}" in alerts
-        assert "Memory · rank 1 · GPU 1" in screen_text(app)
+
+        def rows_status_and_alerts() -> None:
+            rows = ranks_rows(app)
+            for rank in (0, 1):
+                events = [json.loads(line) for line in parts[rank]]
+                snap = [e for e in events if e["kind"] == "snapshot"][-1]
+                capacity = events[0]["device"]["capacity"]
+                share = (capacity - snap["categories"]["free"]) / capacity  # all but what is free
+                assert f"{share * 100:.0f}%" in rows[rank] and f"cuda:{rank}" in rows[rank]
+            assert "watch" in rows[1] and " ok" in rows[0] and rows[1].endswith("◀ worst")
+            status = screen_text(app).splitlines()[0]
+            assert "LIVE" in status and "● r1 oom risk" in status
+            alerts = region_text(app, app.w_alerts_box)
+            assert f"rank 1: {warned[-1]['message']}" in alerts
+            assert "Memory · rank 1 · GPU 1" in screen_text(app)
+
+        await eventually(pilot, rows_status_and_alerts)

@@ -422,16 +422,20 @@ async def test_the_outside_view_says_there_is_no_breakdown_and_how_to_get_one(tm
     async with app.run_test(size=SMALL) as pilot:
         await wait_for(pilot, lambda: "No category breakdown" in screen_text(app))
         await pilot.pause(1.0)  # a quiet log must not be taken for a finished one
-        text = screen_text(app)
-        rows = text.splitlines()
-        assert "LIVE" in rows[0] and "FAILED" not in text
-        assert "outside view" in rows[1] and "step 0" not in rows[1]
-        assert "no breakdown" in rows[2]
-        assert "PID 4242 is watched from outside" in text
-        assert "callbacks=[FtwatchCallback()]" in text and "from ftwatch import FtwatchCallback" in text
-        assert "process (no breakdown)" in text and "· loading" not in text
-        if cuda:
-            assert "GPU 0 · 23.9 GiB of 80.0 GiB" in rows[2]
+
+        def outside_view() -> None:
+            text = screen_text(app)
+            rows = text.splitlines()
+            assert "LIVE" in rows[0] and "FAILED" not in text
+            assert "outside view" in rows[1] and "step 0" not in rows[1]
+            assert "no breakdown" in rows[2]
+            assert "PID 4242 is watched from outside" in text
+            assert "callbacks=[FtwatchCallback()]" in text and "from ftwatch import FtwatchCallback" in text
+            assert "process (no breakdown)" in text and "· loading" not in text
+            if cuda:
+                assert "GPU 0 · 23.9 GiB of 80.0 GiB" in rows[2]
+
+        await eventually(pilot, outside_view)
         with (run / "events.jsonl").open("a") as handle:
             handle.write(encode("exit", {"status": "finished", "step": None, "by": "monitor",
                                          "message": "process 4242 exited"}, 1_010.0))

@@ -139,7 +139,7 @@ def test_run_dashboard_at_80x24_then_quit_and_stop(tiny_config, tmp_path: Path) 
         screen = tmux.screen()
         assert "FTWATCH-EXIT=130" in screen  # stopped
         assert "stopped after" in screen
-        wait_until(lambda: not alive(worker_pid), 30, "the worker to be gone", tmux.screen)
+        wait_until(lambda: not alive(worker_pid), 60, "the worker to be gone", tmux.screen)
         exit_event = events(run)[-1]
         assert exit_event["kind"] == "exit" and exit_event["status"] == "stopped" and exit_event["by"] == "worker"
     finally:
