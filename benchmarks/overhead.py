@@ -1,6 +1,6 @@
 """Probe overhead: the bundled tiny fine-tune with the probe off and on, interleaved.
 
-    .venv/bin/python benchmarks/overhead.py [--pairs 7] [--steps 150]
+    .venv/bin/python benchmarks/overhead.py [--pairs 7] [--steps 150] [--quick] [--no-peak-meter]
 
 Each run builds the model, LoRA and Trainer afresh from the bundled example, trains on the CPU, and
 times the steps after a warm-up (from the end of step 20 to the end of the last step) with a
@@ -8,6 +8,12 @@ timing callback placed after ftwatch's. "on" is the default probe: the Trainer c
 tracking and the 10 Hz device sampler writing a real run log. The tiny model's steps take a few
 milliseconds, so this is the worst case for a fixed per-step cost; a real model's steps are
 hundreds of times longer. Run it on a quiet machine: other load swamps a few-percent effect.
+
+On CPU the probe's peak meter (``peak_meter.PeakMeter``: a dispatch mode over every op of a measured
+step) runs on the measured steps only; the table after the main one gives the median step time of
+the measured steps and of the others in the "on" runs, so its cost per measured step and averaged
+over all steps can be read. ``--no-peak-meter`` turns the meter off in the "on" runs (the probe as
+before it), for a before/after comparison; ``--quick`` is 3 pairs of 80 steps.
 """
 
 from __future__ import annotations
@@ -70,7 +76,19 @@ class ProbeClock:
         return sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id in ids)
 
 
-def train_once(with_probe: bool, steps: int, track_activations: bool = True) -> tuple[float, float]:
+def _measured_steps(run_dir: str) -> set[int]:
+    """The steps whose snapshot carries the peak meter's ``tensor_peak`` (else whose forward was
+    measured: no ``activations_measured: false``)."""
+    from ftwatch.runlog.event_reader import read_events
+
+    snaps = [e for e in read_events(run_dir) if e["kind"] == "snapshot" and e.get("step")]
+    if any("tensor_peak" in e for e in snaps):
+        return {e["step"] for e in snaps if "tensor_peak" in e}
+    return {e["step"] for e in snaps if e.get("activations_measured", True)}
+
+
+def train_once(with_probe: bool, steps: int, track_activations: bool = True,
+               peak_meter: bool = True) -> tuple[float, float]:
     """Steps per second of one fresh run (after the warm-up steps), by the wall clock and by the
     process's CPU time (every thread: training, sampler, analysis)."""
     import torch
@@ -110,6 +128,9 @@ def train_once(with_probe: bool, steps: int, track_activations: bool = True) -> 
                       track_activations=track_activations)
         probe.start()
         probe.attach_model(model)
+        if not peak_meter:  # the probe as it was before the CPU peak meter
+            probe._peak_meter = None
+            probe.meter.on_saved = None
         callbacks.append(FtwatchCallback(probe=probe))
     callbacks.append(Clock())
     trainer = Trainer(model=model, args=build_training_arguments(cfg, output_dir=tmp),
@@ -124,11 +145,76 @@ def train_once(with_probe: bool, steps: int, track_activations: bool = True) -> 
         inline = probe_marks[steps][0] - probe_marks[WARMUP][0]
         threads = probe_marks[steps][1] - probe_marks[WARMUP][1]
         PROBE_SHARES.append((inline / wall, threads / wall, 1000 * inline / n))
+        measured = _measured_steps(tmp)
+        times = {s: marks[s][0] - marks[s - 1][0] for s in range(WARMUP + 1, steps + 1)}
+        on_measured = [t for s, t in times.items() if s in measured]
+        others = [t for s, t in times.items() if s not in measured]
+        if on_measured and others:
+            MEASURED.append((statistics.median(on_measured), statistics.median(others),
+                             len(on_measured) / len(times)))
     return n / wall, n / (marks[steps][1] - marks[WARMUP][1])
+
+
+def meter_on_a_larger_step(layers: int = 8, hidden: int = 1024, seq: int = 512, reps: int = 3) -> None:
+    """The peak meter's cost on a step nearer a real one: a randomly initialised Llama of
+    ``layers`` x ``hidden`` (vocabulary 32,000, LoRA r=8 on q/v) at batch 1 x ``seq`` on the CPU.
+
+    The meter's cost is per op (the dispatch mode's call and a look-up per output), not per byte,
+    so it is timed where the ops are cheap (the same model at 16 tokens: the same ops, interleaved
+    with and without the meter, 15 times) and set against the step at ``seq`` (median of ``reps``),
+    whose own noise would hide it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftwatch.training.probe.peak_meter import PeakMeter
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, vocab_size=32000)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    meter = PeakMeter()
+
+    def step(ids: torch.Tensor, metered: bool = False) -> float:
+        start = time.perf_counter()
+        if metered:
+            meter.start()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if metered:
+            meter.stop()
+        return time.perf_counter() - start
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    short, long = torch.randint(0, 32000, (1, 16)), torch.randint(0, 32000, (1, seq))
+    step(short)
+    with Count():
+        step(short)
+    pairs = [(step(short), step(short, metered=True)) for _ in range(15)]
+    extra = statistics.median(on - off for off, on in pairs)
+    base = statistics.median(step(long) for _ in range(reps))
+    print()
+    print(f"Peak meter on a larger step ({layers} layers x {hidden}, batch 1 x {seq}):")
+    print("| ops per step | meter per measured step | per op | the step | share of a measured step "
+          "| averaged, every 10th step measured |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {Count.ops} | {1000 * extra:.1f} ms | {1e6 * extra / Count.ops:.1f} us | {1000 * base:.0f} ms "
+          f"| {100 * extra / base:.2f}% | {10 * extra / base:.3f}% |")
 
 
 PROBE_CLOCK = ProbeClock()
 PROBE_SHARES: list[tuple[float, float, float]] = []
+#: Per "on" run: median seconds of a measured step, of another step, and the measured share.
+MEASURED: list[tuple[float, float, float]] = []
 
 
 def main() -> None:
@@ -139,7 +225,13 @@ def main() -> None:
     parser.add_argument("--no-activations", action="store_true", help="probe on without activation tracking")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: no OpenMP spinning in the CPU-time figures)")
+    parser.add_argument("--quick", action="store_true", help="3 pairs of 80 steps")
+    parser.add_argument("--no-peak-meter", action="store_true", help="probe on without the CPU peak meter")
+    parser.add_argument("--larger-step", action="store_true",
+                        help="also time the peak meter on a larger randomly initialised model's step")
     args = parser.parse_args()
+    if args.quick:
+        args.pairs, args.steps = 3, 80
     import torch
 
     torch.set_num_threads(args.threads)
@@ -148,7 +240,8 @@ def main() -> None:
     rows = []
     for pair in range(args.pairs):
         order = (False, True) if pair % 2 == 0 else (True, False)
-        result = {flag: train_once(flag, args.steps, not args.no_activations) for flag in order}
+        result = {flag: train_once(flag, args.steps, not args.no_activations, not args.no_peak_meter)
+                  for flag in order}
         rows.append((result[False], result[True]))
         (off_wall, off_cpu), (on_wall, on_cpu) = result[False], result[True]
         print(f"pair {pair + 1}: wall off {off_wall:6.1f} on {on_wall:6.1f} steps/s (on/off {on_wall / off_wall:.3f})"
@@ -170,6 +263,22 @@ def main() -> None:
           "(sampler, analysis) / wall | total |")
     print("|---|---|---|---|")
     print(f"| {per_step:.3f} ms | {100 * inline:.2f}% | {100 * threads:.2f}% | {100 * (inline + threads):.2f}% |")
+    if MEASURED:
+        measured = statistics.median(m[0] for m in MEASURED)
+        other = statistics.median(m[1] for m in MEASURED)
+        share = statistics.median(m[2] for m in MEASURED)
+        extra = measured - other
+        meter = "off" if args.no_peak_meter else "on"
+        print()
+        print(f"Measured steps (peak meter {meter}), the 'on' runs, median over runs:")
+        print("| measured share of steps | measured step | other step | extra per measured step "
+              "| extra averaged over all steps |")
+        print("|---|---|---|---|---|")
+        print(f"| {100 * share:.1f}% | {1000 * measured:.2f} ms | {1000 * other:.2f} ms | {1000 * extra:.2f} ms "
+              f"({100 * extra / other:.0f}%) | {1000 * extra * share:.3f} ms ({100 * extra * share / other:.2f}%) |")
+    if args.larger_step:
+        meter_on_a_larger_step()
+
 
 if __name__ == "__main__":
     main()

@@ -111,6 +111,8 @@ class RunState:
         self.header: dict[str, Any] = {}
         self.model: dict[str, Any] = {}
         self.estimate: dict[str, Any] | None = None
+        #: The step total the ``training`` phase event carries (a script's header does not know it).
+        self.phase_max_steps: int | None = None
         self.phase: str | None = None
         self.phases: list[PhaseRecord] = []
         self.step: int = 0
@@ -120,6 +122,12 @@ class RunState:
         self.peaks: dict[str, int] = {}
         self.peak_total: int = 0
         self.peak_rss: int = 0
+        #: CPU measured steps (``tensor_peak``): the latest such snapshot, and the run's largest
+        #: true peak with its split and step.
+        self.last_tensor_peak: dict[str, Any] | None = None
+        self.tensor_peak: int | None = None
+        self.tensor_peak_split: dict[str, int] = {}
+        self.tensor_peak_step: int | None = None
         self.warnings: list[dict[str, Any]] = []
         self.notes: list[dict[str, Any]] = []
         self.exit: dict[str, Any] | None = None
@@ -164,6 +172,8 @@ class RunState:
 
     def _on_model(self, event: dict[str, Any], t: float) -> None:
         self.model = event
+        if not self.header.get("model") and isinstance(event.get("name"), str) and event["name"]:
+            self.header = {**self.header, "model": event["name"]}  # a script's header: written before the model
 
     def _on_estimate(self, event: dict[str, Any], t: float) -> None:
         self.estimate = event
@@ -174,6 +184,9 @@ class RunState:
             self.phases[-1].end_t = t
             self.phases[-1].end_used = used
         self.phase = event["name"]
+        steps = event.get("max_steps")
+        if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:
+            self.phase_max_steps = steps
         self.phases.append(PhaseRecord(name=event["name"], start_t=t, start_used=used, peak_used=used))
 
     def _on_sample(self, event: dict[str, Any], t: float) -> None:
@@ -213,6 +226,12 @@ class RunState:
             del self._step_times[:-20]
         if event.get("loss") is not None:
             self.loss = float(event["loss"])
+        if event.get("tensor_peak") is not None:
+            self.last_tensor_peak = event
+            if self.tensor_peak is None or int(event["tensor_peak"]) > self.tensor_peak:
+                self.tensor_peak = int(event["tensor_peak"])
+                self.tensor_peak_split = dict(event.get("tensor_peak_split") or {})
+                self.tensor_peak_step = event.get("step")
         cats = event.get("categories") or {}
         for name, value in cats.items():
             if value is not None:
@@ -260,8 +279,14 @@ class RunState:
     @property
     def max_steps(self) -> int | None:
         """The planned number of optimizer steps, when known."""
-        value = self.header.get("max_steps")
+        value = self.header.get("max_steps") or self.phase_max_steps
         return int(value) if value else None
+
+    @property
+    def origin(self) -> str | None:
+        """Who started the run's probe (the header's ``origin``: ``worker``, ``callback``, ``command``)."""
+        value = self.header.get("origin")
+        return value if isinstance(value, str) else None
 
     @property
     def steps_per_second(self) -> float | None:
@@ -292,6 +317,8 @@ class RunState:
             "device": self.device.get("name"),
             "peak_bytes": peak,
             "peak_rss_bytes": self.peak_rss or None,
+            "tensor_peak_bytes": {**self.tensor_peak_split, "total": self.tensor_peak, "step": self.tensor_peak_step}
+            if self.tensor_peak is not None else None,
             "phases": [
                 {"name": p.name, "peak_bytes": p.peak_used, "added_bytes": p.added,
                  "seconds": round(p.end_t - p.start_t, 3) if p.end_t is not None else None}

@@ -154,6 +154,9 @@ class ActivationMeter:
         self.step_peak = 0
         self._saved: list[weakref.ref[torch.Tensor]] = []
         self._context: Any = None
+        #: Called with the saved tensors still alive (parameters excluded) when a forward ends (the
+        #: CPU peak meter labels them ``activations``); a failure there never spoils the figure.
+        self.on_saved: Any = None
 
     def exclude(self, tensors: Iterable[torch.Tensor]) -> None:
         """Storages to ignore (the model's parameters)."""
@@ -194,6 +197,11 @@ class ActivationMeter:
         alive = [t for t in (ref() for ref in saved) if t is not None]
         self.current = unique_storage_bytes(alive, exclude=self.excluded)
         self.step_peak = max(self.step_peak, self.current)
+        if self.on_saved is not None:
+            try:  # noqa: SIM105 - never let the peak meter spoil the activations figure
+                self.on_saved([t for t in alive if (_storage(t) or (None,))[0] not in self.excluded])
+            except Exception:
+                pass
         return self.current
 
     def abort(self) -> None:

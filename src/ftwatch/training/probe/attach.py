@@ -15,6 +15,10 @@ import torch
 
 from ftwatch.training.probe import accounting
 from ftwatch.training.probe.guard import guarded
+from ftwatch.training.probe.peak_meter import PeakMeter
+
+#: The guard's part for the CPU peak meter (switched off after a failure; training goes on).
+PEAK_PART = "tensor peak"
 
 
 class ModelAttachment:
@@ -31,6 +35,9 @@ class ModelAttachment:
         self.model = model
         self._base_only = base_only
         self._activations_by_shape.clear()
+        # The true peak on CPU (CUDA has max_memory_allocated): measured on the measured steps.
+        self._peak_meter = PeakMeter() if self.device.type == "cpu" and self.track_activations else None
+        self.meter.on_saved = self._peak_saved if self._peak_meter is not None else None
         self.refresh_model()
         if self.track_activations:
             self._hooks.append(model.register_forward_pre_hook(self._forward_pre, with_kwargs=True))
@@ -40,7 +47,7 @@ class ModelAttachment:
             dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
             targets = getattr(getattr(model, "peft_config", {}).get("default", None), "target_modules", None)
             self.writer.emit("model", params_total=total, params_trainable=trainable, dtype=dtypes,
-                             lora_targets=sorted(targets) if targets else None)
+                             lora_targets=sorted(targets) if targets else None, name=model_name(model))
 
     @guarded("model accounting")
     def refresh_model(self) -> None:
@@ -65,6 +72,7 @@ class ModelAttachment:
     def remove_hooks(self) -> None:
         """Detach every hook this probe installed (never raises; an active measurement is ended)."""
         self._abort_forward()
+        self._peak_abort()
         hooks, self._hooks = self._hooks, []
         for handle in hooks:
             with contextlib.suppress(Exception):
@@ -99,11 +107,67 @@ class ModelAttachment:
         self._forward_key = key
         cached = self._activations_by_shape.get(key)
         if cached is None or self._forwards_since_measured + 1 >= self.activations_every:
+            self._peak_start()
             self.meter.start()
         else:  # the same input shape as a measured forward: that measurement stands for this one
             self._forwards_since_measured += 1
             self.meter.step_peak = max(self.meter.step_peak, cached)
             self._activations_carried = True
+
+    # -- the CPU peak meter (peak_meter.PeakMeter): a measured step, from its first measured forward
+    def _peak_start(self) -> None:
+        """Start the peak meter for this step (once: later micro-batches stay inside it). Only
+        between ``step_begin`` and ``step_end``: a forward outside a step is never metered."""
+        peak = getattr(self, "_peak_meter", None)
+        if peak is None or peak.active or PEAK_PART in self.guard.off or not getattr(self, "_peak_armed", False):
+            return
+        self._peak_armed = False
+        try:
+            grads = [p.grad for p in self._trainable if p.grad is not None]
+            state = accounting.optimizer_state_tensors(self.optimizer) if self.optimizer is not None else []
+            peak.start(fixed=dict(self._model_bytes), grads=grads, optimizer=state)
+        except Exception as exc:
+            self._peak_abort()
+            self.guard.record(PEAK_PART, exc, disable=True)
+
+    def _peak_running(self) -> bool:
+        peak = getattr(self, "_peak_meter", None)
+        return peak is not None and peak.active
+
+    def _peak_label(self, tensors: Any, category: str) -> None:
+        peak = getattr(self, "_peak_meter", None)
+        if peak is None or not peak.active:
+            return
+        try:
+            peak.label(tensors, category)
+        except Exception as exc:
+            self._peak_abort()
+            self.guard.record(PEAK_PART, exc, disable=True)
+
+    def _peak_saved(self, alive: list[torch.Tensor]) -> None:
+        self._peak_label(alive, "activations")
+
+    def _peak_abort(self) -> None:
+        peak = getattr(self, "_peak_meter", None)
+        if peak is not None:
+            with contextlib.suppress(Exception):
+                peak.abort()
+
+    def _peak_stop(self) -> dict[str, Any]:
+        """End the step's peak meter: the snapshot's ``tensor_peak`` and ``tensor_peak_split``."""
+        peak = getattr(self, "_peak_meter", None)
+        if peak is None or not peak.active:
+            return {}
+        try:
+            result = peak.stop()
+        except Exception as exc:
+            self._peak_abort()
+            self.guard.record(PEAK_PART, exc, disable=True)
+            return {}
+        if result is None:  # the step made more storages than the meter follows: no figure
+            return {}
+        total, split = result
+        return {"tensor_peak": int(total), "tensor_peak_split": {k: int(v) for k, v in split.items()}}
 
     def _forward_post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         if not self._in_forward:
@@ -124,3 +188,13 @@ class ModelAttachment:
             loss = output.get("loss")
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             self._losses.append(loss.detach())
+
+
+def model_name(model: Any) -> str | None:
+    """The name or path the model was loaded from (under a peft wrapper too), if it says."""
+    for candidate in (model, getattr(model, "get_base_model", lambda: None)()):
+        config = getattr(candidate, "config", None)
+        name = getattr(config, "_name_or_path", None) or getattr(candidate, "name_or_path", None)
+        if isinstance(name, str) and name:
+            return name
+    return None

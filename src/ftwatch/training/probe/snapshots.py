@@ -24,6 +24,8 @@ class StepSnapshots:
         """Start an optimizer step: reset the per-step peaks."""
         if self.meter.active or self._in_forward:  # a forward that raised left its measurement open
             self._abort_forward()
+        self._peak_abort()  # a step that raised left the peak meter open: no figure for it
+        self._peak_armed = True  # the peak meter may start at this step's first measured forward
         self.meter.reset_step()
         self._activations_carried = False
         self._losses.clear()
@@ -36,12 +38,15 @@ class StepSnapshots:
     def before_optimizer_step(self) -> None:
         """Measure the gradients (call after backward, before the optimizer zeroes them)."""
         self._grads = accounting.grad_bytes(self._trainable)
+        self._peak_label((p.grad for p in self._trainable if p.grad is not None), "grads")
 
     @guarded("optimizer accounting", disable=True)
     def after_optimizer_step(self) -> None:
         """Measure the optimizer state (call after ``optimizer.step()``)."""
         if self.optimizer is not None:
             self._optimizer_bytes = self._optimizer_meter.measure(self.optimizer)
+            if self._peak_running():  # only then list the state's tensors again
+                self._peak_label(accounting.optimizer_state_tensors(self.optimizer), "optimizer")
 
     @guarded("snapshots")
     def step_end(self, step: int, loss: float | None = None, lr: float | None = None) -> None:
@@ -53,6 +58,8 @@ class StepSnapshots:
         if lr is None and self.optimizer is not None and self.optimizer.param_groups:
             lr = float(self.optimizer.param_groups[0].get("lr", 0.0))
         carried = {"activations_measured": False} if self._activations_carried and self.meter.step_peak else {}
+        carried.update(self._peak_stop())  # a measured CPU step: its true peak and the split at it
+        self._peak_armed = False
         self.snapshot(step=step, loss=loss, lr=lr, tokens=self._tokens or None, seq_len=self._seq_len or None,
                       **carried)
 

@@ -8,6 +8,8 @@ Pure functions of a :class:`~ftwatch.views.dashboard.run_view.RunView`, so they 
   ``loading_model`` runs is shown as ``weights``, marked as estimated).
 - CPU: the tensor categories plus the rest of the process's resident memory, drawn against the
   process itself (its peak RSS), not the RAM: the tensors of a small model are a sliver of the RAM.
+  Once a step was measured by the peak meter, the tensor parts are the true peak's split (what was
+  live at the step's peak of live tensor bytes, ``other`` included) and the true peak has a marker.
   The RAM or the budget (``scale``) stays in the panel title and places the warning marker; the
   tensors are also shown zoomed when they are too small to read.
 
@@ -66,6 +68,9 @@ class Breakdown:
     bar_scale: int = 0
     peak_label: str = "peak"
     scale_note: str = ""
+    #: CPU: the measured peak of live tensor bytes (its parts are the split at it) and its step.
+    true_peak: int | None = None
+    true_peak_step: int | None = None
 
     @property
     def drawn_scale(self) -> int:
@@ -74,8 +79,9 @@ class Breakdown:
 
     @property
     def tensor_parts(self) -> list[Part]:
-        """The parts measured from tensors."""
-        return [p for p in self.parts if p.name in TENSOR_CATEGORIES]
+        """The parts measured from tensors (with a true peak, its ``other`` too)."""
+        names = (*TENSOR_CATEGORIES, "other") if self.true_peak is not None else TENSOR_CATEGORIES
+        return [p for p in self.parts if p.name in names]
 
     @property
     def tensor_total(self) -> int:
@@ -210,7 +216,11 @@ def _cpu_breakdown(out: Breakdown, view: Any, last: dict[str, Any] | None) -> No
     snapshot = view.snapshot or {}
     sample = view.sample or {}
     tensors = _tensor_figures(last or snapshot.get("categories") or {})
-    parts = [Part(c, tensors[c]) for c in TENSOR_CATEGORIES if c in tensors]
+    true_peak = None if last else getattr(view, "true_peak", None)
+    if true_peak is not None:  # the split at the measured peak: one moment, other included
+        out.true_peak, split, out.true_peak_step = true_peak
+        tensors = {c: int(split.get(c) or 0) for c in (*TENSOR_CATEGORIES, "other")}
+    parts = [Part(c, v) for c, v in tensors.items()]
     tensor_total = sum(tensors.values())
     rss = sample.get("rss")
     if rss is not None:
@@ -220,7 +230,10 @@ def _cpu_breakdown(out: Breakdown, view: Any, last: dict[str, Any] | None) -> No
         out.scale_note = "bar: this process's RSS"
     elif parts:
         out.used = tensor_total
-        out.peak, out.peak_label = view.peak_total or None, "tensor peak"
+        if out.true_peak is not None:
+            out.peak, out.peak_label = out.true_peak, "true peak"
+        else:
+            out.peak, out.peak_label = view.peak_total or None, "tensor peak"
         out.scale_note = "bar: the tensors"
     out.parts = parts
     out.source = "oom" if last else ("snapshot" if snapshot else ("live" if sample else "none"))

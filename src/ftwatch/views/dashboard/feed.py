@@ -33,7 +33,7 @@ class RunFeed:
     """Follows one run from a background thread; the UI asks it for a :class:`RunView`."""
 
     def __init__(self, log_path: str | os.PathLike[str], handle: WorkerHandle | None = None, *,
-                 poll_interval: float = 0.05, batch_bytes: int = 256 * 1024, timeline_capacity: int = 2048,
+                 poll_interval: float = 0.1, batch_bytes: int = 256 * 1024, timeline_capacity: int = 2048,
                  log_lines: int = 2000, exit_grace: float = 1.5) -> None:
         self.log_path = Path(log_path)
         if self.log_path.is_dir():
@@ -48,6 +48,9 @@ class RunFeed:
         self.worker_log = TextTail(self.run_dir / WORKER_LOG, max_lines=log_lines)
         self.lock = threading.Lock()
         self.version = 0
+        #: The versions from the first to the second came only of device samples (``(v, v)``: none
+        #: did): the dashboard draws such a change at a slower cadence (see :meth:`only_samples_since`).
+        self.samples_only: tuple[int, int] = (0, 0)
         self.log_version = 0
         self.error: str | None = None
         self.stop_requested_at: float | None = None
@@ -128,7 +131,16 @@ class RunFeed:
         with self.lock:
             self.state.apply_all(events)
             self.last_event_wall = now
+            if all(event["kind"] == "sample" for event in events):
+                start, end = self.samples_only
+                self.samples_only = (start if end == self.version else self.version, self.version + 1)
             self.version += 1
+
+    def only_samples_since(self, version: int) -> bool:
+        """True when every change after ``version`` (up to now) came of device samples alone: no step,
+        phase, warning, note, exit, worker log line, stop or end, which are drawn at once."""
+        start, end = self.samples_only
+        return start <= version < end == self.version
 
     def _check_end(self, now: float, had_events: bool) -> None:
         """Notice a run that is over: a replay read to its end, or a worker that went away."""
@@ -234,6 +246,7 @@ class RunFeed:
                 peaks=dict(s.peaks),
                 peak_total=s.peak_total,
                 peak_rss=s.peak_rss,
+                tensor_peak=s.last_tensor_peak,
                 warnings=list(s.warnings),
                 notes=list(s.notes),
                 exit=s.exit,

@@ -68,6 +68,22 @@ class RunView:
     replay: ReplayInfo | None = None
     #: Every rank of a multi-process run (the rest of the view is the focused rank's); else None.
     ranks: RanksView | None = None
+    #: The latest snapshot carrying a CPU true peak (``tensor_peak``, ``tensor_peak_split``), else None.
+    tensor_peak: dict[str, Any] | None = None
+
+    @property
+    def true_peak(self) -> tuple[int, dict[str, int], int | None] | None:
+        """The CPU true peak to draw: ``(bytes, split, step)`` from the latest measured step
+        (:attr:`tensor_peak`), else the run's largest (an ended run's summary). Not from the last
+        snapshot alone: only one step in ``activations_every`` carries it, and the bar would flicker."""
+        event = self.tensor_peak
+        if event and event.get("tensor_peak") is not None:
+            return int(event["tensor_peak"]), dict(event.get("tensor_peak_split") or {}), event.get("step")
+        measured = (self.summary or {}).get("tensor_peak_bytes")
+        if measured and measured.get("total") is not None:
+            split = {k: int(v) for k, v in measured.items() if k not in ("total", "step") and v is not None}
+            return int(measured["total"]), split, measured.get("step")
+        return None
 
     @property
     def status(self) -> str:

@@ -96,7 +96,9 @@ class ProgressPrinter:
             return
         total = f"/{state.max_steps}" if state.max_steps else ""
         loss = f" loss {event['loss']:.4f}" if event.get("loss") is not None else ""
-        self._print(state, f"step {step}{total}{loss} | {breakdown_line(cats)} | {capacity_text(state, used)}")
+        true_peak = f" | true peak {format_bytes(event['tensor_peak'])}" if event.get("tensor_peak") else ""
+        self._print(state, f"step {step}{total}{loss} | {breakdown_line(cats)} | {capacity_text(state, used)}"
+                           f"{true_peak}")
 
 
 def suggestion_text(s: dict[str, Any]) -> str:
@@ -125,6 +127,11 @@ def summary_text(state: RunState, stats: Any = None) -> str:
         lines.append(f"  {name:<16}{format_bytes(value):>12}{share:<24}{guess}")
     if s.get("peak_rss_bytes"):
         lines.append(f"  {'process RSS':<16}{format_bytes(s['peak_rss_bytes']):>12}")
+    measured = s.get("tensor_peak_bytes")
+    if measured:  # CPU: the peak meter's largest step peak, split by what was live at it
+        split = {k: v for k, v in measured.items() if k not in ("total", "step")}
+        lines.append(f"true peak of live tensors (step {measured.get('step')}): "
+                     f"{format_bytes(measured['total'])} = {breakdown_line(split, (*TENSOR_CATEGORIES, 'other'))}")
     lines.append("phases (process memory: peak, added):")
     for p in s["phases"]:
         added = p.get("added_bytes")

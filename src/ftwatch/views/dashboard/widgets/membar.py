@@ -18,6 +18,7 @@ from ftwatch.views.dashboard.palette import DANGER, DIM, LOOKS, TRACK, WATCH
 
 PEAK_GLYPH = "▲"
 LIMIT_GLYPH = "◆"
+TRUE_PEAK_GLYPH = "△"
 
 
 def _segment_label(part: Part, cells: int) -> str:
@@ -89,6 +90,9 @@ def render_markers(bd: Breakdown, width: int) -> Text:
     if bd.peak:
         marks.append((_col(bd.peak, scale, width), PEAK_GLYPH,
                       (f"{bd.peak_label} {fmt.size(bd.peak)}", bd.peak_label), Style(bold=True)))
+    if bd.true_peak and bd.true_peak != bd.peak:  # CPU: the measured peak of live tensor bytes
+        marks.append((_col(bd.true_peak, scale, width), TRUE_PEAK_GLYPH,
+                      (f"true peak {fmt.size(bd.true_peak)}", "true peak"), Style(bold=True)))
     if bd.threshold and bd.threshold <= scale:
         crossed = bd.peak is not None and bd.peak >= bd.threshold
         marks.append((_col(bd.threshold, scale, width), LIMIT_GLYPH,
@@ -143,7 +147,8 @@ class MemoryBar(Widget):
 
     def show(self, bd: Breakdown, rows: int = 1, mono: bool = False) -> None:
         """Draw ``bd`` (refreshes only when something visible changed)."""
-        key = (tuple(bd.parts), bd.drawn_scale, bd.peak, bd.peak_label, bd.threshold, bd.scale_note, rows, mono)
+        key = (tuple(bd.parts), bd.drawn_scale, bd.peak, bd.peak_label, bd.threshold, bd.scale_note,
+               bd.true_peak, rows, mono)
         if key == self._key:
             return
         resized = rows != self.rows
@@ -187,16 +192,20 @@ class ZoomBar(Widget):
 
     def show(self, bd: Breakdown, mono: bool = False) -> None:
         """Draw the tensor parts of ``bd``."""
-        key = (tuple(bd.tensor_parts), mono)
+        key = (tuple(bd.tensor_parts), bd.true_peak, bd.true_peak_step, mono)
         if key != self._key:
             self.breakdown, self.mono, self._key = bd, mono, key
             self.refresh()
 
     def render(self) -> Text:
-        """A caption and the zoomed bar."""
+        """A caption and the zoomed bar (with a CPU true peak: its split, and at which step)."""
         bd = self.breakdown
         total = bd.tensor_total
-        caption = Text(f"tensors {fmt.size(total)} ", style=DIM, no_wrap=True)
+        if bd.true_peak is not None:
+            step = f" (step {bd.true_peak_step})" if bd.true_peak_step is not None else ""
+            caption = Text(f"true peak {fmt.size(bd.true_peak)}{step} ", style=DIM, no_wrap=True)
+        else:
+            caption = Text(f"tensors {fmt.size(total)} ", style=DIM, no_wrap=True)
         width = max(self.content_size.width - len(caption), 0)
         bar, _ = render_bar(bd.tensor_parts, total, width, 1, self.mono)
         return caption + bar
