@@ -53,7 +53,7 @@ def preflight(cfg: Config, device: dict[str, Any], emit: Callable[..., None]) ->
     data = result.to_json()
     emit("estimate", **{k: data[k] for k in ("params_total", "params_trainable", "estimate_bytes", "loading_bytes",
                                              "capacity_bytes", "capacity_source", "verdict", "fails_at",
-                                             "suggestions")})
+                                             "suggestions")}, made="before loading")
     if result.verdict in ("tight", "does_not_fit"):
         emit("warning", **preflight_warning(result, data["suggestions"]))
     return result

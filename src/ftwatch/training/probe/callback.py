@@ -35,6 +35,15 @@ class FtwatchCallback(TrainerCallback):
     one line on stderr) and that measurement stops; a log that cannot be written (a full disk) is
     counted and retried, training goes on.
 
+    A run the callback starts itself is made as complete as what the Trainer shows allows: the
+    model event (name and parameter counts), the step total (``state.max_steps``, computed by the
+    Trainer for epochs too) and, for any run without one (not the worker's), the pre-flight
+    estimate (:mod:`~ftwatch.training.probe.script_estimate`), at train begin when the arguments
+    fix the sequence length, else at the end of the first step (``estimate=False``: none).
+
+    ``notebook`` (default: when running inside a Jupyter kernel) shows a compact live summary
+    under the cell (:mod:`ftwatch.views.notebook`) and prints the ``ftwatch attach PID`` line.
+
     ``metrics_port`` serves Prometheus metrics of the run from this process (on ``metrics_addr``,
     default ``127.0.0.1``) until it exits, read from the probe's own run log; under ``torchrun``
     each rank serves ``metrics_port + LOCAL_RANK`` (0: a free port). A port that cannot be opened
@@ -45,7 +54,7 @@ class FtwatchCallback(TrainerCallback):
                  log_dir: str | os.PathLike[str] | None = None, sample_hz: float = 10.0,
                  budget: int | None = None, track_activations: bool = True,
                  stop_requested: Any = None, metrics_port: int | None = None,
-                 metrics_addr: str = "127.0.0.1") -> None:
+                 metrics_addr: str = "127.0.0.1", notebook: bool | None = None, estimate: bool = True) -> None:
         self.probe = probe
         self._own_probe = probe is None
         self._probe_kwargs = {"name": name, "log_dir": log_dir, "sample_hz": sample_hz, "budget": budget,
@@ -58,6 +67,15 @@ class FtwatchCallback(TrainerCallback):
         self._metrics_tried = False
         self._guard = Guard()  # failures before a probe exists: one line on stderr
         self._probe_failed = False
+        #: ``None``: show the notebook summary when inside a Jupyter kernel.
+        self.notebook = notebook
+        #: The notebook summary once shown (``ftwatch.views.notebook.NotebookSummary``).
+        self.notebook_view: Any = None
+        self._notebook_tried = False
+        #: Whether to make the pre-flight estimate of a run that has none (it runs in the training
+        #: thread, once: a fraction of a second for small models, seconds for a 7B one).
+        self.estimate = estimate
+        self._estimate_pending = False
 
     def _ensure_probe(self) -> Probe | None:
         """The probe (created the first time for a user's script); ``None`` if it could not be."""
@@ -71,7 +89,22 @@ class FtwatchCallback(TrainerCallback):
                 self._guard.record("start", exc, effect="this run is not monitored; training goes on")
                 return None
         self._ensure_metrics(self.probe)
+        self._ensure_notebook(self.probe)
         return self.probe
+
+    def _ensure_notebook(self, probe: Probe) -> None:
+        """Show the live summary under the notebook cell, once (the view loads only here)."""
+        if self._notebook_tried or self.notebook is False:
+            return
+        self._notebook_tried = True
+        try:
+            from ftwatch.views import notebook
+
+            if self.notebook is None and not notebook.in_jupyter():
+                return
+            self.notebook_view = notebook.NotebookSummary(probe.run_dir, pid=os.getpid()).start()
+        except Exception as exc:  # a view of ours must not stop training
+            self._failed("notebook view", exc)
 
     def _ensure_metrics(self, probe: Probe) -> None:
         """Start the metrics endpoint on the probe's run log, once (the exporter loads only here)."""
@@ -132,6 +165,25 @@ class FtwatchCallback(TrainerCallback):
                 probe.phase("training", max_steps=state.max_steps or None)
         except Exception as exc:
             self._failed("callback (train begin)", exc)
+        self._start_estimate(args, model)
+
+    def _start_estimate(self, args: Any, model: Any) -> None:
+        """A run with no estimate yet (not the worker's): estimate it now if the arguments fix the
+        sequence length, else at the end of the first step."""
+        probe = self.probe
+        if (not self.estimate or probe is None or model is None or getattr(probe, "estimate_made", True)
+                or getattr(probe, "origin", None) == "worker"):
+            return
+        try:
+            from ftwatch.training.probe.script_estimate import estimate_from_trainer, seq_len_from_args
+
+            seq_len, source = seq_len_from_args(args)
+            if seq_len:
+                estimate_from_trainer(probe, model, args, seq_len, source)
+            else:
+                self._estimate_pending = True
+        except Exception as exc:
+            self._failed("pre-flight estimate", exc)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Reset the per-step peaks."""
@@ -157,6 +209,15 @@ class FtwatchCallback(TrainerCallback):
         """Write the step's snapshot; honour a stop request (``stop_requested``, or SIGINT in a
         user's script) at this step boundary."""
         probe = self.probe
+        if probe is not None and self._estimate_pending:
+            self._estimate_pending = False
+            try:
+                from ftwatch.training.probe.script_estimate import estimate_from_trainer
+
+                estimate_from_trainer(probe, probe.model or kwargs.get("model"), args,
+                                      probe._seq_len or None, "the first step's longest batch")
+            except Exception as exc:
+                self._failed("pre-flight estimate", exc)
         if probe is not None:
             try:
                 probe.step_end(state.global_step)
@@ -181,3 +242,8 @@ class FtwatchCallback(TrainerCallback):
                 self.probe.finish("stopped", step=step, message=f"stopped at a step boundary on SIGINT (step {step})")
             else:
                 self.probe.finish("finished", step=step)
+        if self.notebook_view is not None:
+            try:
+                self.notebook_view.stop()  # its last drawing shows the ending
+            except Exception as exc:
+                self._failed("notebook view", exc)

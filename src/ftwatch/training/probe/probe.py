@@ -84,8 +84,17 @@ class Probe(RunSetup, ModelAttachment, StepSnapshots):
                  config_path: str | None = None, sample_hz: float = 10.0, budget: int | None = None,
                  device: str | None = None, max_steps: int | None = None, track_activations: bool = True,
                  activations_every: int = 10,
-                 reset_peak_each_step: bool = True, handle_signals: bool = True, record: bool = True) -> None:
+                 reset_peak_each_step: bool = True, handle_signals: bool = True, record: bool = True,
+                 origin: str = "worker", command: list[str] | None = None) -> None:
         self.guard = Guard(self._failure_note)
+        #: Who started this probe (the header's ``origin``): ``worker`` (``ftwatch run CONFIG``),
+        #: ``callback`` (``FtwatchCallback`` in a user's script), ``command`` (``ftwatch run -- COMMAND``).
+        self.origin = origin
+        #: The wrapped command line (``origin="command"``), written in the header.
+        self.command = list(command) if command is not None else None
+        #: Whether this run's log has a pre-flight ``estimate`` (the worker writes one before loading;
+        #: a caller that writes its own sets this so the callback does not estimate twice).
+        self.estimate_made = False
         self.run_dir = Path(run_dir)
         run_dir_error: OSError | None = None
         if record:
@@ -152,10 +161,14 @@ class Probe(RunSetup, ModelAttachment, StepSnapshots):
 
     # -- construction helpers --------------------------------------------------------------------
     @classmethod
-    def for_script(cls, name: str | None = None, log_dir: str | os.PathLike[str] | None = None,
-                   **kwargs: Any) -> Probe:
+    def for_script(cls, name: str | None = None, log_dir: str | os.PathLike[str] | None = None, *,
+                   origin: str = "callback", command: list[str] | None = None, **kwargs: Any) -> Probe:
         """A started probe for a user's own script, writing under ``log_dir`` (``FTWATCH_LOG_DIR``,
         default ``./ftwatch-runs``); it records a failure if the script dies before ``finish``.
+
+        ``origin`` (the header's) says who started it: ``"callback"`` (``FtwatchCallback`` added by
+        hand, or a probe a script makes itself) or ``"command"`` (``ftwatch run -- COMMAND``, whose
+        argv is ``command``).
 
         Under ``torchrun`` every rank writes ``<run dir>/rank<N>/events.jsonl`` in one run
         directory, named after the launcher process (``FTWATCH_RUN_DIR`` names it instead: give
@@ -179,7 +192,7 @@ class Probe(RunSetup, ModelAttachment, StepSnapshots):
                 kwargs["record"] = False
                 say(f"cannot create a run directory in {log_dir} ({getattr(exc, 'strerror', None) or exc}): "
                     "this run is not recorded; training goes on")
-        probe = cls(run_dir, name=name, **kwargs)
+        probe = cls(run_dir, name=name, origin=origin, command=command, **kwargs)
         probe.start()
         probe.install_exit_hooks()
         return probe

@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     from ftwatch.runlog.sources import WorkerHandle
 
 
+#: A live run whose only news is device samples (ten a second) is redrawn at most this often; a step,
+#: a phase, a warning or an end is drawn at the next tick. (Most of a redraw's cost is Textual composing
+#: the changed lines: at 8 redraws a second, following a 10 Hz run took 5% of a core; see benchmarks/dashboard.py.)
+SAMPLES_ONLY_INTERVAL = 0.5
+
+
 class DashboardRefresh(DashboardLayout):
     """Draws what the feed has on the layout's widgets, at most ``render_hz`` times a second."""
 
@@ -65,14 +71,22 @@ class DashboardRefresh(DashboardLayout):
             return
         now = time.monotonic()
         version = self.feed.version
-        if version == self._shown_version and now - self._last_render < 1.0:
+        since = now - self._last_render
+        if version == self._shown_version and since < 1.0:
             return
+        if since < SAMPLES_ONLY_INTERVAL and self.handle is not None and self._only_samples(version):
+            return  # a live run's samples alone: coalesced to a few redraws a second (a step shows at once)
         try:
             self.render_view(self.feed.view(), now)
         except Exception as exc:  # a drawing bug must not take the dashboard (or the run) down
             if self.render_error is None:
                 self.notify(f"display error: {type(exc).__name__}: {exc}", severity="error", timeout=10)
             self.render_error = exc
+
+    def _only_samples(self, version: int) -> bool:
+        """The feed's changes since the shown view came of device samples alone."""
+        only = getattr(self.feed, "only_samples_since", None)
+        return bool(only is not None and version != self._shown_version and only(self._shown_version))
 
     def render_view(self, view: RunView, now: float | None = None) -> None:
         """Draw ``view`` on every widget (each widget skips the redraw when its content is the same)."""
@@ -103,12 +117,13 @@ class DashboardRefresh(DashboardLayout):
         status = view.exit.get("status") if view.exit else None
         self._show_outside(view)
         self.w_phases.show(
-            phase_cells(view.phases, view.phase, status, view.capacity, view.timeline[-1].t if view.timeline else None),
+            phase_cells(view.phases, view.phase, status, view.capacity, view.timeline[-1].t if view.timeline else None,
+                        origin=view.header.get("origin")),
             rows=3 if tall else 2)
         self.w_alerts.show(alerts_text(view))
         self._title_alerts()
         self.call_after_refresh(self._check_report_fold)
-        self.w_log.show(view.log_lines, view.log_version, view.log_exists)
+        self.w_log.show(view.log_lines, view.log_version, view.log_exists, view.header)
         plot_due = now - self._last_plot >= self.plot_interval
         if self._plot_after is not None and view.version > self._plot_after:  # a replay key: at once
             plot_due, self._plot_after = True, None

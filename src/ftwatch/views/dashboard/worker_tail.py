@@ -12,6 +12,21 @@ from typing import Any
 from ftwatch.common.safe_text import safe
 
 WORKER_LOG = "worker.log"
+#: What the panel says while there is no output to show, for a run whose process writes no
+#: ``worker.log`` (by the header's ``origin``).
+OWN_TERMINAL = {"callback": "this script writes its output to its own terminal"}
+
+
+def missing_log_note(exists: bool, origin: str | None = None, external: bool = False) -> str:
+    """The panel's line while it has no output to show: ``worker.log`` is empty, not there yet, or
+    never written (a script with ``FtwatchCallback``, a process ``ftwatch attach`` only samples)."""
+    if exists:
+        return "no output yet"
+    if origin in OWN_TERMINAL:
+        return OWN_TERMINAL[origin]
+    if external:
+        return "this process writes its output to its own terminal"
+    return f"no {WORKER_LOG} in the run directory (yet)"
 
 
 def clean_line(text: str) -> str:

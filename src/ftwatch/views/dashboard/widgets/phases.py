@@ -15,15 +15,35 @@ from ftwatch.views.dashboard.palette import ACCENT, DANGER, DIM, GOOD, WATCH
 SHORT = {"loading_model": "loading", "applying_lora": "LoRA", "preparing_trainer": "setup", "training": "training"}
 
 
+#: What an unwatched phase says (one that ran before ftwatch was watching), by the header's ``origin``.
+UNWATCHED = {"callback": "before callback"}
+UNWATCHED_DEFAULT = "not watched"
+
+
+def unwatched_phases(phases: list[PhaseRecord]) -> set[str]:
+    """The standard phases that come before the first recorded one: they ran (a run goes through
+    them in order) while ftwatch was not yet watching, e.g. the loading of a script that added
+    ``FtwatchCallback`` (its probe starts when the Trainer is built)."""
+    if not phases or phases[0].name not in PHASES:
+        return set()
+    return set(PHASES[: list(PHASES).index(phases[0].name)])
+
+
 def phase_cells(phases: list[PhaseRecord], current: str | None, exit_status: str | None,
-                capacity: int | None, last_t: float | None) -> list[tuple[str, str, str, float | None, Style]]:
-    """Per phase: (icon, name, detail, added share of capacity, style), in the run's order."""
+                capacity: int | None, last_t: float | None,
+                origin: str | None = None) -> list[tuple[str, str, str, float | None, Style]]:
+    """Per phase: (icon, name, detail, added share of capacity, style), in the run's order; a phase
+    that ran before ftwatch was watching says so (``origin``: the header's, for the wording)."""
     seen = {p.name: p for p in phases}
     names = list(PHASES) + [p.name for p in phases if p.name not in PHASES]
+    unwatched = unwatched_phases(phases)
     out = []
     for name in names:
         record = seen.get(name)
         label = SHORT.get(name, name)
+        if record is None and name in unwatched:
+            out.append(("–", label, UNWATCHED.get(origin or "", UNWATCHED_DEFAULT), None, Style(color=DIM)))
+            continue
         if record is None:
             out.append(("·", label, "", None, Style(color=DIM)))
             continue
@@ -60,7 +80,7 @@ def render_strip(cells: list[tuple[str, str, str, float | None, Style]], width: 
             for line in lines[1:]:
                 line.append(" " * len(arrow))
         lines[0].append(f"{icon} {label}"[:col].ljust(col), style)
-        lines[1].append(detail[:col].ljust(col), Style(bold=True) if detail else Style(color=DIM))
+        lines[1].append(detail[:col].ljust(col), Style(bold=True) if detail and icon != "–" else Style(color=DIM))
         if rows > 2:
             filled = 0 if share is None else max(int(share * col + 0.5), 1)
             filled = min(filled, col)
