@@ -100,8 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv``; arguments a command does not know are that command's usage error."""
+    """Parse ``argv``; arguments a command does not know are that command's usage error.
+    ``ftwatch run [OPTIONS] -- COMMAND...``: what follows ``--`` is the command, never parsed."""
+    from ftwatch.commands.run_command_checks import split_command
+
+    argv, command = split_command(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
+    if command is not None:
+        args.wrapped_command = command
     if extra:
         command = args._commands.get(getattr(args, "command", None) or "", parser)
         command.error(f"unrecognized arguments: {' '.join(show_value(a) for a in extra)}")

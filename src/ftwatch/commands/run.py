@@ -1,5 +1,8 @@
 """``ftwatch run CONFIG``: start the fine-tune in a subprocess and watch it.
 
+``ftwatch run [OPTIONS] -- COMMAND [ARGS...]`` runs any Python training command under ftwatch
+instead, unchanged (:mod:`ftwatch.commands.run_command`); this module only dispatches to it.
+
 The worker runs in its own session and writes its own run log, so closing this viewer (or losing
 the SSH link) never stops training. With a terminal the dashboard shows; with ``--headless`` (or
 when stdout is not a terminal) progress lines are printed, and ``--json`` prints the run summary
@@ -17,53 +20,58 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftwatch.commands.metrics_options import add_metrics_arguments, start_metrics, stop_metrics
+from ftwatch.commands.run_follow import (
+    _end_ranks,
+    _is_config_error,
+    _load_dashboard,
+    _watch_in_dashboard,
+    _watch_ranks_in_dashboard,
+)
+from ftwatch.commands.usage import UsageError, show_value
 from ftwatch.common.config import load_config
 from ftwatch.common.config_errors import ConfigError
 from ftwatch.runlog import registry
 from ftwatch.runlog.endings import (
     DIRECTORY_DELETED,
     EXIT_CODES,
-    record_vanished_rank_in_memory,
-    record_vanished_worker,
 )
 from ftwatch.runlog.events import EVENTS_FILE
 from ftwatch.runlog.paths import new_run_dir
 from ftwatch.runlog.ranks import (
-    MultiLogFollower,
-    RankedRun,
-    read_launch,
-    record_vanished_rank,
-    vanished_ranks,
     write_launch,
 )
-from ftwatch.runlog.sources import LogFollower, WorkerHandle
-from ftwatch.runlog.state import RunState
+from ftwatch.runlog.sources import WorkerHandle
 from ftwatch.training.config_checks import check_without_libraries
 from ftwatch.training.prestart import Prestarted
 from ftwatch.views.headless.follow import follow_headless
 from ftwatch.views.headless.follow_multi import follow_ranks_headless
-from ftwatch.views.headless.report import ranks_summary_text, summary_text
+from ftwatch.views.headless.report import summary_text
 
 if TYPE_CHECKING:
     from ftwatch.common.config import Config
     from ftwatch.views.exporters.prometheus import MetricsServer
 
-HELP = "start a LoRA fine-tune from a TOML config and watch its memory"
+HELP = "start a LoRA fine-tune from a TOML config (or any Python training command after --) and watch its memory"
+
+#: The one usage line of ``ftwatch run`` given neither a config nor a command.
+USAGE = "give a config or a command: ftwatch run CONFIG, or ftwatch run [OPTIONS] -- python train.py ..."
 
 WORKER_LOG = "worker.log"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ftwatch run``."""
-    parser.add_argument("config", help="the run's TOML config (`ftwatch example` writes one to start from)")
+    parser.usage = ("%(prog)s [--headless|--json|--detach] [--strict] [--metrics-port PORT ...] CONFIG\n"
+                    "       %(prog)s [--headless|--json|--detach] [--metrics-port PORT ...] -- COMMAND [ARGS...]")
+    parser.add_argument("config", nargs="?", default=None,
+                        help="the run's TOML config (`ftwatch example` writes one to start from); or, instead, "
+                             "`-- COMMAND [ARGS...]`: any Python training command, run unchanged under ftwatch")
     parser.add_argument("--headless", action="store_true", help="print progress lines instead of the dashboard")
     parser.add_argument("--json", action="store_true",
                         help="print the run summary as one JSON object on stdout (progress goes to stderr)")
@@ -74,7 +82,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Validate the config, start the worker, and follow it until it ends (or the user detaches)."""
+    """Validate the config, start the worker, and follow it until it ends (or the user detaches);
+    with a command after ``--``, run that instead (:mod:`ftwatch.commands.run_command`)."""
+    command = getattr(args, "wrapped_command", None)
+    if command is not None:
+        if args.config is not None:
+            raise UsageError(f"give a config or a command after --, not both (got {show_value(args.config)} "
+                             "and a command)")
+        from ftwatch.commands import run_command
+
+        return run_command.main(args)
+    if args.config is None:
+        raise UsageError(USAGE)
     cfg = load_config(args.config)
     registry.runs_dir()  # a state directory another user could steer is refused before anything starts
     early = validate(cfg)
@@ -245,90 +264,3 @@ def _run_ranks(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | N
     run, stats = follow_ranks_headless(run_dir, handle, out, every=cfg.monitor.print_every,
                                        publish=metrics.publish_ranks if metrics is not None else None)
     return _end_ranks(args, run, stats, run_dir, out)
-
-
-def _end_ranks(args: argparse.Namespace, run: RankedRun, stats: Any, run_dir: Path, out: Any) -> int:
-    config_errors = [s for s in run.ranks.values() if _is_config_error(s)]
-    if config_errors and len(config_errors) == len(run.ranks):
-        print(f"ftwatch run: {config_errors[0].exit['message']}", file=sys.stderr)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return 2
-    if not run.ranks:
-        print(f"ftwatch run: no rank started (see {run_dir / WORKER_LOG})", file=sys.stderr)
-        if args.json:
-            sys.stdout.write(json.dumps(run.summary(), indent=2) + "\n")
-        return 1
-    if args.json:
-        sys.stdout.write(json.dumps(run.summary(), indent=2) + "\n")
-    else:
-        out.write(ranks_summary_text(run, stats))
-        out.write(f"run logs: {run_dir}/rank*/{EVENTS_FILE}\n")
-    return 0 if run.status == "finished" and not run.missing_ranks else EXIT_CODES.get(run.status, 1)
-
-
-def _watch_ranks_in_dashboard(run_dashboard: Any, run_dir: Path, handle: WorkerHandle, name: str) -> int:
-    ending = run_dashboard(run_dir, handle, title=name)
-    if ending == "detached":
-        print(handle.reattach_hint())
-        return 0
-    if ending == "stopped":
-        deadline = time.time() + 40  # torchrun gives its ranks 30 s after the signal
-        while handle.is_alive() and time.time() < deadline:
-            time.sleep(0.1)
-    follower = MultiLogFollower(run_dir)
-    run = RankedRun(read_launch(run_dir))
-    run.apply_all(follower.poll() + follower.finish())
-    follower.close()
-    if not handle.is_alive():
-        for rank in vanished_ranks(run, socket.gethostname()):
-            try:
-                record_vanished_rank(run_dir, rank, run.ranks[rank])
-            except OSError:  # the log cannot be written (a full disk, a deleted directory): the report still tells
-                record_vanished_rank_in_memory(rank, run.ranks[rank])
-    if not run.ended and handle.is_alive():
-        print(ranks_summary_text(run, follower.stats), end="")
-        print(handle.reattach_hint())
-        return 0
-    args = argparse.Namespace(json=False)
-    return _end_ranks(args, run, follower.stats, run_dir, sys.stdout)
-
-
-
-def _is_config_error(state: RunState) -> bool:
-    """The worker stopped on a config error (before or after it started measuring): the run dir goes,
-    one line says why."""
-    return bool(state.exit) and state.exit.get("error_type") == "ConfigError"
-
-
-def _load_dashboard() -> Any:
-    try:
-        from ftwatch.views.dashboard.app import run_dashboard
-    except ImportError:
-        return None
-    return run_dashboard
-
-
-def _watch_in_dashboard(run_dashboard: Any, run_dir: Path, handle: WorkerHandle, name: str) -> int:
-    ending = run_dashboard(run_dir / EVENTS_FILE, handle, title=name)
-    if ending == "detached":
-        print(handle.reattach_hint())
-        return 0
-    if ending == "stopped":
-        deadline = time.time() + 30
-        while handle.is_alive() and time.time() < deadline:
-            time.sleep(0.1)
-    state = RunState()
-    follower = LogFollower(run_dir / EVENTS_FILE)
-    state.apply_all(follower.poll() + follower.finish())
-    follower.close()
-    if _is_config_error(state):
-        print(f"ftwatch run: {state.exit['message']}", file=sys.stderr)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return 2
-    if state.exit is None and not handle.is_alive():
-        record_vanished_worker(run_dir, handle, state)
-    print(summary_text(state, follower.decoder.stats), end="")
-    if state.exit is None:
-        print(handle.reattach_hint())
-        return 0
-    return EXIT_CODES.get(state.status, 1)
