@@ -5,8 +5,10 @@
 1. A synthetic CUDA log of ``--events`` events (a header, the phases, ten 10 Hz device samples per
    training step, a snapshot per step, a few warnings and notes, an exit) is written to a temp dir.
 2. ``ftwatch replay LOG --headless --json`` on it, against merely reading the same file line by line
-   and parsing each line with the standard ``json`` module (both as fresh processes, interleaved;
-   medians of ``--rounds``). The ratio is the figure: what the fold costs on top of parsing.
+   and parsing each line with the standard ``json`` module, msgspec (the parser the reader uses when
+   it is installed) and orjson (where installed), all as fresh processes, interleaved; medians of
+   ``--rounds``. The ratios are the figure: what the checks and the fold cost on top of parsing. The
+   reader's own parser is the one named first in the table's title.
 3. ``ftwatch replay LOG`` in the dashboard (a pseudo-terminal, 120x36): time from the spawn to the
    first frame (the run's name on the status line, while the log is still being read), to the final
    state (``FINISHED``), and how long a step back (``left``) takes to show on the big log.
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pty_terminal import PtyProcess, terminal_env
 
@@ -41,7 +44,13 @@ from ftwatch.runlog.events import encode  # noqa: E402
 GiB, MiB = 1 << 30, 1 << 20
 CAPACITY = 81559 * MiB
 SAMPLES_PER_STEP = 10
-PARSE_ONLY = "import json, sys\nfor line in open(sys.argv[1], encoding='utf-8'):\n    json.loads(line)\n"
+#: Parsing every line of the log and nothing else, with each parser (a fresh process each): the floor.
+PARSE_ONLY = {
+    "json": "import json, sys\nfor line in open(sys.argv[1], encoding='utf-8'):\n    json.loads(line)\n",
+    "msgspec": "import msgspec, sys\nd = msgspec.json.Decoder().decode\n"
+               "for line in open(sys.argv[1], encoding='utf-8'):\n    d(line)\n",
+    "orjson": "import orjson, sys\nfor line in open(sys.argv[1], encoding='utf-8'):\n    orjson.loads(line)\n",
+}
 
 
 # -- the log ------------------------------------------------------------------------------------
@@ -128,24 +137,44 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, fl
 
 
 # -- the measurements -----------------------------------------------------------------------------
-def headless(log: Path, rounds: int) -> dict[str, float]:
-    """``replay --headless --json`` against a line-by-line ``json.loads`` of the same file."""
-    replay_times, parse_times, replay_cpu, parse_cpu = [], [], [], []
+def parsers() -> list[str]:
+    """The parsers installed here, of those in :data:`PARSE_ONLY`."""
+    found = []
+    for name in PARSE_ONLY:
+        try:
+            __import__(name)
+        except ImportError:
+            continue
+        found.append(name)
+    return found
+
+
+def headless(log: Path, rounds: int) -> dict[str, Any]:
+    """``replay --headless --json`` against a line-by-line parse of the same file by each parser."""
+    names = parsers()
+    walls: dict[str, list[float]] = {name: [] for name in ["replay", *names]}
+    cpus: dict[str, list[float]] = {name: [] for name in walls}
     summary: dict = {}
     for _ in range(rounds):
-        wall, cpu, _ = timed([sys.executable, "-c", PARSE_ONLY, str(log)])
-        parse_times.append(wall)
-        parse_cpu.append(cpu)
+        for name in names:
+            wall, cpu, _ = timed([sys.executable, "-c", PARSE_ONLY[name], str(log)])
+            walls[name].append(wall)
+            cpus[name].append(cpu)
         wall, cpu, out = timed([sys.executable, "-m", "ftwatch", "replay", str(log), "--headless", "--json"],
                                env=terminal_env())
-        replay_times.append(wall)
-        replay_cpu.append(cpu)
+        walls["replay"].append(wall)
+        cpus["replay"].append(cpu)
         summary = json.loads(out)
-    replay_s, parse_s = statistics.median(replay_times), statistics.median(parse_times)
-    cpu_ratio = statistics.median(replay_cpu) / statistics.median(parse_cpu)
-    return {"replay": replay_s, "parse": parse_s, "ratio": replay_s / parse_s, "cpu_ratio": cpu_ratio,
-            "replay_cpu": statistics.median(replay_cpu), "parse_cpu": statistics.median(parse_cpu),
+    return {"wall": {k: statistics.median(v) for k, v in walls.items()},
+            "cpu": {k: statistics.median(v) for k, v in cpus.items()}, "parsers": names,
             "events": summary["log"]["events"], "steps": summary["steps"]}
+
+
+def reader_parser() -> str:
+    """The parser ftwatch's reader uses here: msgspec when installed, else json."""
+    from ftwatch.runlog import event_reader
+
+    return "msgspec" if event_reader._fast_decode is not None else "json"
 
 
 def dashboard(log: Path, steps: int) -> dict[str, float]:
@@ -220,15 +249,23 @@ def main() -> None:
         print(f"log: {sum(counts.values()):,} events ({', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))}), "
               f"{size / 1e6:.0f} MB, written in {time.perf_counter() - start:.1f} s")
         print(f"\n  {'measure':<{NAME_WIDTH}}  {'value':>16}\n  {'-' * NAME_WIDTH}  {'-' * 16}")
+        own = reader_parser()
+        print(f"  (the reader parses with {own} here)")
         h = headless(log, args.rounds)
         assert h["events"] == sum(counts.values())
-        row("replay --headless --json (median wall / CPU)", f"{h['replay']:.2f} / {h['replay_cpu']:.2f} s")
-        row("json.loads line by line, same file (wall / CPU)", f"{h['parse']:.2f} / {h['parse_cpu']:.2f} s")
-        row("ratio: replay / parse only (wall, CPU)", f"{h['ratio']:.2f}x, {h['cpu_ratio']:.2f}x")
-        row("replay throughput", f"{h['events'] / h['replay'] / 1e3:.0f}k events/s")
+        wall, cpu = h["wall"], h["cpu"]
+        row("replay --headless --json (median wall / CPU)", f"{wall['replay']:.2f} / {cpu['replay']:.2f} s")
+        for name in h["parsers"]:
+            mark = " (the reader's)" if name == own else ""
+            row(f"parse only, {name}{mark} (wall / CPU)", f"{wall[name]:.2f} / {cpu[name]:.2f} s")
+        for name in h["parsers"]:
+            row(f"ratio: replay / parse only with {name} (wall, CPU)",
+                f"{wall['replay'] / wall[name]:.2f}x, {cpu['replay'] / cpu[name]:.2f}x")
+        row("replay throughput", f"{h['events'] / wall['replay'] / 1e3:.0f}k events/s")
         d = dashboard(log, h["steps"])
         row("dashboard: spawn to first frame (log still loading)", f"{d['first'] * 1000:.0f} ms")
         row("dashboard: spawn to the final state (FINISHED)", f"{d['final']:.2f} s")
+        row("ratio: dashboard final state / headless replay (wall)", f"{d['final'] / wall['replay']:.2f}x")
         row("dashboard: step back at the end (key to screen)", f"{d['back'] * 1000:.0f} ms")
     if not args.skip_attach:
         a = attach_first_frame(args.rounds)

@@ -3,7 +3,8 @@
 :func:`run_dashboard` is what the command line calls; :class:`FtwatchApp` is the app (tests drive
 it with ``App.run_test()``). A background thread (:class:`~ftwatch.views.dashboard.feed.RunFeed`) reads the
 files and folds the events (for a replay, :class:`~ftwatch.views.dashboard.replay.ReplayFeed` releases them by
-their time instead); a timer redraws at most ``render_hz`` times a second, and only what changed.
+their time instead); a timer redraws at most ``render_hz`` times a second, and only what changed (a live run's
+device samples alone at most twice a second; the timeline chart every ``1 / plot_hz`` seconds).
 A multi-process (torchrun) run directory is followed by :class:`~ftwatch.views.dashboard.multi_feed.MultiRunFeed`:
 the ranks panel lists every rank, the other panels show the focused rank (``[``/``]``/``w``).
 Nothing here can slow the training: the training process only appends to its log.
@@ -47,7 +48,7 @@ class FtwatchApp(DashboardKeys):
     TITLE = "ftwatch"
 
     def __init__(self, log_path: str | Path, handle: WorkerHandle | None = None, *, title: str | None = None,
-                 render_hz: float = 8.0, plot_hz: float = 1.0, feed: RunFeed | None = None) -> None:
+                 render_hz: float = 8.0, plot_hz: float = 0.5, feed: RunFeed | None = None) -> None:
         super().__init__()
         self.log_path = Path(log_path)
         self.handle = handle

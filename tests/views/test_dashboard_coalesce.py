@@ -1,0 +1,108 @@
+"""Following a live run costs little: a change that is only device samples (ten a second) is drawn at
+most every ``SAMPLES_ONLY_INTERVAL``; a step, a phase, a warning or an end is drawn at the next tick."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from ftwatch.runlog.events import encode
+from ftwatch.views.dashboard import refresh
+from ftwatch.views.dashboard.feed import RunFeed
+from ftwatch.views.dashboard.refresh import SAMPLES_ONLY_INTERVAL, DashboardRefresh
+
+
+def _sample(t: float) -> str:
+    return encode("sample", {"phase": "training", "rss": 1 << 30}, t)
+
+
+def _feed(tmp_path: Path) -> tuple[RunFeed, Path]:
+    log = tmp_path / "events.jsonl"
+    log.write_text(encode("header", {"run_id": "r", "name": "n", "pid": 1}, 1.0)
+                   + encode("phase", {"name": "training"}, 1.0))
+    feed = RunFeed(log)
+    feed.pump()
+    return feed, log
+
+
+def _append(log: Path, *lines: str) -> None:
+    with log.open("a") as out:
+        out.write("".join(lines))
+
+
+def test_the_feed_tells_a_samples_only_change_from_news(tmp_path: Path):
+    feed, log = _feed(tmp_path)
+    try:
+        shown = feed.version
+        assert not feed.only_samples_since(shown)  # nothing changed
+        _append(log, _sample(2.0))
+        feed.pump()
+        _append(log, _sample(2.1), _sample(2.2))
+        feed.pump()
+        assert feed.version == shown + 2 and feed.only_samples_since(shown)
+        assert feed.only_samples_since(shown + 1)
+        _append(log, encode("snapshot", {"phase": "training", "step": 1, "categories": {"weights": 5}}, 2.3))
+        feed.pump()
+        assert not feed.only_samples_since(shown) and not feed.only_samples_since(shown + 2)
+        after_step = feed.version
+        _append(log, _sample(2.4))
+        feed.pump()
+        assert feed.only_samples_since(after_step) and not feed.only_samples_since(after_step - 1)
+        _append(log, _sample(2.5), encode("warning", {"code": "x", "level": "watch", "message": "m"}, 2.5))
+        feed.pump()  # a batch with samples and a warning is news
+        assert not feed.only_samples_since(after_step)
+    finally:
+        feed.stop()
+
+
+def _refresher(feed: RunFeed, live: bool) -> SimpleNamespace:
+    drawn: list[int] = []
+    fake = SimpleNamespace(quit_when_stopped=False, paused=False, feed=feed, handle=object() if live else None,
+                           _shown_version=feed.version, _last_render=time.monotonic(), drawn=drawn)
+
+    def render_view(view, now):  # noqa: ANN001, ANN202 - the fake's draw: records the version drawn
+        drawn.append(view.version)
+        fake._shown_version, fake._last_render = view.version, now
+
+    fake.render_view = render_view
+    fake._only_samples = lambda version: DashboardRefresh._only_samples(fake, version)
+    return fake
+
+
+def test_a_live_dashboard_draws_samples_alone_at_the_slower_cadence(tmp_path: Path, monkeypatch):
+    feed, log = _feed(tmp_path)
+    try:
+        fake = _refresher(feed, live=True)
+        clock = [fake._last_render]
+        monkeypatch.setattr(refresh.time, "monotonic", lambda: clock[0])
+        _append(log, _sample(2.0))
+        feed.pump()
+        clock[0] += 0.125  # the next tick at 8 Hz: samples alone wait
+        DashboardRefresh._tick(fake)
+        assert fake.drawn == []
+        clock[0] += SAMPLES_ONLY_INTERVAL  # past the interval: drawn
+        DashboardRefresh._tick(fake)
+        assert fake.drawn == [feed.version]
+        _append(log, encode("snapshot", {"phase": "training", "step": 1, "categories": {"weights": 5}}, 2.1))
+        feed.pump()
+        clock[0] += 0.125  # a step: drawn at the next tick
+        DashboardRefresh._tick(fake)
+        assert fake.drawn[-1] == feed.version and len(fake.drawn) == 2
+    finally:
+        feed.stop()
+
+
+def test_a_replay_draws_every_change_at_the_next_tick(tmp_path: Path, monkeypatch):
+    feed, log = _feed(tmp_path)
+    try:
+        fake = _refresher(feed, live=False)
+        clock = [fake._last_render]
+        monkeypatch.setattr(refresh.time, "monotonic", lambda: clock[0])
+        _append(log, _sample(2.0))
+        feed.pump()
+        clock[0] += 0.125
+        DashboardRefresh._tick(fake)
+        assert fake.drawn == [feed.version]
+    finally:
+        feed.stop()
