@@ -69,6 +69,20 @@ def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
                        help="keep the metrics endpoint up this long after the run ends (default 0)")
 
 
+def check_metrics_arguments(args: argparse.Namespace) -> None:
+    """The options' misuse that needs no socket (:class:`ftwatch.cli.UsageError`), so that a command
+    can refuse it before its expensive checks; :func:`start_metrics` checks it too."""
+    from ftwatch.commands.usage import UsageError
+
+    if getattr(args, "metrics_port", None) is None:
+        if getattr(args, "metrics_addr", None) is not None or getattr(args, "metrics_linger", 0.0):
+            raise UsageError("--metrics-addr and --metrics-linger need --metrics-port")
+        return
+    if getattr(args, "detach", False):
+        raise UsageError("--metrics-port needs a viewer: with --detach, serve them from "
+                         "`ftwatch attach PID --headless --metrics-port PORT`")
+
+
 def start_metrics(args: argparse.Namespace, command: str) -> MetricsServer | None:
     """The metrics server the options ask for, bound and serving (not yet fed), else ``None``.
 
@@ -78,13 +92,9 @@ def start_metrics(args: argparse.Namespace, command: str) -> MetricsServer | Non
     from ftwatch.commands.usage import UsageError
 
     port = getattr(args, "metrics_port", None)
+    check_metrics_arguments(args)
     if port is None:
-        if getattr(args, "metrics_addr", None) is not None or getattr(args, "metrics_linger", 0.0):
-            raise UsageError("--metrics-addr and --metrics-linger need --metrics-port")
         return None
-    if getattr(args, "detach", False):
-        raise UsageError("--metrics-port needs a viewer: with --detach, serve them from "
-                         "`ftwatch attach PID --headless --metrics-port PORT`")
     from ftwatch.views.exporters.prometheus import MetricsServer, MetricsServerError
 
     server = MetricsServer(None, args.metrics_addr or DEFAULT_ADDR, port)

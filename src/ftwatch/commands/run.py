@@ -25,7 +25,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftwatch.commands.metrics_options import add_metrics_arguments, start_metrics, stop_metrics
+from ftwatch.commands.metrics_options import (
+    add_metrics_arguments,
+    check_metrics_arguments,
+    start_metrics,
+    stop_metrics,
+)
 from ftwatch.commands.run_follow import (
     _end_ranks,
     _is_config_error,
@@ -95,6 +100,7 @@ def main(args: argparse.Namespace) -> int:
     if args.config is None:
         raise UsageError(USAGE)
     cfg = load_config(args.config)
+    check_metrics_arguments(args)  # a misused option is refused before the library checks start
     registry.runs_dir()  # a state directory another user could steer is refused before anything starts
     early = validate(cfg)
     try:
