@@ -204,3 +204,46 @@ def test_two_rank_run_at_80x24_shows_every_rank_then_stops_them_all(tiny_config,
         for pid in pids:
             if alive(pid):
                 os.kill(pid, 9)
+
+
+def test_a_wrapped_command_in_the_dashboard_at_80x24_stops_at_a_step_and_its_code_after_train_runs(
+        tmp_path: Path) -> None:
+    """``ftwatch run -- python script.py`` through the dashboard, as a user types it: the phases come
+    from the script's own calls, and ``k`` then ``y`` stops the Trainer at a step boundary."""
+    script = REPO / "tests" / "fixtures" / "scripts" / "trainer_script.py"
+    runs = tmp_path / "runs"
+    q = shlex.quote
+    command = (f"cd {q(str(tmp_path))} && FTWATCH_LOG_DIR={q(str(runs))} {q(sys.executable)} -m ftwatch run -- "
+               f"{q(sys.executable)} {q(str(script))} {q(str(tmp_path / 'out'))} 5000")
+    tmux = Tmux("wrapped")
+    pid = None
+    try:
+        tmux.start(f"{command}; echo FTWATCH-EXIT=$?; sleep 600")
+        parts = ("phase training", "trainer_script", "✔ loading", "✔ LoRA", "✔ setup", "▶ training", "/5000",
+                 "q Quit", "k Stop")
+        wait_until(lambda: all(part in tmux.screen() for part in parts), 240, "the training screen", tmux.screen)
+        lines = tmux.screen().rstrip("\n").splitlines()
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+        run = run_dir_of(runs)
+        header = next(e for e in events(run) if e["kind"] == "header")
+        pid = header["pid"]
+        assert header["origin"] == "command" and alive(pid)
+        tmux.keys("k")
+        wait_until(lambda: "Stop the training" in tmux.screen(), 60, "the stop question", tmux.screen)
+        tmux.keys("y")
+        wait_until(lambda: "STOPPED" in tmux.screen() and "run stopped after" in tmux.screen(), 120,
+                   "the stopped run", tmux.screen)  # the final state stays on screen until q
+        tmux.keys("q")
+        wait_until(lambda: "FTWATCH-EXIT=" in tmux.screen(), 60, "ftwatch to exit", tmux.screen)
+        assert "FTWATCH-EXIT=130" in tmux.screen()
+        wait_until(lambda: not alive(pid), 60, "the command to end", tmux.screen)
+        log = events(run)
+        exit_event = log[-1]
+        assert exit_event["kind"] == "exit" and exit_event["status"] == "stopped"
+        steps = [e["step"] for e in log if e["kind"] == "snapshot" and e.get("step")]
+        assert exit_event["step"] == steps[-1] < 5000  # at a step boundary, long before the end
+        assert f"AFTER-TRAIN-MARKER {steps[-1]}" in (run / "worker.log").read_text()  # the code after train()
+    finally:
+        tmux.kill()
+        if pid is not None and alive(pid):
+            os.kill(pid, 9)
