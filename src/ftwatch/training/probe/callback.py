@@ -77,6 +77,16 @@ class FtwatchCallback(TrainerCallback):
         self.estimate = estimate
         self._estimate_pending = False
 
+    def adopt(self, probe: Probe, stop_requested: Any = None) -> None:
+        """Measure into ``probe``, started by someone else (``ftwatch run --`` gives a callback the
+        script added itself its own process's probe, before the Trainer's ``on_init_end``): the
+        phases, the stop handler and the end are then the owner's. ``stop_requested`` is used only
+        when the callback has none."""
+        self.probe = probe
+        self._own_probe = False
+        if self.stop_requested is None:
+            self.stop_requested = stop_requested
+
     def _ensure_probe(self) -> Probe | None:
         """The probe (created the first time for a user's script); ``None`` if it could not be."""
         if self.probe is None:

@@ -257,6 +257,14 @@ class Probe(RunSetup, ModelAttachment, StepSnapshots):
         except Exception:
             return False
 
+    def release_stop_handler(self) -> None:
+        """Give SIGINT back to the handler the process had before :meth:`install_stop_handler`
+        (``ftwatch run --``: Ctrl-C after ``train()`` is the script's again). Never raises."""
+        try:
+            self._sigint.restore()
+        except Exception:
+            return
+
     # -- the end ---------------------------------------------------------------------------------------
     def finish(self, status: str, **fields: Any) -> None:
         """Stop sampling and write the exit event (once). Never raises: every part of the ending

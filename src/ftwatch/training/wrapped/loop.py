@@ -63,7 +63,7 @@ class HandLoop:
         probe.step_end(self.steps)
         probe.step_begin()
         if probe.stop_requested:
-            quietly("hand loop (stop)", probe._sigint.restore)
+            probe.release_stop_handler()
             raise KeyboardInterrupt(f"stopped at a step boundary on SIGINT (step {self.steps})")
 
 

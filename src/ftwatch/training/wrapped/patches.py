@@ -193,10 +193,7 @@ def _adopt_user_callbacks(callbacks: Any) -> None:
         return
     for callback in callbacks:
         if isinstance(callback, FtwatchCallback) and callback.probe is None:
-            callback.probe = probe  # as the worker gives its own: phases, the stop and the end are ours
-            callback._own_probe = False
-            if callback.stop_requested is None:
-                callback.stop_requested = _stop_requested(probe)
+            callback.adopt(probe, _stop_requested(probe))  # phases, the stop and the end are ours
 
 
 def _add_callback(trainer: Any) -> None:
@@ -230,5 +227,5 @@ def _train_ended(trainer: Any) -> None:
         SESSION.last_step = step
     probe = SESSION.probe
     if probe is not None and not SESSION.stop_asked():
-        probe._sigint.restore()  # no stop asked: Ctrl-C after train() is the script's again
+        probe.release_stop_handler()  # no stop asked: Ctrl-C after train() is the script's again
         SESSION.rank_stop.restore()
