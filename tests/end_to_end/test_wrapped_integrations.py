@@ -71,3 +71,23 @@ def test_k_stops_a_hand_loop_between_steps(tmp_path):
     assert events[-1]["kind"] == "exit" and events[-1]["status"] == "stopped" and events[-1]["step"] == last_step
     assert "interrupted between steps" in err  # raised as KeyboardInterrupt after a whole step
     assert f"{AFTER_TRAIN} {last_step}" in err
+
+
+@pytest.mark.skipif(find_spec("trl") is None, reason="trl is not installed (pip install trl, in the test extras)")
+def test_k_stops_a_trl_sft_trainer_at_a_step_boundary_and_its_code_goes_on(tmp_path):
+    process = ftwatch_run(tmp_path, sys.executable, str(SCRIPTS / "sft_script.py"), str(tmp_path / "out"), "100000")
+    try:
+        wait_for(lambda: any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 2 for e in events_of(tmp_path)))
+        pid = next(e["pid"] for e in events_of(tmp_path) if e["kind"] == "header")
+        os.killpg(pid, signal.SIGINT)  # what `k` in the dashboard sends
+    except BaseException:
+        process.kill()
+        raise
+    code, out, err = finished(process)
+    assert code == 130, err[-3000:]
+    events = events_of(tmp_path)
+    exit_event = events[-1]
+    assert exit_event["kind"] == "exit" and exit_event["status"] == "stopped"
+    last_step = max(e["step"] for e in events if e["kind"] == "snapshot" and e.get("step"))
+    assert exit_event["step"] == last_step
+    assert f"{AFTER_TRAIN} {last_step}" in err  # SFTTrainer.train() returned and the script went on

@@ -29,11 +29,8 @@ def rank_events(tmp_path: Path) -> dict[int, list[dict]]:
 
 @pytest.mark.skipif(not ACCELERATE.exists() and shutil.which("accelerate") is None, reason="accelerate not installed")
 def test_accelerate_launch_of_two_processes_measures_each_rank_exactly(tmp_path):
-    accelerate = str(ACCELERATE) if ACCELERATE.exists() else shutil.which("accelerate")
-    code, out, err = finished(ftwatch_run(
-        tmp_path, accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(SCRIPTS / "trainer_script.py"), str(tmp_path / "out"), "3"))
+    code, out, err = finished(ftwatch_run(tmp_path, *_accelerate(), str(SCRIPTS / "trainer_script.py"),
+                                          str(tmp_path / "out"), "3"))
     assert code == 0, err[-3000:]
     summary = json.loads(out)
     assert summary["status"] == "finished"
@@ -48,9 +45,20 @@ def test_accelerate_launch_of_two_processes_measures_each_rank_exactly(tmp_path)
     assert err.count(f"{AFTER_TRAIN} 3") == 2
 
 
-def test_k_stops_both_torchrun_ranks_after_the_same_step(tmp_path):
-    process = ftwatch_run(tmp_path, sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          str(SCRIPTS / "trainer_script.py"), str(tmp_path / "out"), "100000")
+def _accelerate() -> list[str]:
+    accelerate = str(ACCELERATE) if ACCELERATE.exists() else shutil.which("accelerate")
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_k_stops_both_ranks_after_the_same_step(tmp_path, launcher):
+    if launcher == "accelerate" and not ACCELERATE.exists() and shutil.which("accelerate") is None:
+        pytest.skip("accelerate not installed")
+    launch_command = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+                      if launcher == "torchrun" else _accelerate())
+    process = ftwatch_run(tmp_path, *launch_command, str(SCRIPTS / "trainer_script.py"), str(tmp_path / "out"),
+                          "100000")
     try:
         wait_for(lambda: all(any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 2 for e in log)
                              for log in rank_events(tmp_path).values()) and len(rank_events(tmp_path)) == 2)
