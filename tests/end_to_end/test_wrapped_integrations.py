@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 from importlib.util import find_spec
 
@@ -19,9 +17,8 @@ from test_wrapped_trainer import (
     events_of,
     finished,
     ftwatch_run,
+    stopped_after_two_steps,
 )
-
-from conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -55,15 +52,7 @@ def test_hand_written_loop_counts_steps_at_optimizer_step(tmp_path):
 
 
 def test_k_stops_a_hand_loop_between_steps(tmp_path):
-    process = ftwatch_run(tmp_path, sys.executable, str(SCRIPTS / "loop_script.py"), "100000")
-    try:
-        wait_for(lambda: any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 2 for e in events_of(tmp_path)))
-        pid = next(e["pid"] for e in events_of(tmp_path) if e["kind"] == "header")
-        os.killpg(pid, signal.SIGINT)  # what `k` in the dashboard sends
-    except BaseException:
-        process.kill()
-        raise
-    code, out, err = finished(process)
+    code, out, err = stopped_after_two_steps(tmp_path, sys.executable, str(SCRIPTS / "loop_script.py"), "100000")
     assert code == 130, err[-3000:]
     assert json.loads(out)["status"] == "stopped"
     events = events_of(tmp_path)
@@ -75,15 +64,8 @@ def test_k_stops_a_hand_loop_between_steps(tmp_path):
 
 @pytest.mark.skipif(find_spec("trl") is None, reason="trl is not installed (pip install trl, in the test extras)")
 def test_k_stops_a_trl_sft_trainer_at_a_step_boundary_and_its_code_goes_on(tmp_path):
-    process = ftwatch_run(tmp_path, sys.executable, str(SCRIPTS / "sft_script.py"), str(tmp_path / "out"), "100000")
-    try:
-        wait_for(lambda: any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 2 for e in events_of(tmp_path)))
-        pid = next(e["pid"] for e in events_of(tmp_path) if e["kind"] == "header")
-        os.killpg(pid, signal.SIGINT)  # what `k` in the dashboard sends
-    except BaseException:
-        process.kill()
-        raise
-    code, out, err = finished(process)
+    code, out, err = stopped_after_two_steps(tmp_path, sys.executable, str(SCRIPTS / "sft_script.py"),
+                                             str(tmp_path / "out"), "100000")
     assert code == 130, err[-3000:]
     events = events_of(tmp_path)
     exit_event = events[-1]

@@ -85,17 +85,23 @@ def test_plain_trainer_script_is_measured_like_a_config_run(tmp_path):
     assert f"{AFTER_TRAIN} 4" in (run_dir_of(tmp_path) / "worker.log").read_text()
 
 
-def test_k_stops_a_trainer_script_at_a_step_boundary_and_its_code_goes_on(tmp_path):
-    process = ftwatch_run(tmp_path, sys.executable, str(SCRIPTS / "trainer_script.py"), str(tmp_path / "out"),
-                          "100000")
+def stopped_after_two_steps(tmp_path: Path, *command: str) -> tuple[int, str, str]:
+    """Run ``command`` under ``ftwatch run --``; once step 2 is logged, send what ``k`` in the
+    dashboard sends (SIGINT to the command's process group); the exit code and the output."""
+    process = ftwatch_run(tmp_path, *command)
     try:
         wait_for(lambda: any(e["kind"] == "snapshot" and (e.get("step") or 0) >= 2 for e in events_of(tmp_path)))
         pid = next(e["pid"] for e in events_of(tmp_path) if e["kind"] == "header")
-        os.killpg(pid, signal.SIGINT)  # what `k` in the dashboard sends
+        os.killpg(pid, signal.SIGINT)
     except BaseException:
         process.kill()
         raise
-    code, out, err = finished(process)
+    return finished(process)
+
+
+def test_k_stops_a_trainer_script_at_a_step_boundary_and_its_code_goes_on(tmp_path):
+    code, out, err = stopped_after_two_steps(tmp_path, sys.executable, str(SCRIPTS / "trainer_script.py"),
+                                             str(tmp_path / "out"), "100000")
     assert code == 130, err[-3000:]
     summary = json.loads(out)
     assert summary["status"] == "stopped"

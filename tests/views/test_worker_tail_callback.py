@@ -5,12 +5,11 @@ the phases it could not see say "before callback" instead of "·", and the step 
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
 
-from rich.console import Console
+from test_dashboard_app import eventually, screen_text
 
 from ftwatch.runlog.events import encode
 from ftwatch.runlog.state import PhaseRecord, RunState
@@ -72,14 +71,6 @@ def test_phases_before_the_first_logged_one_were_not_watched() -> None:
     assert state.max_steps == 10 and state.header["model"] == "/models/tiny-llama"
 
 
-def screen_text(app: FtwatchApp) -> str:
-    width, height = app.size
-    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, record=True,
-                      legacy_windows=False)
-    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
-    return console.export_text()
-
-
 class LiveHandle:
     """Stands in for the handle of a live script run (``ftwatch attach`` of a callback run)."""
 
@@ -100,18 +91,6 @@ class LiveHandle:
 
     def reattach_hint(self) -> str:
         return f"ftwatch attach {self.pid}"
-
-
-async def eventually(pilot, check, timeout: float = 60.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            check()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise AssertionError("screen:\n" + screen_text(pilot.app)) from None
-        await pilot.pause(0.05)
 
 
 async def test_a_live_callback_run_on_the_dashboard(tmp_path: Path) -> None:

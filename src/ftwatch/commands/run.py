@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -37,13 +36,13 @@ from ftwatch.commands.run_follow import (
     _load_dashboard,
     _watch_in_dashboard,
     _watch_ranks_in_dashboard,
+    write_summary,
 )
 from ftwatch.commands.usage import UsageError, show_value
 from ftwatch.common.config import load_config
 from ftwatch.common.config_errors import ConfigError
 from ftwatch.runlog import registry
 from ftwatch.runlog.endings import (
-    DIRECTORY_DELETED,
     EXIT_CODES,
 )
 from ftwatch.runlog.events import EVENTS_FILE
@@ -56,7 +55,6 @@ from ftwatch.training.config_checks import check_without_libraries
 from ftwatch.training.prestart import Prestarted
 from ftwatch.views.headless.follow import follow_headless
 from ftwatch.views.headless.follow_multi import follow_ranks_headless
-from ftwatch.views.headless.report import summary_text
 
 if TYPE_CHECKING:
     from ftwatch.common.config import Config
@@ -191,12 +189,7 @@ def _run(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None, e
         print(f"ftwatch run: {state.exit['message']}", file=sys.stderr)
         shutil.rmtree(run_dir, ignore_errors=True)
         return 2
-    if args.json:
-        sys.stdout.write(json.dumps(state.summary(), indent=2) + "\n")
-    else:
-        out.write(summary_text(state, stats))
-        if (state.exit or {}).get("error_type") != DIRECTORY_DELETED:
-            out.write(f"run log: {run_dir / EVENTS_FILE}\n")
+    write_summary(args, state, stats, run_dir, out)
     return EXIT_CODES.get(state.status, 1)
 
 

@@ -32,10 +32,11 @@ from ftwatch.commands.run_follow import (
     _load_dashboard,
     _watch_in_dashboard,
     _watch_ranks_in_dashboard,
+    write_summary,
 )
 from ftwatch.commands.usage import UsageError
 from ftwatch.runlog import registry
-from ftwatch.runlog.endings import DIRECTORY_DELETED, EXIT_CODES
+from ftwatch.runlog.endings import EXIT_CODES
 from ftwatch.runlog.events import EVENTS_FILE
 from ftwatch.runlog.paths import new_run_dir
 from ftwatch.runlog.ranks import LAUNCH_FILE, write_launch
@@ -43,7 +44,6 @@ from ftwatch.runlog.sources import WorkerHandle
 from ftwatch.training.wrapped import NAME_ENV, PACKAGE_ROOT_ENV, SITE_DIR, WRAPPED_ENV
 from ftwatch.views.headless.follow import follow_headless
 from ftwatch.views.headless.follow_multi import follow_ranks_headless
-from ftwatch.views.headless.report import summary_text
 
 WORKER_LOG = "worker.log"
 POLL_SECONDS = 0.1
@@ -143,14 +143,7 @@ def _follow(args: argparse.Namespace, run_dir: Path, handle: WorkerHandle, name:
     finally:
         if tee is not None:
             tee.stop()
-    if args.json:
-        import json
-
-        sys.stdout.write(json.dumps(state.summary(), indent=2) + "\n")
-    else:
-        out.write(summary_text(state, stats))
-        if (state.exit or {}).get("error_type") != DIRECTORY_DELETED:
-            out.write(f"run log: {run_dir / EVENTS_FILE}\n")
+    write_summary(args, state, stats, run_dir, out)
     code = _passed_on(handle, EXIT_CODES.get(state.status, 1))
     returncode = handle.returncode()
     if returncode:

@@ -112,3 +112,16 @@ def _watch_in_dashboard(run_dashboard: Any, run_dir: Path, handle: WorkerHandle,
         print(handle.reattach_hint())
         return 0
     return EXIT_CODES.get(state.status, 1)
+
+
+def write_summary(args: argparse.Namespace, state: RunState, stats: Any, run_dir: Path, out: Any) -> None:
+    """A headless run's ending: the summary as one JSON object on stdout (``--json``), else the text
+    summary and where the run log is (unless its directory was deleted under the follower)."""
+    from ftwatch.runlog.endings import DIRECTORY_DELETED
+
+    if args.json:
+        sys.stdout.write(json.dumps(state.summary(), indent=2) + "\n")
+        return
+    out.write(summary_text(state, stats))
+    if (state.exit or {}).get("error_type") != DIRECTORY_DELETED:
+        out.write(f"run log: {run_dir / EVENTS_FILE}\n")
