@@ -73,13 +73,14 @@ class RunView:
 
     @property
     def true_peak(self) -> tuple[int, dict[str, int], int | None] | None:
-        """The CPU true peak to draw: ``(bytes, split, step)`` from the latest measured step
-        (:attr:`tensor_peak`), else the run's largest (an ended run's summary). Not from the last
-        snapshot alone: only one step in ``activations_every`` carries it, and the bar would flicker."""
-        event = self.tensor_peak
-        if event and event.get("tensor_peak") is not None:
-            return int(event["tensor_peak"]), dict(event.get("tensor_peak_split") or {}), event.get("step")
+        """The CPU true peak to draw: ``(bytes, split, step)``. Once the run has ended, the run's
+        largest (first reached, from its summary); while it runs, the latest measured step's
+        (:attr:`tensor_peak`). Not from the last snapshot alone: only one step in
+        ``activations_every`` carries it, and the bar would flicker."""
         measured = (self.summary or {}).get("tensor_peak_bytes")
+        event = self.tensor_peak
+        if event and event.get("tensor_peak") is not None and not (self.ended and measured):
+            return int(event["tensor_peak"]), dict(event.get("tensor_peak_split") or {}), event.get("step")
         if measured and measured.get("total") is not None:
             split = {k: int(v) for k, v in measured.items() if k not in ("total", "step") and v is not None}
             return int(measured["total"]), split, measured.get("step")
