@@ -1,6 +1,7 @@
 """Probe overhead: the bundled tiny fine-tune with the probe off and on, interleaved.
 
     .venv/bin/python benchmarks/overhead.py [--pairs 7] [--steps 150] [--quick] [--no-peak-meter]
+                                            [--mode both|probe|wrapped]
 
 Each run builds the model, LoRA and Trainer afresh from the bundled example, trains on the CPU, and
 times the steps after a warm-up (from the end of step 20 to the end of the last step) with a
@@ -14,6 +15,12 @@ step) runs on the measured steps only; the table after the main one gives the me
 the measured steps and of the others in the "on" runs, so its cost per measured step and averaged
 over all steps can be read. ``--no-peak-meter`` turns the meter off in the "on" runs (the probe as
 before it), for a before/after comparison; ``--quick`` is 3 pairs of 80 steps.
+
+The wrapped mode (:mod:`overhead_wrapped`, on by default: ``--mode both``) runs a plain Trainer
+script (``tests/fixtures/scripts/trainer_script.py``) as is and under ``ftwatch run --headless --``
+in fresh processes, interleaved pairs of the same ``--pairs`` and ``--steps``, and compares the
+Trainer's own ``train_runtime`` (as steps/s); its rows go in the main table beside the probe's.
+``--mode probe`` is the in-process comparison only, ``--mode wrapped`` the wrapped one only.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from overhead_wrapped import wrapped_pairs, wrapped_table_rows
 
 REPO = Path(__file__).resolve().parent.parent
 WARMUP = 20
@@ -218,7 +227,8 @@ MEASURED: list[tuple[float, float, float]] = []
 
 
 def main() -> None:
-    """Print the table of steps/s with the probe off and on, and the median ratio."""
+    """Print the table of steps/s with the probe off and on (in process, as the worker runs it) and
+    of the Trainer script plain and wrapped (``ftwatch run --``), and the median ratios."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--steps", type=int, default=150)
@@ -229,12 +239,36 @@ def main() -> None:
     parser.add_argument("--no-peak-meter", action="store_true", help="probe on without the CPU peak meter")
     parser.add_argument("--larger-step", action="store_true",
                         help="also time the peak meter on a larger randomly initialised model's step")
+    parser.add_argument("--mode", choices=("both", "probe", "wrapped"), default="both",
+                        help="the in-process probe pairs, the wrapped (ftwatch run --) pairs, or both")
     args = parser.parse_args()
     if args.quick:
         args.pairs, args.steps = 3, 80
     import torch
 
     torch.set_num_threads(args.threads)
+    rows = probe_pairs(args) if args.mode != "wrapped" else []
+    wrapped = wrapped_pairs(args.pairs, args.steps, args.threads) if args.mode != "probe" else []
+    print()
+    print("| measure | pairs | steps | median off | median on | median on/off | overhead |")
+    print("|---|---|---|---|---|---|---|")
+    if rows:
+        wall = statistics.median(on[0] / off[0] for off, on in rows)
+        cpu = statistics.median(on[1] / off[1] for off, on in rows)
+        for name, i, ratio in (("worker probe: steps/s (wall)", 0, wall),
+                               ("worker probe: steps per CPU-second", 1, cpu)):
+            print(f"| {name} | {len(rows)} | {args.steps} | {statistics.median(r[0][i] for r in rows):.1f} | "
+                  f"{statistics.median(r[1][i] for r in rows):.1f} | {ratio:.3f} | {100 * (1 - ratio):.1f}% |")
+    for line in wrapped_table_rows(wrapped, args.steps) if wrapped else ():
+        print(line)
+    if rows:
+        probe_details(args)
+    if args.larger_step:
+        meter_on_a_larger_step()
+
+
+def probe_pairs(args: argparse.Namespace) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """The in-process pairs (probe off, probe on), each printed as it ends."""
     PROBE_CLOCK.patch()
     train_once(False, WARMUP + 5)  # load libraries and warm caches before timing anything
     rows = []
@@ -246,14 +280,11 @@ def main() -> None:
         (off_wall, off_cpu), (on_wall, on_cpu) = result[False], result[True]
         print(f"pair {pair + 1}: wall off {off_wall:6.1f} on {on_wall:6.1f} steps/s (on/off {on_wall / off_wall:.3f})"
               f"   cpu off {off_cpu:6.1f} on {on_cpu:6.1f} steps/cpu-s (on/off {on_cpu / off_cpu:.3f})", flush=True)
-    wall = statistics.median(on[0] / off[0] for off, on in rows)
-    cpu = statistics.median(on[1] / off[1] for off, on in rows)
-    print()
-    print("| measure | pairs | steps | median off | median on | median on/off | overhead |")
-    print("|---|---|---|---|---|---|---|")
-    for name, i, ratio in (("steps/s (wall)", 0, wall), ("steps per CPU-second", 1, cpu)):
-        print(f"| {name} | {len(rows)} | {args.steps} | {statistics.median(r[0][i] for r in rows):.1f} | "
-              f"{statistics.median(r[1][i] for r in rows):.1f} | {ratio:.3f} | {100 * (1 - ratio):.1f}% |")
+    return rows
+
+
+def probe_details(args: argparse.Namespace) -> None:
+    """Where the in-process probe's time goes, and the measured steps' table."""
     inline = statistics.median(s[0] for s in PROBE_SHARES)
     threads = statistics.median(s[1] for s in PROBE_SHARES)
     per_step = statistics.median(s[2] for s in PROBE_SHARES)
@@ -276,8 +307,6 @@ def main() -> None:
         print("|---|---|---|---|---|")
         print(f"| {100 * share:.1f}% | {1000 * measured:.2f} ms | {1000 * other:.2f} ms | {1000 * extra:.2f} ms "
               f"({100 * extra / other:.0f}%) | {1000 * extra * share:.3f} ms ({100 * extra * share / other:.2f}%) |")
-    if args.larger_step:
-        meter_on_a_larger_step()
 
 
 if __name__ == "__main__":

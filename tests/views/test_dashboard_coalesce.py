@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from ftwatch.runlog.events import encode
 from ftwatch.views.dashboard import refresh
 from ftwatch.views.dashboard.feed import RunFeed
+from ftwatch.views.dashboard.multi_feed import MultiRunFeed
 from ftwatch.views.dashboard.refresh import SAMPLES_ONLY_INTERVAL, DashboardRefresh
 
 
@@ -104,5 +105,100 @@ def test_a_replay_draws_every_change_at_the_next_tick(tmp_path: Path, monkeypatc
         clock[0] += 0.125
         DashboardRefresh._tick(fake)
         assert fake.drawn == [feed.version]
+    finally:
+        feed.stop()
+
+
+def _rank_header(rank: int, device: str = "cpu") -> str:
+    return encode("header", {"run_id": f"r{rank}", "name": "ddp", "pid": 1, "rank": rank, "world_size": 2,
+                             "device": {"type": device, "index": rank if device == "cuda" else None,
+                                        "capacity": 8 << 30, "capacity_source": "device" if device == "cuda"
+                                        else "ram"}}, 1.0)
+
+
+def _cuda_sample(t: float, used: int) -> str:
+    return encode("sample", {"phase": "loading_model", "rss": 1 << 30, "nvml": {"used": used, "process": used}}, t)
+
+
+def _rank_sample(t: float, rss: int) -> str:
+    return encode("sample", {"phase": "training", "rss": rss}, t)
+
+
+def _multi_feed(tmp_path: Path) -> tuple[MultiRunFeed, dict[int, Path]]:
+    """A two-rank run directory (``rank0/``, ``rank1/``), both in training, rank 0 the fuller."""
+    logs = {}
+    for rank in (0, 1):
+        (tmp_path / f"rank{rank}").mkdir()
+        logs[rank] = tmp_path / f"rank{rank}" / "events.jsonl"
+        logs[rank].write_text(_rank_header(rank) + encode("phase", {"name": "training"}, 1.0)
+                              + _rank_sample(1.5, (3 - rank) << 30))
+    feed = MultiRunFeed(tmp_path, None)
+    feed.pump()
+    return feed, logs
+
+
+def test_the_multi_rank_feed_tells_a_samples_only_change_from_news(tmp_path: Path):
+    feed, logs = _multi_feed(tmp_path)
+    try:
+        assert sorted(feed.run.ranks) == [0, 1] and feed.focus == 0
+        shown = feed.version
+        assert not feed.only_samples_since(shown)  # nothing changed
+        _append(logs[0], _rank_sample(2.0, 3 << 30))
+        _append(logs[1], _rank_sample(2.0, 2 << 30))
+        feed.pump()
+        _append(logs[1], _rank_sample(2.1, 2 << 30))
+        feed.pump()
+        assert feed.version == shown + 2 and feed.only_samples_since(shown) and feed.only_samples_since(shown + 1)
+        _append(logs[1], encode("snapshot", {"phase": "training", "step": 1, "categories": {"weights": 5}}, 2.2))
+        feed.pump()  # a step on any rank is news
+        assert not feed.only_samples_since(shown) and not feed.only_samples_since(shown + 2)
+        after_step = feed.version
+        _append(logs[0], _rank_sample(2.3, 3 << 30))
+        feed.pump()
+        assert feed.only_samples_since(after_step) and not feed.only_samples_since(after_step - 1)
+    finally:
+        feed.stop()
+
+
+def test_samples_that_change_the_worst_rank_are_news(tmp_path: Path):
+    for rank in (0, 1):  # CUDA ranks still loading: no snapshot yet, so the samples' device use ranks them
+        (tmp_path / f"rank{rank}").mkdir()
+        (tmp_path / f"rank{rank}" / "events.jsonl").write_text(
+            _rank_header(rank, "cuda") + encode("phase", {"name": "loading_model"}, 1.0)
+            + _cuda_sample(1.5, (3 - rank) << 30))
+    feed = MultiRunFeed(tmp_path, None)
+    try:
+        feed.pump()
+        assert feed.focus == 0
+        shown = feed.version
+        _append(tmp_path / "rank1" / "events.jsonl", _cuda_sample(2.0, 2 << 30))
+        feed.pump()
+        assert feed.focus == 0 and feed.only_samples_since(shown)
+        _append(tmp_path / "rank1" / "events.jsonl", _cuda_sample(2.1, 5 << 30))  # rank 1 is now the fuller
+        feed.pump()
+        assert feed.focus == 1 and not feed.only_samples_since(shown) and not feed.only_samples_since(shown + 1)
+    finally:
+        feed.stop()
+
+
+def test_a_live_multi_rank_dashboard_draws_samples_alone_at_the_slower_cadence(tmp_path: Path, monkeypatch):
+    feed, logs = _multi_feed(tmp_path)
+    try:
+        fake = _refresher(feed, live=True)
+        clock = [fake._last_render]
+        monkeypatch.setattr(refresh.time, "monotonic", lambda: clock[0])
+        _append(logs[1], _rank_sample(2.0, 2 << 30))
+        feed.pump()
+        clock[0] += 0.125  # the next tick at 8 Hz: samples alone wait
+        DashboardRefresh._tick(fake)
+        assert fake.drawn == []
+        clock[0] += SAMPLES_ONLY_INTERVAL  # past the interval: drawn
+        DashboardRefresh._tick(fake)
+        assert fake.drawn == [feed.version]
+        _append(logs[0], encode("snapshot", {"phase": "training", "step": 1, "categories": {"weights": 5}}, 2.1))
+        feed.pump()
+        clock[0] += 0.125  # a step: drawn at the next tick
+        DashboardRefresh._tick(fake)
+        assert fake.drawn[-1] == feed.version and len(fake.drawn) == 2
     finally:
         feed.stop()

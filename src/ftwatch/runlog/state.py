@@ -79,13 +79,35 @@ class Timeline:
         return self.points + ([self._pending] if self._pending is not None else [])
 
 
+class _Maxima(dict):
+    """A merged breakdown: per category the larger of two. ``covers`` holds (by identity) two plain
+    breakdowns it is at least as large as in every category (its first and its latest source; the
+    same one twice when there is one), so merging one of them in again needs no per-key max. Only
+    plain breakdowns are held, so a merge keeps no chain of older merges alive. Never changed in
+    place."""
+
+    __slots__ = ("covers",)
+
+
 def _merge(a: TimelinePoint, b: TimelinePoint) -> TimelinePoint:
-    keep = b if b.used >= a.used else a
     ca, cb = a.categories, b.categories
-    # Points between two snapshots share one breakdown: nothing to merge.
-    same = ca is cb or ca == cb
-    cats = cb if same else {k: max(ca.get(k, 0), cb.get(k, 0)) for k in ca.keys() | cb.keys()}
-    return TimelinePoint(t=keep.t, step=b.step if b.step is not None else a.step, used=keep.used, categories=cats)
+    # Points between two snapshots share one breakdown, and a bucket merges each sample's breakdown
+    # into a point that already holds it: nothing to merge then (identity checks only).
+    if ca is cb or (type(cb) is _Maxima and (ca is cb.covers[0] or ca is cb.covers[1])):
+        cats = cb
+    elif type(ca) is _Maxima and (cb is ca.covers[0] or cb is ca.covers[1]):
+        cats = ca
+    elif ca == cb:
+        cats = cb
+    else:
+        cats = _Maxima({k: max(ca.get(k, 0), cb.get(k, 0)) for k in ca.keys() | cb.keys()})
+        sources = [c for part in (ca, cb) for c in (part.covers if type(part) is _Maxima else (part,))]
+        cats.covers = (sources[0], sources[-1])
+    keep = b if b.used >= a.used else a
+    step = b.step if b.step is not None else a.step
+    if keep.categories is cats and keep.step == step:
+        return keep  # the merge is that point itself (points are never changed in place)
+    return TimelinePoint(t=keep.t, step=step, used=keep.used, categories=cats)
 
 
 def sample_used(sample: dict[str, Any]) -> int | None:

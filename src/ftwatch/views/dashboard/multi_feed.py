@@ -73,10 +73,17 @@ class MultiRunFeed(RunFeed):
         return self.run.ended or self._finished_reading
 
     def _fold(self, pairs: list[tuple[int, dict[str, Any]]], now: float) -> None:  # type: ignore[override]
+        """Fold a batch of every rank's events; a batch of device samples alone that leaves the focus
+        where it was is marked as such (``samples_only``: drawn at the slower cadence, as
+        :meth:`RunFeed._fold` does), anything else is news."""
         with self.lock:
+            focus = self.focus
             self.run.apply_all(pairs)
             self._refocus()
             self.last_event_wall = now
+            if self.focus == focus and all(event["kind"] == "sample" for _, event in pairs):
+                start, end = self.samples_only
+                self.samples_only = (start if end == self.version else self.version, self.version + 1)
             self.version += 1
 
     def _caught_up(self, now: float) -> None:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ftwatch.common.safe_text import safe
 from ftwatch.common.units import format_bytes, format_duration
-from ftwatch.runlog.events import CATEGORIES, TENSOR_CATEGORIES
+from ftwatch.runlog.events import CATEGORIES, PHASES, TENSOR_CATEGORIES
+from ftwatch.runlog.phases import unwatched_phases
 from ftwatch.runlog.state import RunState
 
 if TYPE_CHECKING:
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
 SHORT = {"weights": "weights", "lora": "lora", "grads": "grads", "optimizer": "optim",
          "activations": "activ", "other": "other", "cache": "cache", "non_torch": "ctx",
          "other_processes": "others", "free": "free"}
+#: What the report says of a phase that ran before ftwatch was watching, by the header's ``origin``.
+UNWATCHED = {"callback": "before the callback started (not watched)"}
+UNWATCHED_DEFAULT = "not watched"
 
 
 def breakdown_line(categories: dict[str, int], order: tuple[str, ...] = CATEGORIES) -> str:
@@ -133,6 +137,9 @@ def summary_text(state: RunState, stats: Any = None) -> str:
         lines.append(f"true peak of live tensors (step {measured.get('step')}): "
                      f"{format_bytes(measured['total'])} = {breakdown_line(split, (*TENSOR_CATEGORIES, 'other'))}")
     lines.append("phases (process memory: peak, added):")
+    unwatched = unwatched_phases(state.phases)
+    for name in (n for n in PHASES if n in unwatched):
+        lines.append(f"  {name:<18} {UNWATCHED.get(state.origin or '', UNWATCHED_DEFAULT)}")
     for p in s["phases"]:
         added = p.get("added_bytes")
         lines.append(f"  {p['name']:<18} peak {format_bytes(p['peak_bytes']):>10}  added "

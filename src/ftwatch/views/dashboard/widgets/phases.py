@@ -8,6 +8,7 @@ from textual.geometry import Size
 from textual.widget import Widget
 
 from ftwatch.runlog.events import PHASES
+from ftwatch.runlog.phases import unwatched_phases
 from ftwatch.runlog.state import PhaseRecord
 from ftwatch.views.dashboard import fmt
 from ftwatch.views.dashboard.palette import ACCENT, DANGER, DIM, GOOD, WATCH
@@ -18,15 +19,6 @@ SHORT = {"loading_model": "loading", "applying_lora": "LoRA", "preparing_trainer
 #: What an unwatched phase says (one that ran before ftwatch was watching), by the header's ``origin``.
 UNWATCHED = {"callback": "before callback"}
 UNWATCHED_DEFAULT = "not watched"
-
-
-def unwatched_phases(phases: list[PhaseRecord]) -> set[str]:
-    """The standard phases that come before the first recorded one: they ran (a run goes through
-    them in order) while ftwatch was not yet watching, e.g. the loading of a script that added
-    ``FtwatchCallback`` (its probe starts when the Trainer is built)."""
-    if not phases or phases[0].name not in PHASES:
-        return set()
-    return set(PHASES[: list(PHASES).index(phases[0].name)])
 
 
 def phase_cells(phases: list[PhaseRecord], current: str | None, exit_status: str | None,
