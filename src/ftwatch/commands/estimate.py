@@ -1,8 +1,13 @@
 """``ftwatch estimate CONFIG``: will this fine-tune fit, before any weight is loaded?
 
 Prints the predicted bytes of every memory category, the peak, a verdict against the capacity
-(``--gpu-memory``, else the GPU's free memory via NVML, else ``[monitor] budget``) and the
-quantified fixes. ``--json`` prints one object (see :meth:`Estimate.to_json`).
+(``--gpu-memory``, else the GPU's free memory via NVML, else ``[monitor] budget``; on the CPU the
+budget, else the RAM, as ``ftwatch run``'s pre-flight) and the quantified fixes (under "if you need
+more room" when the run fits). The device it estimates for: ``--device``, else CUDA when a GPU is
+visible or ``--gpu-memory`` is given, else the CPU; the output says which and why. Without packing
+the data's lengths are scanned and the longest batch priced (:mod:`ftwatch.training.longest_batch`).
+``--json`` prints one object (see :meth:`Estimate.to_json`, plus ``device``, ``suggestions_optional``
+and ``longest_batch``).
 
 Exit status: 0 when the estimate ran, whatever the verdict (1 with ``--strict`` when it does not
 fit); 2 for usage errors (bad config, unreadable model config.json, bad ``--gpu-memory``).
@@ -17,6 +22,7 @@ from typing import Any
 
 from ftwatch.common.config import Config, load_config
 from ftwatch.common.nvml_query import ask_first_gpu
+from ftwatch.common.safe_text import safe
 from ftwatch.common.units import format_bytes, parse_size
 from ftwatch.training.config_checks import check_config
 
@@ -24,7 +30,9 @@ HELP = "predict a config's memory before loading it, and what to change if it wi
 
 _VERDICT_TEXT = {"fits": "fits", "tight": "TIGHT", "does_not_fit": "DOES NOT FIT"}
 _PHASE_TEXT = {"loading_model": "while loading the model", "training": "during training"}
-_CAPACITY_TEXT = {"--gpu-memory": "--gpu-memory", "nvml": "free GPU memory (NVML)", "budget": "[monitor] budget"}
+#: How each capacity source is named in the text output (shared with `ftwatch fit`).
+CAPACITY_TEXT = {"--gpu-memory": "--gpu-memory", "nvml": "free GPU memory (NVML)", "budget": "[monitor] budget",
+                 "ram": "the RAM"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory", metavar="SIZE",
                         help='capacity to check against, e.g. "24GiB" or "22.3GB" '
                              "(default: the GPU's free memory, else [monitor] budget)")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        help="the device to estimate for (default: cuda when a GPU is visible or "
+                             "--gpu-memory is given, else cpu)")
+    parser.add_argument("--no-data-scan", action="store_true",
+                        help="do not scan the data's token lengths for the longest batch")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when it does not fit")
 
@@ -47,39 +60,93 @@ def main(args: argparse.Namespace) -> int:
             resolve_capacity(cfg, args.gpu_memory)
     except ValueError as exc:
         raise UsageError(f"--gpu-memory: {exc}") from None
+    device = getattr(args, "device", None)
+    if device == "cpu" and args.gpu_memory is not None:
+        raise UsageError("--gpu-memory is a GPU's capacity: not with --device cpu (set [monitor] budget instead)")
     # the validation `ftwatch run` makes, word for word (a typo'd key: the same "did you mean" line),
     # before the GPU is asked and before the estimate's trace
     notes = check_config(cfg, "estimate")
-    capacity, source, on_gpu = resolve_capacity(cfg, args.gpu_memory)
+    device, why = choose_device(cfg, args.gpu_memory, device)
+    capacity, source, on_gpu = resolve_capacity(cfg, args.gpu_memory, device=device)
 
     from ftwatch.analysis.advice import estimate_and_advise
 
     result = estimate_and_advise(cfg, capacity, on_gpu=on_gpu, capacity_source=source)
     result.notes.extend(notes)
+    longest = None if getattr(args, "no_data_scan", False) else longest_batch(cfg, result)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        data = result.to_json()
+        data["device"] = {"type": device, "reason": why}
+        data["suggestions_optional"] = result.verdict == "fits"
+        data["longest_batch"] = longest.to_json() if longest is not None else None
+        print(json.dumps(data, indent=2))
     else:
-        print(render(cfg, result))
+        print(render(cfg, result, device_reason=why, longest=longest))
     return 1 if args.strict and result.verdict == "does_not_fit" else 0
 
 
-def resolve_capacity(cfg: Config, gpu_memory: str | None) -> tuple[int | None, str | None, bool]:
-    """``(capacity_bytes, source, on_gpu)``: ``--gpu-memory``, else NVML's free memory, else the budget.
+def choose_device(cfg: Config, gpu_memory: str | None, device: str | None = None) -> tuple[str, str]:
+    """``(device, why)``: ``--device``, else CUDA for ``--gpu-memory``, else the CPU for ``use_cpu``,
+    else CUDA when NVML sees a GPU, else the CPU (``why`` is the sentence the output shows)."""
+    if device is not None:
+        return device, f"--device {device}"
+    if gpu_memory is not None:
+        return "cuda", "--gpu-memory given: estimating for a GPU"
+    if cfg.training.get("use_cpu", False):
+        return "cpu", "[training] use_cpu = true: estimating for the CPU"
+    if nvml_free_bytes() is not None:
+        return "cuda", "a GPU is visible (NVML): estimating for it; --device cpu for the CPU"
+    return "cpu", "no GPU visible: estimating for the CPU; --device cuda for a GPU"
 
+
+def resolve_capacity(cfg: Config, gpu_memory: str | None, *,
+                     device: str | None = None) -> tuple[int | None, str | None, bool]:
+    """``(capacity_bytes, source, on_gpu)`` for ``device`` (default: :func:`choose_device`'s).
+
+    CUDA: ``--gpu-memory``, else NVML's free memory, else the budget. CPU: the budget, else the
+    RAM (``ram``), as ``ftwatch run``'s pre-flight judges a CPU run.
     Raises ``ValueError`` for a size that does not parse or is not positive.
     """
     if gpu_memory is not None:
         size = parse_size(gpu_memory)
         if size <= 0:
             raise ValueError(f"must be larger than zero, got {gpu_memory!r}")
-        return size, "--gpu-memory", True
-    use_cpu = bool(cfg.training.get("use_cpu", False))
-    free = None if use_cpu else nvml_free_bytes()
+        return size, "--gpu-memory", device != "cpu"
+    if device is None:
+        device, _why = choose_device(cfg, gpu_memory)
+    if device == "cpu":
+        if cfg.monitor.budget is not None:
+            return cfg.monitor.budget, "budget", False
+        return ram_bytes(), "ram", False
+    free = nvml_free_bytes()
     if free is not None:
         return free, "nvml", True
     if cfg.monitor.budget is not None:
-        return cfg.monitor.budget, "budget", False
-    return None, None, not use_cpu
+        return cfg.monitor.budget, "budget", True
+    return None, None, True
+
+
+def ram_bytes() -> int | None:
+    """The machine's RAM (what the probe's header calls the capacity of a CPU run)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001 - no capacity is a valid answer (the verdict is then unknown)
+        return None
+
+
+def longest_batch(cfg: Config, result: Any) -> Any:
+    """The data's longest batch (:class:`~ftwatch.training.longest_batch.LongestBatch`); ``None``
+    without ``[data]`` or when loading already fails (the data cannot matter then)."""
+    if cfg.data is None or result.inputs is None or result.fails_at == "loading_model":
+        return None
+    from ftwatch.training.data_lengths import LengthScan, scan_lengths
+    from ftwatch.training.longest_batch import check_longest_batch
+
+    # with packing every block is max_length tokens: no need to tokenize
+    scan = LengthScan(True, cfg.data.max_length, [], []) if cfg.data.packing else scan_lengths(cfg)
+    return check_longest_batch(cfg, scan, result)
 
 
 def nvml_free_bytes() -> int | None:
@@ -89,11 +156,19 @@ def nvml_free_bytes() -> int | None:
 
 # --- the table -----------------------------------------------------------------------------------
 
-def render(cfg: Config, result: Any) -> str:
-    """The human report: header, category table, verdict, suggestions."""
-    lines = _header(cfg, result) + [""] + _table(result) + [""] + _verdict(result)
+def render(cfg: Config, result: Any, *, device_reason: str | None = None, longest: Any = None) -> str:
+    """The human report: header, category table, verdict, longest batch, suggestions."""
+    lines = _header(cfg, result)
+    if device_reason:
+        lines.append(f"  device: {safe(device_reason, one_line=True)}")
+    lines += [""] + _table(result) + [""] + _verdict(result)
+    if longest is not None:
+        lines += ["", *_longest_lines(longest)]
     if result.suggestions:
-        lines += ["", "  what to change (each alone unless it says together; savings on the peak):"]
+        if result.verdict == "fits":
+            lines += ["", "  if you need more room (optional: the run fits; savings on the peak):"]
+        else:
+            lines += ["", "  what to change (each alone unless it says together; savings on the peak):"]
         for n, s in enumerate(result.suggestions, 1):
             lines += _suggestion_lines(n, s)
     lines += [f"  note: {note}" for note in result.notes]
@@ -137,7 +212,7 @@ def _table(result: Any) -> list[str]:
 def _verdict(result: Any) -> list[str]:
     if result.capacity_bytes is None:
         return ["  capacity     unknown (no GPU found): pass --gpu-memory SIZE or set [monitor] budget"]
-    source = _CAPACITY_TEXT.get(result.capacity_source or "", result.capacity_source or "given")
+    source = CAPACITY_TEXT.get(result.capacity_source or "", result.capacity_source or "given")
     lines = [f"  capacity     {format_bytes(result.capacity_bytes)} ({source})"]
     text = f"  verdict      {_VERDICT_TEXT[result.verdict]}"
     if result.fails_at == "loading_model":
@@ -148,6 +223,17 @@ def _verdict(result: Any) -> list[str]:
     else:
         text += f" ({format_bytes(result.capacity_bytes - result.total)} left at the peak)"
     return lines + [text]
+
+
+def _longest_lines(longest: Any) -> list[str]:
+    """The longest batch: one line, then its fixes when it alone does not fit."""
+    lines = [f"  data         {safe(longest.message(), one_line=True)}"]
+    if longest.warn:
+        lines.append("    to make the longest batch fit (each alone):")
+        for fix in longest.fixes:
+            saves = f"    saves {format_bytes(fix['saves_bytes'])}" if fix["saves_bytes"] else ""
+            lines += [f"    - {fix['change']}", f"        {fix['config']}{saves}"]
+    return lines
 
 
 def _suggestion_lines(n: int, s: Any) -> list[str]:

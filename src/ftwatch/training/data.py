@@ -73,6 +73,14 @@ def iter_texts(data: DataConfig, config_path: Path, limit: ReadLimit | None = No
     Raises :class:`ConfigError` naming the file and the line for text that is not UTF-8, a line
     that is not JSON, a record without a string ``text_field``, or a JSON array in a .jsonl file.
     """
+    for _where, text in iter_numbered_texts(data, config_path, limit):
+        yield text
+
+
+def iter_numbered_texts(data: DataConfig, config_path: Path,
+                        limit: ReadLimit | None = None) -> Iterator[tuple[str, str]]:
+    """``(where, text)`` for every text :func:`iter_texts` yields: ``where`` is ``"line 7"`` (JSON
+    lines, text files) or ``"record 3"`` (a ``.json`` array, counted from 0)."""
     try:
         handle = open(data.path, "rb")  # noqa: SIM115 - closed below, also when the caller stops early
     except OSError as exc:
@@ -82,9 +90,9 @@ def iter_texts(data: DataConfig, config_path: Path, limit: ReadLimit | None = No
         if data.path.suffix in JSON_SUFFIXES:
             yield from _json_texts(handle, data, config_path, limit)
         else:
-            for _number, line in _lines(handle, data, config_path, limit):
+            for number, line in _lines(handle, data, config_path, limit):
                 if line.strip():
-                    yield line
+                    yield f"line {number}", line
     finally:
         handle.close()
 
@@ -105,7 +113,8 @@ def _lines(handle: BinaryIO, data: DataConfig, config_path: Path,
             return
 
 
-def _json_texts(handle: BinaryIO, data: DataConfig, config_path: Path, limit: ReadLimit) -> Iterator[str]:
+def _json_texts(handle: BinaryIO, data: DataConfig, config_path: Path,
+                limit: ReadLimit) -> Iterator[tuple[str, str]]:
     first = _first_character(handle)
     if first == "[" and data.path.suffix == ".json":
         yield from _json_array_texts(handle, data, config_path, limit)
@@ -123,7 +132,7 @@ def _json_texts(handle: BinaryIO, data: DataConfig, config_path: Path, limit: Re
         if first == "[" and isinstance(record, list):
             raise _array_in_jsonl(data, config_path)
         first = ""  # only the first record can start the file's array
-        yield _record_text(record, data, config_path, f"line {number}")
+        yield f"line {number}", _record_text(record, data, config_path, f"line {number}")
 
 
 def _array_in_jsonl(data: DataConfig, config_path: Path) -> ConfigError:
@@ -138,7 +147,8 @@ def _first_character(handle: BinaryIO) -> str:
     return chr(head[0]) if head else ""
 
 
-def _json_array_texts(handle: BinaryIO, data: DataConfig, config_path: Path, limit: ReadLimit) -> Iterator[str]:
+def _json_array_texts(handle: BinaryIO, data: DataConfig, config_path: Path,
+                      limit: ReadLimit) -> Iterator[tuple[str, str]]:
     """The records of a ``.json`` file that is one array (read whole: the parent skips large ones)."""
     if limit.spend(data.path.stat().st_size):
         return  # too large to parse in the parent: the worker reads it
@@ -155,7 +165,7 @@ def _json_array_texts(handle: BinaryIO, data: DataConfig, config_path: Path, lim
     if not isinstance(records, list):
         raise ConfigError(config_path, f"[data].path: {data.path} is not a JSON array of records")
     for index, record in enumerate(records):
-        yield _record_text(record, data, config_path, f"record {index}")
+        yield f"record {index}", _record_text(record, data, config_path, f"record {index}")
 
 
 def _json_reason(exc: BaseException) -> str:

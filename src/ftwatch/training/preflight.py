@@ -56,7 +56,29 @@ def preflight(cfg: Config, device: dict[str, Any], emit: Callable[..., None]) ->
                                              "suggestions")}, made="before loading")
     if result.verdict in ("tight", "does_not_fit"):
         emit("warning", **preflight_warning(result, data["suggestions"]))
+    if cfg.data is not None and not cfg.data.packing and result.fails_at != "loading_model":
+        preflight_longest_batch(cfg, result, emit)
     return result
+
+
+def preflight_longest_batch(cfg: Config, result: Any, emit: Callable[..., None]) -> Any:
+    """Scan the data's lengths; a ``longest_batch_will_not_fit`` warning when the longest batch does
+    not fit while a typical one does. Returns the :class:`~ftwatch.training.longest_batch.LongestBatch`
+    (``None`` when the scan failed: a note; training goes on)."""
+    try:
+        from ftwatch.training.data_lengths import scan_lengths
+        from ftwatch.training.longest_batch import check_longest_batch
+
+        longest = check_longest_batch(cfg, scan_lengths(cfg), result)
+    except Exception as exc:  # the data is read again (and its errors told) when the Trainer is built
+        emit("note", code="longest_batch_failed", message=f"no estimate of the longest batch: {exc}")
+        return None
+    if longest.warn:
+        emit("warning", code="longest_batch_will_not_fit", level="danger", message=longest.message(),
+             category="activations", step=None, steps_to_oom=None, suggestions=longest.fixes,
+             at_step=longest.step, sample={"index": longest.sample_index, "where": longest.sample_where,
+                                           "tokens": longest.sample_tokens})
+    return longest
 
 
 def preflight_warning(result: Any, suggestions: list[dict[str, Any]]) -> dict[str, Any]:
