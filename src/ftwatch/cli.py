@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "attach": "attach",
     "ls": "ls",
     "estimate": "estimate",
+    "fit": "fit",
     "explain": "explain",
     "example": "example",
 }

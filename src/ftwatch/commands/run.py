@@ -70,7 +70,7 @@ WORKER_LOG = "worker.log"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ftwatch run``."""
-    parser.usage = ("%(prog)s [--headless|--json|--detach] [--strict] [--metrics-port PORT ...] CONFIG\n"
+    parser.usage = ("%(prog)s [--headless|--json|--detach] [--strict] [--fit] [--metrics-port PORT ...] CONFIG\n"
                     "       %(prog)s [--headless|--json|--detach] [--metrics-port PORT ...] -- COMMAND [ARGS...]")
     parser.add_argument("config", nargs="?", default=None,
                         help="the run's TOML config (`ftwatch example` writes one to start from); or, instead, "
@@ -81,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detach", action="store_true", help="start training without a viewer and print its PID")
     parser.add_argument("--strict", action="store_true",
                         help="refuse to start when the pre-flight estimate says the run will not fit")
+    parser.add_argument("--fit", action="store_true",
+                        help="apply `ftwatch fit` first: train with the micro-batch (and changes) that fit")
     add_metrics_arguments(parser)
 
 
@@ -92,6 +94,8 @@ def main(args: argparse.Namespace) -> int:
         if args.config is not None:
             raise UsageError(f"give a config or a command after --, not both (got {show_value(args.config)} "
                              "and a command)")
+        if getattr(args, "fit", False):
+            raise UsageError("--fit needs a config (ftwatch run --fit CONFIG), not a command after --")
         from ftwatch.commands import run_command
 
         return run_command.main(args)
@@ -100,6 +104,20 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     check_metrics_arguments(args)  # a misused option is refused before the library checks start
     registry.runs_dir()  # a state directory another user could steer is refused before anything starts
+    if getattr(args, "fit", False):
+        from ftwatch.commands.fit_run import discard, fitted_for_run
+
+        cfg = fitted_for_run(cfg, sys.stderr)
+        try:
+            return _validated_run(args, cfg)
+        finally:
+            if not args.detach:  # a detached worker may still be reading it
+                discard(cfg)
+    return _validated_run(args, cfg)
+
+
+def _validated_run(args: argparse.Namespace, cfg: Config) -> int:
+    """Validate ``cfg`` (the library checks start ahead), then run it."""
     early = validate(cfg)
     try:
         metrics = start_metrics(args, "run")  # bound before training starts: a busy port costs nothing
