@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -238,11 +239,33 @@ def test_attach_to_a_rank_follows_the_whole_run(tiny_config, tmp_path):
     rows = json.loads(listing.stdout)
     assert len(rows) == 1 and rows[0]["ranks"] == 2 and rank1_pid in rows[0]["pids"]
     (run_dir,) = (tmp_path / "runs").iterdir()
-    by_dir = subprocess.Popen([sys.executable, "-m", "ftwatch", "attach", str(run_dir), "--headless", "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    attached = run_cli("attach", str(rank1_pid), "--headless", "--json", timeout=240)
-    out, err = by_dir.communicate(timeout=120)
-    for code, text, errors in ((attached.returncode, attached.stdout, attached.stderr), (by_dir.returncode, out, err)):
+    # Hold both ranks while the two viewers start, so that a loaded machine cannot finish the run
+    # before they look for it; they go on once each has said the ranks are quiet (SIGSTOPped).
+    rank_pids = [rank_events(tmp_path / "runs", rank)[0]["pid"] for rank in (0, 1)]
+    for pid in rank_pids:
+        os.kill(pid, signal.SIGSTOP)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    viewers = [subprocess.Popen([sys.executable, "-m", "ftwatch", "attach", target, "--headless", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+               for target in (str(rank1_pid), str(run_dir))]
+    said: list[list[str]] = [[], []]
+    readers = [threading.Thread(target=lambda v=v, lines=lines: lines.extend(v.stderr), daemon=True)
+               for v, lines in zip(viewers, said, strict=True)]
+    for reader in readers:
+        reader.start()
+    try:
+        wait_for(lambda: all(any("process stopped" in line for line in lines) for lines in said)
+                 or any(v.poll() is not None for v in viewers), timeout=240)
+    finally:
+        for pid in rank_pids:
+            os.kill(pid, signal.SIGCONT)
+    outcomes = []
+    for viewer, reader, lines in zip(viewers, readers, said, strict=True):
+        out = viewer.stdout.read()
+        viewer.wait(timeout=600)
+        reader.join(timeout=60)
+        outcomes.append((viewer.returncode, out, "".join(lines)))
+    for code, text, errors in outcomes:
         assert code == 0, errors[-2000:]
         summary = json.loads(text)
         assert [r["status"] for r in summary["ranks"]] == ["finished", "finished"]
