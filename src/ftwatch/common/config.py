@@ -35,6 +35,8 @@ from ftwatch.common.units import parse_size
 
 SECTIONS = ("model", "lora", "training", "data", "monitor", "launch")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+#: ``[monitor] modules``: no module attribution, the blocks and layers, or the whole module tree too.
+MODULE_MODES = ("off", "summary", "full")
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -73,6 +75,8 @@ class MonitorConfig:
     track_activations: bool = True
     activations_every: int = 10
     preflight: bool = True
+    #: Module attribution on measured steps (the ``modules`` event): one of :data:`MODULE_MODES`.
+    modules: str = "summary"
 
 
 @dataclass
@@ -237,6 +241,9 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
     sample_hz = mon.get_positive_number("sample_hz", 10.0)
     if sample_hz > 1000:
         raise mon.err("sample_hz", f"must be at most 1000, got {_show(mon.table['sample_hz'])}")
+    modules = mon.get_str("modules", "summary")
+    if modules not in MODULE_MODES:
+        raise mon.err("modules", f"must be one of {', '.join(MODULE_MODES)}, got {_show(modules)}")
     monitor = MonitorConfig(
         sample_hz=sample_hz,
         log_dir=Path(mon.get_str("log_dir", "ftwatch-runs")),
@@ -245,6 +252,7 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
         track_activations=mon.get_bool("track_activations", True),
         activations_every=mon.get_positive_int("activations_every", 10) or 10,
         preflight=mon.get_bool("preflight", True),
+        modules=modules,
     )
     return Config(path=cfg_path, model=model, lora=sections["lora"], training=sections["training"],
                   data=data, monitor=monitor, launch=_parse_launch(_Section(cfg_path, "launch", raw.get("launch", {}))))

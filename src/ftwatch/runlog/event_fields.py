@@ -51,6 +51,9 @@ _TESTS: dict[str, str] = {
     "byte_map": "_byte_map({v})",
     "suggestions": "_suggestions({v})",
     "pid_bytes": "_pid_bytes({v})",
+    "module_blocks": "_module_rows({v}, 'name', False)",
+    "module_layers": "_module_layers({v})",
+    "module_tree": "_module_rows({v}, 'path', False)",
 }
 
 #: Objects nested in events: their own table (checked by a generated function, like the kinds).
@@ -65,6 +68,8 @@ OBJECTS: dict[str, dict[str, str]] = {
             "allocated_bytes": "bytes", "reserved_unallocated_bytes": "bytes", "private_pools_bytes": "bytes",
             "format": "str", "other_processes": "list"},
     "suggestion": {"change": "str", "config": "str", "saves_bytes": "bytes"},
+    "modules_context": {"batch": "count", "seq_len": "count", "checkpointing": "bool", "vocab_size": "count",
+                        "dtype": "str"},
 }
 
 #: Every kind's fields and their types (``t`` is checked on all of them).
@@ -72,7 +77,7 @@ KIND_FIELDS: dict[str, dict[str, str]] = {
     "header": {"run_id": "str", "name": "str", "config_path": "str", "pid": "pid", "host": "str", "user": "str",
                "versions": "dict", "model": "str", "device": "device", "budget": "size", "sample_hz": "number",
                "max_steps": "count", "rank": "index", "world_size": "index", "local_rank": "index",
-               "local_world_size": "index", "node_rank": "index"},
+               "local_world_size": "index", "node_rank": "index", "modules": "str"},
     "estimate": {"params_total": "count", "params_trainable": "count", "estimate_bytes": "byte_map",
                  "loading_bytes": "bytes", "capacity_bytes": "bytes", "capacity_source": "str", "verdict": "str",
                  "fails_at": "str", "suggestions": "suggestions"},
@@ -84,6 +89,8 @@ KIND_FIELDS: dict[str, dict[str, str]] = {
                  "seq_len": "count", "activations_measured": "bool", "categories": "byte_map",
                  "allocated_peak": "bytes", "reserved": "bytes", "tensor_peak": "size",
                  "tensor_peak_split": "byte_map"},
+    "modules": {"phase": "str", "step": "count", "totals": "byte_map", "blocks": "module_blocks",
+                "layers": "module_layers", "tree": "module_tree", "context": "modules_context"},
     "warning": {"code": "str", "level": "str", "message": "str", "category": "str", "step": "count",
                 "steps_to_oom": "number", "suggestions": "suggestions"},
     "note": {"code": "str", "message": "str", "part": "str", "lost_events": "count", "lost_from_t": "time",
@@ -94,7 +101,8 @@ KIND_FIELDS: dict[str, dict[str, str]] = {
 }
 
 #: Fields a consumer reads without a default: they must be there (and not null).
-REQUIRED: dict[str, tuple[str, ...]] = {"phase": ("name",), "exit": ("status",)}
+REQUIRED: dict[str, tuple[str, ...]] = {"phase": ("name",), "exit": ("status",),
+                                        "modules": ("totals", "blocks", "layers")}
 
 
 def _byte_map(value: Any) -> bool:
@@ -105,6 +113,31 @@ def _byte_map(value: Any) -> bool:
         if type(key) is not str or (v is not None and (type(v) is not int or not 0 <= v < INT64_LIMIT)):
             return False
     return True
+
+
+def _module_rows(value: Any, key: str, layer: bool) -> bool:
+    """A ``modules`` list of rows: each an object with a string ``key`` (``name`` or ``path``) and a
+    ``bytes`` byte map; ``layer`` rows also have an ``index``, a ``parts`` map of byte maps and an
+    optional ``input`` size."""
+    if type(value) is not list:
+        return False
+    for row in value:
+        if type(row) is not dict or type(row.get(key)) is not str or not _byte_map(row.get("bytes")):
+            return False
+        if layer:
+            index, parts, nbytes = row.get("index"), row.get("parts"), row.get("input")
+            if type(index) is not int or not 0 <= index < INT32_LIMIT or type(parts) is not dict:
+                return False
+            if not all(type(k) is str and _byte_map(v) for k, v in parts.items()):
+                return False
+            if nbytes is not None and (type(nbytes) is not int or not 0 <= nbytes < INT64_LIMIT):
+                return False
+    return True
+
+
+def _module_layers(value: Any) -> bool:
+    """The ``modules`` event's ``layers``: rows with ``path``, ``index``, ``bytes``, ``parts``, ``input``."""
+    return _module_rows(value, "path", True)
 
 
 def _suggestions(value: Any) -> bool:
@@ -164,6 +197,7 @@ def _compile(name: str, fields: dict[str, str], required: tuple[str, ...], with_
     lines += _field_lines(fields, required, "e", "", "    ", bad)
     lines.append("    " + good)
     namespace: dict[str, Any] = {"_byte_map": _byte_map, "_suggestions": _suggestions, "_pid_bytes": _pid_bytes,
+                                 "_module_rows": _module_rows, "_module_layers": _module_layers,
                                  "_END_STATUSES": END_STATUSES}
     exec(compile("\n".join(lines), f"<ftwatch.runlog.event_fields:{name}>", "exec"), namespace)  # noqa: S102
     return namespace[f"check_{name}"]

@@ -32,7 +32,8 @@ PHASES: tuple[str, ...] = ("loading_model", "applying_lora", "preparing_trainer"
 #: How a run can end.
 END_STATUSES = _END_STATUSES
 
-KINDS: tuple[str, ...] = ("header", "estimate", "phase", "model", "sample", "snapshot", "warning", "note", "exit")
+KINDS: tuple[str, ...] = ("header", "estimate", "phase", "model", "sample", "snapshot", "modules", "warning", "note",
+                          "exit")
 
 EVENTS_FILE = "events.jsonl"
 

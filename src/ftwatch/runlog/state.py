@@ -150,6 +150,9 @@ class RunState:
         self.tensor_peak: int | None = None
         self.tensor_peak_split: dict[str, int] = {}
         self.tensor_peak_step: int | None = None
+        #: The last ``modules`` event's payload with its ``step`` and ``phase`` (where inside the
+        #: model, on the latest attributed step); ``None`` before one.
+        self.modules: dict[str, Any] | None = None
         self.warnings: list[dict[str, Any]] = []
         self.notes: list[dict[str, Any]] = []
         self.exit: dict[str, Any] | None = None
@@ -259,6 +262,9 @@ class RunState:
             if value is not None:
                 self.peaks[name] = max(self.peaks.get(name, 0), int(value))
         self.peak_total = max(self.peak_total, process_total(cats))
+
+    def _on_modules(self, event: dict[str, Any], t: float) -> None:
+        self.modules = {k: v for k, v in event.items() if k not in ("v", "t", "kind")}
 
     def _on_warning(self, event: dict[str, Any], t: float) -> None:
         self.warnings.append(event)

@@ -136,7 +136,7 @@ class Training:
             sample_hz=cfg.monitor.sample_hz, budget=cfg.monitor.budget, device=self.device,
             max_steps=max_steps if isinstance(max_steps, int) and max_steps > 0 else None,
             track_activations=cfg.monitor.track_activations, activations_every=cfg.monitor.activations_every,
-            handle_signals=False,  # StopControl is the worker's handler
+            modules=cfg.monitor.modules, handle_signals=False,  # StopControl is the worker's handler
         )
         from ftwatch.analysis.forecast import Forecaster
         from ftwatch.training.live_analysis import LiveAnalysis

@@ -7,7 +7,7 @@ counted once, so tied embeddings count once and quantized weights count by what 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -24,11 +24,12 @@ def _storage(t: torch.Tensor) -> tuple[int, int] | None:
     return storage.data_ptr(), storage.nbytes()
 
 
-def unique_storage_bytes(tensors: Iterable[torch.Tensor], exclude: set[int] | None = None) -> int:
-    """Sum the storages behind ``tensors``, each once, skipping storages whose key is in ``exclude``."""
+def unique_storages(tensors: Iterable[torch.Tensor], exclude: set[int] | None = None) -> Iterator[tuple[int, int, int]]:
+    """``(position in tensors, storage key, nbytes)`` of each storage behind ``tensors`` counted once:
+    the first tensor of a storage counts it, storages whose key is in ``exclude`` never count. The one
+    deduplication every figure here uses (totals and their split by module alike)."""
     seen: set[int] = set()
-    total = 0
-    for t in tensors:
+    for position, t in enumerate(tensors):
         info = _storage(t)
         if info is None:
             continue
@@ -36,8 +37,12 @@ def unique_storage_bytes(tensors: Iterable[torch.Tensor], exclude: set[int] | No
         if key in seen or (exclude is not None and key in exclude):
             continue
         seen.add(key)
-        total += nbytes
-    return total
+        yield position, key, nbytes
+
+
+def unique_storage_bytes(tensors: Iterable[torch.Tensor], exclude: set[int] | None = None) -> int:
+    """Sum the storages behind ``tensors``, each once, skipping storages whose key is in ``exclude``."""
+    return sum(nbytes for _, _, nbytes in unique_storages(tensors, exclude))
 
 
 def storage_keys(tensors: Iterable[torch.Tensor]) -> set[int]:
@@ -153,6 +158,14 @@ class ActivationMeter:
         self.current = 0
         self.step_peak = 0
         self._saved: list[weakref.ref[torch.Tensor]] = []
+        #: An attributed forward's saved tensors with the module running when each was saved.
+        self._owned: list[tuple[weakref.ref[torch.Tensor], str]] | None = None
+        #: The running modules' paths (innermost last) during an attributed forward: the module
+        #: meter's hooks push and pop them; the pack hook reads the last one.
+        self.stack: list[str] = []
+        #: After an attributed forward: ``(module path, storage key, nbytes)`` of every storage
+        #: :attr:`current` counts, from the same pass (so they sum to it exactly); else ``None``.
+        self.counted: list[tuple[str, int, int]] | None = None
         self._context: Any = None
         #: Called with the saved tensors still alive (parameters excluded) when a forward ends (the
         #: CPU peak meter labels them ``activations``); a failure there never spoils the figure.
@@ -169,6 +182,14 @@ class ActivationMeter:
             pass
         return t
 
+    def _pack_owned(self, t: torch.Tensor) -> torch.Tensor:
+        try:  # noqa: SIM105 - as _pack, with the running module (the stack's last path; "" is the top)
+            stack = self.stack
+            self._owned.append((weakref.ref(t), stack[-1] if stack else ""))  # type: ignore[union-attr]
+        except Exception:
+            pass
+        return t
+
     @staticmethod
     def _unpack(t: torch.Tensor) -> torch.Tensor:
         return t
@@ -178,13 +199,17 @@ class ActivationMeter:
         """True between :meth:`start` and :meth:`stop`."""
         return self._context is not None
 
-    def start(self) -> None:
-        """Begin counting one forward pass."""
+    def start(self, attribute: bool = False) -> None:
+        """Begin counting one forward pass; ``attribute``: also note which module saved each tensor
+        (the module meter keeps :attr:`stack` while the forward runs)."""
         if self._context is not None:
             self.stop()
         self.current = 0
         self._saved = []
-        context = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self.stack = []
+        self._owned = [] if attribute else None
+        context = torch.autograd.graph.saved_tensors_hooks(self._pack_owned if attribute else self._pack,
+                                                           self._unpack)
         context.__enter__()
         self._context = context  # only once entered: stop/abort pop exactly what was pushed
 
@@ -194,8 +219,14 @@ class ActivationMeter:
             context, self._context = self._context, None
             context.__exit__(None, None, None)
         saved, self._saved = self._saved, []
-        alive = [t for t in (ref() for ref in saved) if t is not None]
-        self.current = unique_storage_bytes(alive, exclude=self.excluded)
+        owned, self._owned = self._owned, None
+        self.stack = []
+        self.counted = None
+        if owned is None:
+            alive = [t for t in (ref() for ref in saved) if t is not None]
+            self.current = unique_storage_bytes(alive, exclude=self.excluded)
+        else:
+            alive, self.current = self._count_owned(owned)
         self.step_peak = max(self.step_peak, self.current)
         if self.on_saved is not None:
             try:  # noqa: SIM105 - never let the peak meter spoil the activations figure
@@ -204,10 +235,27 @@ class ActivationMeter:
                 pass
         return self.current
 
+    def _count_owned(self, owned: list[tuple[weakref.ref[torch.Tensor], str]]) -> tuple[list[torch.Tensor], int]:
+        """The alive saved tensors and their bytes, with :attr:`counted` from the same deduplication
+        (so the split sums to the figure exactly)."""
+        alive: list[torch.Tensor] = []
+        owners: list[str] = []
+        for ref, owner in owned:
+            t = ref()
+            if t is not None:
+                alive.append(t)
+                owners.append(owner)
+        counted = [(owners[i], key, nbytes) for i, key, nbytes in unique_storages(alive, self.excluded)]
+        self.counted = counted
+        return alive, sum(nbytes for _, _, nbytes in counted)
+
     def abort(self) -> None:
         """End the forward pass without measuring it (after a failure): the hooks are popped and
         nothing saved stays referenced; the step's peak keeps what was measured before."""
         self._saved = []
+        self._owned = None
+        self.stack = []
+        self.counted = None
         if self._context is not None:
             context, self._context = self._context, None
             context.__exit__(None, None, None)

@@ -1,6 +1,7 @@
 """The probe's attachment to the model and the optimizer: parameter accounting, the forward hooks
-that count activations (once per input shape, then every ``activations_every``-th forward) and the
-optimizer's step hooks.
+that count activations (once per input shape, then every ``activations_every``-th forward), the
+optimizer's step hooks, and the module attribution of measured forwards
+(:mod:`~ftwatch.training.probe.module_meter`).
 
 :class:`ModelAttachment` is a part of :class:`ftwatch.training.probe.probe.Probe`; its methods use
 the state ``Probe.__init__`` sets.
@@ -15,10 +16,13 @@ import torch
 
 from ftwatch.training.probe import accounting
 from ftwatch.training.probe.guard import guarded
+from ftwatch.training.probe.module_meter import ModuleMeter
 from ftwatch.training.probe.peak_meter import PeakMeter
 
 #: The guard's part for the CPU peak meter (switched off after a failure; training goes on).
 PEAK_PART = "tensor peak"
+#: The guard's part for the module attribution (switched off after a failure; the rest goes on).
+MODULES_PART = "module attribution"
 
 
 class ModelAttachment:
@@ -38,10 +42,13 @@ class ModelAttachment:
         # The true peak on CPU (CUDA has max_memory_allocated): measured on the measured steps.
         self._peak_meter = PeakMeter() if self.device.type == "cpu" and self.track_activations else None
         self.meter.on_saved = self._peak_saved if self._peak_meter is not None else None
+        self._modules_create(model)
         self.refresh_model()
         if self.track_activations:
             self._hooks.append(model.register_forward_pre_hook(self._forward_pre, with_kwargs=True))
             self._hooks.append(model.register_forward_hook(self._forward_post))
+            if self._module_meter is not None:  # after _forward_post: ends a forward that raised
+                self._hooks.append(model.register_forward_hook(self._modules_forward_done, always_call=True))
         if emit_model_event:
             total, trainable = accounting.parameter_counts(model)
             dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
@@ -57,6 +64,7 @@ class ModelAttachment:
         self._model_bytes = accounting.model_bytes(self.model, base_only=self._base_only)
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.meter.exclude(self.model.parameters())
+        self._modules_refresh()
 
     @guarded("optimizer accounting")
     def attach_optimizer(self, optimizer: Any, hooks: bool = True) -> None:
@@ -84,6 +92,7 @@ class ModelAttachment:
         self._in_forward = False
         with contextlib.suppress(Exception):
             self.meter.abort()
+        self._modules_abort()
 
     def _forward_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if "activations" in self.guard.off:
@@ -108,7 +117,10 @@ class ModelAttachment:
         cached = self._activations_by_shape.get(key)
         if cached is None or self._forwards_since_measured + 1 >= self.activations_every:
             self._peak_start()
-            self.meter.start()
+            attribute = self._module_meter is not None
+            self.meter.start(attribute=attribute)
+            if attribute:
+                self._modules_begin(ids)
         else:  # the same input shape as a measured forward: that measurement stands for this one
             self._forwards_since_measured += 1
             self.meter.step_peak = max(self.meter.step_peak, cached)
@@ -183,11 +195,59 @@ class ModelAttachment:
         if self.meter.active:
             self._activations_by_shape[self._forward_key] = self.meter.stop()
             self._forwards_since_measured = 0
+            self._modules_end()
         loss = getattr(output, "loss", None)
         if loss is None and isinstance(output, dict):
             loss = output.get("loss")
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             self._losses.append(loss.detach())
+
+
+    # -- module attribution (module_meter.ModuleMeter): each step's failure-proof glue ------------------
+    def _modules_create(self, model: torch.nn.Module) -> None:
+        self._modules_abort()
+        self._module_meter = None
+        if self.modules_mode == "off" or not self.track_activations or MODULES_PART in self.guard.off:
+            return
+        try:
+            self._module_meter = ModuleMeter(model, full=self.modules_mode == "full")
+        except Exception as exc:
+            self._modules_fail(exc)
+
+    def _modules_fail(self, exc: BaseException) -> None:
+        """Attribution failed: switch it off (hooks removed); every other measurement goes on."""
+        self._modules_abort()
+        self._module_meter = None
+        self.guard.record(MODULES_PART, exc, disable=True)
+
+    def _modules_abort(self) -> None:
+        meter = getattr(self, "_module_meter", None)
+        if meter is not None:
+            meter.abort_forward()  # never raises
+
+    def _modules_call(self, method: str, *args: Any) -> Any:
+        """``ModuleMeter.<method>(*args)`` when attribution is on; a failure switches it off."""
+        meter = getattr(self, "_module_meter", None)
+        if meter is None:
+            return None
+        try:
+            return getattr(meter, method)(*args)
+        except Exception as exc:
+            self._modules_fail(exc)
+            return None
+
+    def _modules_refresh(self) -> None:
+        self._modules_call("refresh", self._base_only)
+
+    def _modules_begin(self, ids: Any) -> None:
+        self._modules_call("begin_forward", self.meter, ids)
+
+    def _modules_end(self) -> None:
+        self._modules_call("end_forward", self.meter)
+
+    def _modules_forward_done(self, module: Any, args: Any, output: Any) -> None:
+        """The model's forward ended (``always_call``: also when it raised): no hook outlives it."""
+        self._modules_abort()
 
 
 def model_name(model: Any) -> str | None:

@@ -41,6 +41,9 @@ class FtwatchCallback(TrainerCallback):
     estimate (:mod:`~ftwatch.training.probe.script_estimate`), at train begin when the arguments
     fix the sequence length, else at the end of the first step (``estimate=False``: none).
 
+    ``modules`` (``"summary"``, ``"full"`` or ``"off"``): the probe's module attribution on measured
+    steps (the ``modules`` event; see ``docs/events.md``).
+
     ``notebook`` (default: when running inside a Jupyter kernel) shows a compact live summary
     under the cell (:mod:`ftwatch.views.notebook`) and prints the ``ftwatch attach PID`` line.
 
@@ -52,13 +55,13 @@ class FtwatchCallback(TrainerCallback):
 
     def __init__(self, probe: Probe | None = None, *, name: str | None = None,
                  log_dir: str | os.PathLike[str] | None = None, sample_hz: float = 10.0,
-                 budget: int | None = None, track_activations: bool = True,
+                 budget: int | None = None, track_activations: bool = True, modules: str = "summary",
                  stop_requested: Any = None, metrics_port: int | None = None,
                  metrics_addr: str = "127.0.0.1", notebook: bool | None = None, estimate: bool = True) -> None:
         self.probe = probe
         self._own_probe = probe is None
         self._probe_kwargs = {"name": name, "log_dir": log_dir, "sample_hz": sample_hz, "budget": budget,
-                              "track_activations": track_activations}
+                              "track_activations": track_activations, "modules": modules}
         self.stop_requested = stop_requested
         self.metrics_port = metrics_port
         self.metrics_addr = metrics_addr

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from ftwatch.common.config import MODULE_MODES
 from ftwatch.runlog import registry
 from ftwatch.runlog.event_writer import EventWriter
 from ftwatch.runlog.events import EVENTS_FILE
@@ -85,8 +86,14 @@ class Probe(RunSetup, ModelAttachment, StepSnapshots):
                  device: str | None = None, max_steps: int | None = None, track_activations: bool = True,
                  activations_every: int = 10,
                  reset_peak_each_step: bool = True, handle_signals: bool = True, record: bool = True,
-                 origin: str = "worker", command: list[str] | None = None) -> None:
+                 origin: str = "worker", command: list[str] | None = None, modules: str = "summary") -> None:
+        if modules not in MODULE_MODES:
+            raise ValueError(f"modules must be one of {', '.join(MODULE_MODES)}, got {modules!r}")
         self.guard = Guard(self._failure_note)
+        #: Module attribution on measured steps (``modules`` events): ``off``, ``summary`` (blocks and
+        #: layers) or ``full`` (the whole module tree too).
+        self.modules_mode = modules
+        self._module_meter: Any = None
         #: Who started this probe (the header's ``origin``): ``worker`` (``ftwatch run CONFIG``),
         #: ``callback`` (``FtwatchCallback`` in a user's script), ``command`` (``ftwatch run -- COMMAND``).
         self.origin = origin

@@ -88,7 +88,8 @@ class RunSetup:
             "header", run_id=uuid.uuid4().hex[:12], name=self.name, config_path=self.config_path,
             pid=os.getpid(), host=socket.gethostname(), user=_user(), versions=library_versions(),
             model=self.model_name, device=device_info, budget=self.budget, sample_hz=self.sample_hz,
-            max_steps=self.max_steps, origin=self.origin, command=self.command, **_distributed_fields(),
+            max_steps=self.max_steps, origin=self.origin, command=self.command,
+            modules=getattr(self, "modules_mode", None), **_distributed_fields(),
         )
         for code, message in pending_notes:
             self.note(code, message)

@@ -27,6 +27,7 @@ class StepSnapshots:
         self._peak_abort()  # a step that raised left the peak meter open: no figure for it
         self._peak_armed = True  # the peak meter may start at this step's first measured forward
         self.meter.reset_step()
+        self._modules_call("reset_step")
         self._activations_carried = False
         self._losses.clear()
         self._tokens = 0
@@ -39,12 +40,14 @@ class StepSnapshots:
         """Measure the gradients (call after backward, before the optimizer zeroes them)."""
         self._grads = accounting.grad_bytes(self._trainable)
         self._peak_label((p.grad for p in self._trainable if p.grad is not None), "grads")
+        self._modules_call("measure_grads", self._trainable)
 
     @guarded("optimizer accounting", disable=True)
     def after_optimizer_step(self) -> None:
         """Measure the optimizer state (call after ``optimizer.step()``)."""
         if self.optimizer is not None:
             self._optimizer_bytes = self._optimizer_meter.measure(self.optimizer)
+            self._modules_call("measure_optimizer", self.optimizer)
             if self._peak_running():  # only then list the state's tensors again
                 self._peak_label(accounting.optimizer_state_tensors(self.optimizer), "optimizer")
 
@@ -62,6 +65,14 @@ class StepSnapshots:
         self._peak_armed = False
         self.snapshot(step=step, loss=loss, lr=lr, tokens=self._tokens or None, seq_len=self._seq_len or None,
                       **carried)
+        self.emit_modules(step)
+
+    def emit_modules(self, step: int) -> None:
+        """Write the step's ``modules`` event (a step with an attributed forward whose split sums to
+        the snapshot's categories exactly; otherwise nothing). Never raises."""
+        payload = self._modules_call("payload", self.categories())
+        if payload is not None:
+            self.writer.emit("modules", step=step, phase=self.current_phase, **payload)
 
     def categories(self, include_device: bool = False) -> dict[str, int]:
         """The current breakdown: tensor categories, plus the derived CUDA ones if asked."""
