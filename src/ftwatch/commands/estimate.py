@@ -7,7 +7,10 @@ more room" when the run fits). The device it estimates for: ``--device``, else C
 visible or ``--gpu-memory`` is given, else the CPU; the output says which and why. Without packing
 the data's lengths are scanned and the longest batch priced (:mod:`ftwatch.training.longest_batch`).
 ``--json`` prints one object (see :meth:`Estimate.to_json`, plus ``device``, ``suggestions_optional``
-and ``longest_batch``).
+and ``longest_batch``). ``--by-module`` adds the estimate's module tree: a table after the usual
+output (blocks, then one row per decoder layer), and ``modules`` in the JSON (the payload of
+:mod:`ftwatch.runlog.module_tree`; ``null`` when the activations come from the formula, which knows
+no modules).
 
 Exit status: 0 when the estimate ran, whatever the verdict (1 with ``--strict`` when it does not
 fit); 2 for usage errors (bad config, unreadable model config.json, bad ``--gpu-memory``).
@@ -47,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-data-scan", action="store_true",
                         help="do not scan the data's token lengths for the longest batch")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--by-module", action="store_true",
+                        help="also attribute the memory to the model's modules (blocks, each decoder layer)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when it does not fit")
 
 
@@ -74,15 +79,47 @@ def main(args: argparse.Namespace) -> int:
     result = estimate_and_advise(cfg, capacity, on_gpu=on_gpu, capacity_source=source)
     result.notes.extend(notes)
     longest = None if getattr(args, "no_data_scan", False) else longest_batch(cfg, result)
+    by_module = bool(getattr(args, "by_module", False))
+    if by_module:
+        from ftwatch.analysis.estimate.module_estimate import estimate_modules
+
+        result.modules = estimate_modules(result)
     if args.json:
         data = result.to_json()
         data["device"] = {"type": device, "reason": why}
         data["suggestions_optional"] = result.verdict == "fits"
         data["longest_batch"] = longest.to_json() if longest is not None else None
+        if by_module:
+            data["modules"] = result.modules
         print(json.dumps(data, indent=2))
     else:
         print(render(cfg, result, device_reason=why, longest=longest))
+        if by_module:
+            print()
+            print(render_by_module(result))
     return 1 if args.strict and result.verdict == "does_not_fit" else 0
+
+
+#: What ``--by-module`` says when the formula stood in for the trace.
+NO_TREE_TEXT = ("module tree: not available (the activations come from the Llama-style formula, "
+                "which knows layers, not modules)")
+
+
+def render_by_module(result: Any, width: int | None = None) -> str:
+    """The ``--by-module`` table of an estimate (its ``modules``), no wider than ``width`` (default:
+    the terminal's, 80 when it is not one); one line when there is no tree."""
+    if result.modules is None:
+        return NO_TREE_TEXT
+    from ftwatch.views.headless.modules_table import render_modules_table
+
+    if width is None:
+        import shutil
+
+        width = shutil.get_terminal_size((80, 24)).columns
+    needed = None
+    if result.capacity_bytes is not None and result.total > result.capacity_bytes:
+        needed = result.total - result.capacity_bytes
+    return render_modules_table(result.modules, width, needed_bytes=needed).rstrip("\n")
 
 
 def choose_device(cfg: Config, gpu_memory: str | None, device: str | None = None) -> tuple[str, str]:

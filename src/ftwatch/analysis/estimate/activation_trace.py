@@ -1,4 +1,5 @@
-"""Activations from a meta forward pass: what autograd saves, by decoder layer (``saved_tensors_hooks``)."""
+"""Activations from a meta forward pass: what autograd saves, by decoder layer and by module
+(``saved_tensors_hooks``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ class ActivationTrace:
     ``layers[i]`` is what decoder layer *i* saves apart from its own input; ``layer_inputs[i]`` the
     bytes of that input (the residual stream entering the layer) and ``inputs_saved[i]`` the part of
     it the layer saved itself. ``outside`` is everything saved outside the decoder layers.
+
+    By module (the trace only; empty for the formula): ``saved_by_path`` holds ``(module path,
+    bytes)`` for every counted tensor, attributed to the innermost module running when autograd
+    packed it (``""``: the model's top, outside every submodule); ``inputs_by_path`` the part of
+    those bytes that is a layer's own input (``inputs_saved``); ``layer_paths`` the decoder layers'
+    module paths (as the traced, peft-wrapped model names them). ``saved_by_path`` sums to
+    :attr:`total`, ``inputs_by_path`` to ``sum(inputs_saved)``.
     """
 
     outside: int
@@ -30,6 +38,9 @@ class ActivationTrace:
     layer_inputs: tuple[int, ...]
     inputs_saved: tuple[int, ...]
     method: str = "trace"
+    saved_by_path: tuple[tuple[str, int], ...] = ()
+    inputs_by_path: tuple[tuple[str, int], ...] = ()
+    layer_paths: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -45,7 +56,7 @@ def decoder_layers(model: Any) -> list[Any]:
 
 
 class _SavedTensorTally:
-    """Counts what autograd saves, by decoder layer (forward hooks) and storage (pack hook).
+    """Counts what autograd saves, by decoder layer and module (forward hooks) and storage (pack hook).
 
     Only tensors still saved when the forward ends are counted (weak references): a branch whose
     output is dropped (a ``.detach()``-ed norm, say) frees its saved tensors at once, and a freed
@@ -53,13 +64,17 @@ class _SavedTensorTally:
     """
 
     def __init__(self, model: Any) -> None:
+        self.model = model
         self.layers = decoder_layers(model)
         self.index = {id(m): i for i, m in enumerate(self.layers)}
+        names = {id(m): name for name, m in model.named_modules()}
+        self.layer_paths = tuple(names.get(id(m), "") for m in self.layers)
         self.params = {p.untyped_storage()._cdata for p in model.parameters()}
         self.current: int | None = None
         self.inputs = [0] * len(self.layers)
         self.input_refs: list[Any] = [None] * len(self.layers)
-        self.saved: list[tuple[Any, int | None]] = []  # (weak reference, layer index)
+        self.stack: list[str] = []  # the paths of the modules running now, innermost last
+        self.saved: list[tuple[Any, int | None, str]] = []  # (weak reference, layer index, module path)
 
     def enter(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Forward pre-hook of a decoder layer: note the layer and its hidden-state input."""
@@ -77,14 +92,30 @@ class _SavedTensorTally:
 
     def pack(self, t: Any) -> Any:
         """The ``saved_tensors_hooks`` pack hook: remember the tensor and where it was saved."""
-        self.saved.append((weakref.ref(t), self.current))
+        self.saved.append((weakref.ref(t), self.current, self.stack[-1] if self.stack else ""))
         return t
+
+    def _module_hooks(self, name: str) -> tuple[Any, Any]:
+        def push(module: Any, args: Any) -> None:
+            self.stack.append(name)
+
+        def pop(module: Any, args: Any, output: Any) -> None:
+            if self.stack:
+                self.stack.pop()
+
+        return push, pop
 
     @contextlib.contextmanager
     def hooked(self) -> Iterator[None]:
-        """Layer hooks installed for the duration of the block."""
+        """Layer and module hooks installed for the duration of the block."""
         handles = [m.register_forward_pre_hook(self.enter, with_kwargs=True) for m in self.layers]
         handles += [m.register_forward_hook(self.leave) for m in self.layers]
+        for name, module in self.model.named_modules():
+            if not name:  # the top: outside every submodule is ""
+                continue
+            push, pop = self._module_hooks(name)
+            handles.append(module.register_forward_pre_hook(push))
+            handles.append(module.register_forward_hook(pop, always_call=True))
         try:
             yield
         finally:
@@ -97,21 +128,32 @@ class _SavedTensorTally:
         own, inputs_saved, outside = [0] * n, [0] * n, 0
         input_keys = {_storage_key(ref()): i for i, ref in enumerate(self.input_refs) if ref and ref() is not None}
         seen = set(self.params)
-        for ref, layer in self.saved:
+        by_path: dict[str, int] = {}
+        inputs_by_path: dict[str, int] = {}
+        for ref, layer, path in self.saved:
             t = ref()
             if t is None or _storage_key(t) in seen:
                 continue
             key = _storage_key(t)
             seen.add(key)
             nbytes = t.untyped_storage().nbytes()
+            if layer is not None and not _within(path, self.layer_paths[layer]):
+                path = self.layer_paths[layer]  # a module outside the layer, called by it (a shared one)
+            by_path[path] = by_path.get(path, 0) + nbytes
             if layer is None:
                 outside += nbytes
             elif input_keys.get(key) == layer:
                 inputs_saved[layer] += nbytes
+                inputs_by_path[path] = inputs_by_path.get(path, 0) + nbytes
             else:
                 own[layer] += nbytes
         return ActivationTrace(outside=outside, layers=tuple(own), layer_inputs=tuple(self.inputs),
-                               inputs_saved=tuple(inputs_saved))
+                               inputs_saved=tuple(inputs_saved), saved_by_path=tuple(by_path.items()),
+                               inputs_by_path=tuple(inputs_by_path.items()), layer_paths=self.layer_paths)
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent + ".")
 
 
 def _storage_key(t: Any) -> int:
@@ -120,7 +162,7 @@ def _storage_key(t: Any) -> int:
 
 def trace_activations(model: Any, batch: int, seq: int, autocast: str | None = None,
                       on_gpu: bool = True) -> ActivationTrace:
-    """Run a meta forward (with labels) and sum what autograd saves, by decoder layer.
+    """Run a meta forward (with labels) and sum what autograd saves, by decoder layer and module.
 
     ``model`` must live on the meta device and be in training mode. Storages are counted once,
     parameter storages not at all, like the probe's measurement. ``autocast`` emulates mixed

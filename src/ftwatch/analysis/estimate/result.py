@@ -30,6 +30,9 @@ class Estimate:
     inputs: EstimateInputs | None = field(default=None, repr=False)
     suggestions: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The module tree (the ``modules`` payload of :mod:`ftwatch.runlog.module_tree`), only when asked
+    #: for (:func:`ftwatch.analysis.estimate.module_estimate.estimate_modules`); not in :meth:`to_json`.
+    modules: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def total(self) -> int:
