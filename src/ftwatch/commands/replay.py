@@ -8,6 +8,10 @@ fast: ``max`` (the default) opens at the end, which is what the morning after a 
 outcome, the peaks, the whole timeline, the post-mortem); ``home`` and ``space`` then play it from
 the start at the ``auto`` rate (the whole run in about a minute), ``+``/``-`` change the rate.
 
+``--modules`` prints where inside the model the memory was: the table of the log's last ``modules``
+event (:mod:`ftwatch.views.headless.modules_table`), or one line on stderr saying why the log has
+none (exit 1).
+
 A multi-process run directory (``rank0/``, ``rank1/``, ...) replays every rank: the report gives a
 line per rank and the worst rank's details, ``--json`` the summary with ``ranks``, ``--csv`` a
 ``rank`` column, ``--plot`` the worst rank; ``--rank N`` replays one rank alone (with playback).
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -30,13 +35,16 @@ from typing import Any
 from ftwatch.common.safe_text import safe
 from ftwatch.runlog.event_reader import SchemaVersionError, resolve_log_path
 from ftwatch.runlog.ranks import RankedRun, find_rank_dirs, is_multi_rank_dir
+from ftwatch.runlog.state import RunState
 from ftwatch.views.dashboard.replay_plot import _isatty, plot_size, plot_text, print_plot
+from ftwatch.views.headless.modules_table import no_modules_reason, render_modules_table
 from ftwatch.views.headless.replay_csv import print_csv, print_csv_ranks
 from ftwatch.views.headless.replay_report import (
     LogUnreadable,
     _no_exit_message,
     first_event,
     load_ranks,
+    load_state,
     log_stats_json,
     no_events_message,
     print_report,
@@ -55,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--csv", action="store_true",
                         help="print the time series as CSV: one row per device sample, with the breakdown then")
     output.add_argument("--plot", action="store_true", help="print a chart of the categories over the run")
+    parser.add_argument("--modules", action="store_true",
+                        help="print the memory by module (blocks, decoder layers, advice) of the log's last "
+                             "modules event")
     parser.add_argument("--rank", type=_rank, metavar="N",
                         help="a multi-process run: replay this rank alone (its rankN/events.jsonl)")
     parser.add_argument("--speed", type=_speed, default="max", metavar="N|auto|max",
@@ -83,7 +94,12 @@ def _speed(text: str) -> float | str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print the report (JSON summary, CSV, chart) of a recorded run, or show it in the dashboard."""
+    """Print the report (JSON summary, CSV, chart, module table) of a recorded run, or show it in the dashboard."""
+    if getattr(args, "modules", False):
+        clash = next((flag for flag, on in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot),
+                                             ("--speed", args.speed != "max")) if on), None)
+        if clash is not None:
+            return _usage_error(f"--modules prints the module table; it does not combine with {clash}")
     try:
         if is_multi_rank_dir(args.log):
             if args.rank is None:
@@ -96,6 +112,8 @@ def main(args: argparse.Namespace) -> int:
         elif args.rank is not None and args.rank != 0:
             return _usage_error(f"{args.log} is the log of one process; --rank takes a multi-process run directory")
         path = resolve_log_path(args.log)
+        if getattr(args, "modules", False):
+            return print_modules(path, sys.stdout)
         if args.csv:
             return print_csv(path, sys.stdout)
         if args.plot:
@@ -115,6 +133,25 @@ def main(args: argparse.Namespace) -> int:
         return _usage_error(f"{args.log}: {exc}")
     except (OSError, EOFError, zlib.error) as exc:  # unreadable, or a damaged .gz
         return _usage_error(f"{args.log}: cannot read it: {exc}")
+
+
+def print_modules(path: Path, out: Any) -> int:
+    """``--modules``: the table of the log's last ``modules`` event; 1 with one line on stderr when
+    it has none."""
+    state, decoder = load_state(path)
+    if decoder.stats.events == 0:
+        raise LogUnreadable(no_events_message(decoder.stats))
+    return _write_modules(state, out)
+
+
+def _write_modules(state: RunState, out: Any) -> int:
+    payload = getattr(state, "modules", None)
+    if not isinstance(payload, dict) or not payload:
+        reason = no_modules_reason(state.header, state.step, True)
+        print(f"ftwatch replay: no module figures: {safe(reason, one_line=True)}", file=sys.stderr)
+        return 1
+    out.write(render_modules_table(payload, shutil.get_terminal_size((80, 24)).columns))
+    return 0
 
 
 def _usage_error(message: str) -> int:
@@ -145,6 +182,9 @@ def replay_ranks(run_dir: Path, args: argparse.Namespace) -> int:
         if state.exit is None:
             state.notes.append({"code": "no_exit", "message": _no_exit_message(state)})
     worst = run.worst_rank()
+    if getattr(args, "modules", False):
+        sys.stdout.write(f"rank {worst} (the worst of {len(run.ranks)}; --rank N for another)\n")
+        return _write_modules(run.ranks[worst], sys.stdout)
     if args.plot:
         width, height = plot_size(sys.stdout)
         colour = _isatty(sys.stdout) and not os.environ.get("NO_COLOR")

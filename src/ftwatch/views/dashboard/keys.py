@@ -1,6 +1,6 @@
 """The dashboard's keys: its bindings, which of them apply (:meth:`DashboardKeys.check_action`),
 and their actions: quit, detach, the stop of the training (asked once, then an offer to terminate),
-pause, a replay's keys, a multi-process run's rank keys, the log, the screenshot and the help.
+pause, a replay's keys, a multi-process run's rank keys, the log, the module view, the screenshot and the help.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from textual.binding import Binding
 
+from ftwatch.views.dashboard.modules_screen import ModulesScreen
 from ftwatch.views.dashboard.multi_feed import MultiRunFeed
 from ftwatch.views.dashboard.refresh import DashboardRefresh
 from ftwatch.views.dashboard.replay import ReplayFeed
@@ -53,6 +54,7 @@ class DashboardKeys(DashboardRefresh):
         # The warnings panel (post-mortem, summary) given the room: shown when it has more than fits.
         *(Binding("f", f"toggle_report('{what}')", label) for what, label in REPORT_LABELS.items()),
         Binding("l", "toggle_log", "Log"),
+        Binding("m", "modules", "Modules"),
         Binding("s", "screenshot", "Screenshot"),
         Binding("question_mark", "help", "Help"),
         Binding("ctrl+c", "quit_dashboard", "Quit", show=False, priority=True),
@@ -67,7 +69,9 @@ class DashboardKeys(DashboardRefresh):
     # -- keys --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Hide the keys that do not apply: no stop or detach in a replay or after the end; the
-        replay's keys only in a replay."""
+        replay's keys only in a replay; none of them over the module view (it has its own)."""
+        if isinstance(self.screen, ModulesScreen):
+            return action == "quit_dashboard"
         if action in ("detach", "stop_training"):
             return self.live
         if action in RANK_ACTIONS:
@@ -234,6 +238,11 @@ class DashboardKeys(DashboardRefresh):
         self.w_log_box.border_title = (
             f"Worker log · {WORKER_LOG}  (l: less)" if self.main_screen.has_class("-log-open")
             else f"Worker log · {WORKER_LOG}  (l: more)")
+
+    def action_modules(self) -> None:
+        """Open the module view: where inside the model the memory is (the last modules event)."""
+        if not self._modal_open():
+            self.push_screen(ModulesScreen(self.feed))
 
     def action_screenshot(self) -> None:
         """Save an SVG of the screen into the run directory (else the current directory)."""

@@ -116,3 +116,5 @@ class DashboardLayout(App[str]):
         screen = getattr(self, "main_screen", None) or self.screen
         screen.set_class(height >= TALL_FROM, "-tall")
         screen.set_class(width >= WIDE_FROM, "-wide")
+        for footer in screen.query(Footer):  # narrower, the keys drop their padding: all of them fit 80 columns
+            footer.compact = self.multi or width < WIDE_FROM

@@ -21,6 +21,7 @@ KEYS = [
     ("space", "pause the display (not the training); again: resume"),
     ("f", "the warnings panel in full (fixes, summary); Tab ↑↓ scroll"),
     ("l", "more or less of the worker's output"),
+    ("m", "memory by module: blocks, layers, their parts (s sort, enter open)"),
     ("s", "save an SVG screenshot in the run directory"),
     ("?", "this help (↑↓ scroll, esc closes)"),
 ]
@@ -34,6 +35,7 @@ REPLAY_KEYS = [
     ("+ -", "play faster / slower"),
     ("f", "the warnings panel in full (fixes, summary); Tab ↑↓ scroll"),
     ("l", "more or less of the worker's output"),
+    ("m", "memory by module: blocks, layers, their parts (s sort, enter open)"),
     ("s", "save an SVG screenshot in the run directory"),
     ("?", "this help (↑↓ scroll, esc closes)"),
 ]
