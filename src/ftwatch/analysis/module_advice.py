@@ -138,6 +138,14 @@ def _layers_snippet(every: int) -> str:
     ))
 
 
+def _savings(saving: int, recompute: int) -> str:
+    """The title's figures: the saved activations, and what is left of it at the peak once the
+    backward has brought the recomputed piece back (the figure the estimate's own advice prices)."""
+    net = saving - recompute
+    at_peak = f"about {format_bytes(net)} off the peak" if net > 0 else "nothing off the peak"
+    return f"saves {format_bytes(saving)} of activations, {at_peak} (the recomputed piece returns in the backward)"
+
+
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
@@ -158,7 +166,7 @@ def _plan_advice(plan: LayerPlan, total_layers: int, needed: int | None) -> Modu
     count = len(plan.layers)
     which = "every layer" if count == total_layers else (
         "layer 0 only" if count == 1 else f"every {_ordinal(plan.every)} layer ({', '.join(map(str, plan.layers))})")
-    title = f"checkpoint {which}: saves {format_bytes(plan.saving_bytes)}"
+    title = f"checkpoint {which}: {_savings(plan.saving_bytes, plan.recompute_bytes)}"
     named = f"layer {plan.layers[0]}" if count == 1 else f"layers {', '.join(map(str, plan.layers))}"
     detail = (f"Priced from the tree: the activations of {named} minus the input each keeps"
               f"{'' if count == total_layers else ', bytes shared with other layers staying saved'}; the backward "
@@ -197,7 +205,7 @@ def _part_advice(rows: Sequence[_Row], part: str, attribute: str, needed: int | 
     detail = (f"Priced from the layers' {label} parts: their activations minus the one hidden-state tensor "
               f"(the layer's input bytes) each checkpoint keeps; the backward recomputes one {label} at a time "
               f"(up to {format_bytes(recompute)}); LoRA adapters inside are not counted in the saving.")
-    return ModuleAdvice(f"checkpoint only the {label} in every layer: saves {format_bytes(saving)}", saving, detail,
+    return ModuleAdvice(f"checkpoint only the {label} in every layer: {_savings(saving, recompute)}", saving, detail,
                         f"checkpoint_{part}", _part_snippet(attribute), recompute,
                         tuple(row.index for row in rows), _reaches(saving, recompute, needed))
 
