@@ -1,6 +1,6 @@
 """Probe overhead: the bundled tiny fine-tune with the probe off and on, interleaved.
 
-    .venv/bin/python benchmarks/overhead.py [--pairs 7] [--steps 150] [--quick] [--no-peak-meter]
+    .venv/bin/python benchmarks/overhead.py [--pairs 7] [--steps 150] [--quick] [--no-peak-meter] [--no-modules]
                                             [--mode both|probe|wrapped]
 
 Each run builds the model, LoRA and Trainer afresh from the bundled example, trains on the CPU, and
@@ -14,7 +14,9 @@ On CPU the probe's peak meter (``peak_meter.PeakMeter``: a dispatch mode over ev
 step) runs on the measured steps only; the table after the main one gives the median step time of
 the measured steps and of the others in the "on" runs, so its cost per measured step and averaged
 over all steps can be read. ``--no-peak-meter`` turns the meter off in the "on" runs (the probe as
-before it), for a before/after comparison; ``--quick`` is 3 pairs of 80 steps.
+before it), for a before/after comparison, and ``--no-modules`` the module attribution
+(``module_meter``: module hooks and the split by module, also on the measured steps only);
+``--larger-step`` times both on a larger model's step; ``--quick`` is 3 pairs of 80 steps.
 
 The wrapped mode (:mod:`overhead_wrapped`, on by default: ``--mode both``) runs a plain Trainer
 script (``tests/fixtures/scripts/trainer_script.py``) as is and under ``ftwatch run --headless --``
@@ -97,7 +99,7 @@ def _measured_steps(run_dir: str) -> set[int]:
 
 
 def train_once(with_probe: bool, steps: int, track_activations: bool = True,
-               peak_meter: bool = True) -> tuple[float, float]:
+               peak_meter: bool = True, modules: str = "summary") -> tuple[float, float]:
     """Steps per second of one fresh run (after the warm-up steps), by the wall clock and by the
     process's CPU time (every thread: training, sampler, analysis)."""
     import torch
@@ -134,7 +136,7 @@ def train_once(with_probe: bool, steps: int, track_activations: bool = True,
         from ftwatch.training.probe.probe import Probe
 
         probe = Probe(tmp, name="bench", device="cpu", sample_hz=cfg.monitor.sample_hz,
-                      track_activations=track_activations)
+                      track_activations=track_activations, modules=modules)
         probe.start()
         probe.attach_model(model)
         if not peak_meter:  # the probe as it was before the CPU peak meter
@@ -220,6 +222,82 @@ def meter_on_a_larger_step(layers: int = 8, hidden: int = 1024, seq: int = 512, 
           f"| {100 * extra / base:.2f}% | {10 * extra / base:.3f}% |")
 
 
+def modules_on_a_larger_step(layers: int = 8, hidden: int = 1024, seq: int = 512, reps: int = 3) -> None:
+    """The module attribution's cost (``module_meter.ModuleMeter``: global module hooks for one
+    forward, the module noted with each saved tensor, the split of grads and optimizer state, the
+    payload and its JSON) on the model of :func:`meter_on_a_larger_step`.
+
+    Like the peak meter's, its cost is per module call and per saved tensor, not per byte: it is
+    timed at 16 tokens, interleaved against the probe's measurement without it (the activation
+    meter, grads and optimizer bytes) 15 times, and set against the step at ``seq``."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftwatch.training.probe import accounting
+    from ftwatch.training.probe.module_meter import ModuleMeter
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, vocab_size=32000)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4)
+    meter = accounting.ActivationMeter()
+    meter.exclude(model.parameters())
+    modules = ModuleMeter(model)
+    modules.refresh()
+    fixed = accounting.model_bytes(model)
+    written: list[int] = []
+
+    def step(ids: torch.Tensor, mode: str | None = None) -> float:
+        start = time.perf_counter()
+        attribute = mode == "modules"
+        if mode:
+            meter.reset_step()
+            meter.start(attribute=attribute)
+            if attribute:
+                modules.reset_step()
+                modules.begin_forward(meter, ids)
+        loss = model(input_ids=ids, labels=ids).loss
+        if mode:
+            meter.stop()
+            if attribute:
+                modules.end_forward(meter)
+        loss.backward()
+        if mode:
+            grads = accounting.grad_bytes(trainable)
+            if attribute:
+                modules.measure_grads(trainable)
+        opt.step()
+        if mode:
+            state = accounting.optimizer_state_bytes(opt)
+            if attribute:
+                modules.measure_optimizer(opt)
+                payload = modules.payload({**fixed, "grads": grads, "optimizer": state,
+                                           "activations": meter.step_peak})
+                written.append(len(json.dumps(payload)) if payload is not None else -1)
+        opt.zero_grad()
+        return time.perf_counter() - start
+
+    short, long = torch.randint(0, 32000, (1, 16)), torch.randint(0, 32000, (1, seq))
+    step(short, "modules")
+    pairs = [(step(short, "meter"), step(short, "modules")) for _ in range(15)]
+    extra = statistics.median(on - off for off, on in pairs)
+    base = statistics.median(step(long) for _ in range(reps))
+    exact = all(n > 0 for n in written)
+    print()
+    print(f"Module attribution on a larger step ({layers} layers x {hidden}, batch 1 x {seq}; "
+          f"payload {statistics.median(written)} bytes of JSON, sums exact: {exact}):")
+    print("| modules | attribution per measured step | the step | share of a measured step "
+          "| averaged, every 10th step measured |")
+    print("|---|---|---|---|---|")
+    print(f"| {len(modules.paths)} | {1000 * extra:.2f} ms | {1000 * base:.0f} ms "
+          f"| {100 * extra / base:.2f}% | {10 * extra / base:.3f}% |")
+
+
 PROBE_CLOCK = ProbeClock()
 PROBE_SHARES: list[tuple[float, float, float]] = []
 #: Per "on" run: median seconds of a measured step, of another step, and the measured share.
@@ -237,8 +315,9 @@ def main() -> None:
                         help="torch intra-op threads (1: no OpenMP spinning in the CPU-time figures)")
     parser.add_argument("--quick", action="store_true", help="3 pairs of 80 steps")
     parser.add_argument("--no-peak-meter", action="store_true", help="probe on without the CPU peak meter")
+    parser.add_argument("--no-modules", action="store_true", help="probe on without the module attribution")
     parser.add_argument("--larger-step", action="store_true",
-                        help="also time the peak meter on a larger randomly initialised model's step")
+                        help="also time the peak meter and the module attribution on a larger randomly initialised model's step")
     parser.add_argument("--mode", choices=("both", "probe", "wrapped"), default="both",
                         help="the in-process probe pairs, the wrapped (ftwatch run --) pairs, or both")
     args = parser.parse_args()
@@ -265,6 +344,7 @@ def main() -> None:
         probe_details(args)
     if args.larger_step:
         meter_on_a_larger_step()
+        modules_on_a_larger_step()
 
 
 def probe_pairs(args: argparse.Namespace) -> list[tuple[tuple[float, float], tuple[float, float]]]:
@@ -274,7 +354,8 @@ def probe_pairs(args: argparse.Namespace) -> list[tuple[tuple[float, float], tup
     rows = []
     for pair in range(args.pairs):
         order = (False, True) if pair % 2 == 0 else (True, False)
-        result = {flag: train_once(flag, args.steps, not args.no_activations, not args.no_peak_meter)
+        result = {flag: train_once(flag, args.steps, not args.no_activations, not args.no_peak_meter,
+                                   "off" if args.no_modules else "summary")
                   for flag in order}
         rows.append((result[False], result[True]))
         (off_wall, off_cpu), (on_wall, on_cpu) = result[False], result[True]
@@ -300,8 +381,9 @@ def probe_details(args: argparse.Namespace) -> None:
         share = statistics.median(m[2] for m in MEASURED)
         extra = measured - other
         meter = "off" if args.no_peak_meter else "on"
+        modules = "off" if args.no_modules else "on"
         print()
-        print(f"Measured steps (peak meter {meter}), the 'on' runs, median over runs:")
+        print(f"Measured steps (peak meter {meter}, module attribution {modules}), the 'on' runs, median over runs:")
         print("| measured share of steps | measured step | other step | extra per measured step "
               "| extra averaged over all steps |")
         print("|---|---|---|---|---|")

@@ -17,7 +17,9 @@ Two models, each trained by the Hugging Face ``Trainer`` with LoRA (r 16 on q_pr
 Variants, each in a process of its own that lives for the whole benchmark:
 
 - ``none``: no monitor;
-- ``ftwatch``: ``FtwatchCallback()`` at its defaults (10 Hz sampler, activation tracking, a run log);
+- ``ftwatch``: ``FtwatchCallback()`` at its defaults (10 Hz sampler, activation tracking, the CPU
+  peak meter and the module tree on measured steps, a run log);
+- ``ftwatch-nomod``: the same with the module tree off (``modules="off"``): its cost is the difference;
 - ``stormlog``: stormlog's ``CPUMemoryTracker`` (its default 0.5 s sampling thread) started
   around ``trainer.train()``;
 - ``profiler``: ``torch.profiler.profile(profile_memory=True)`` around ``trainer.train()``;
@@ -53,11 +55,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "examples" / "tiny-llama"
-VARIANTS = ("none", "ftwatch", "stormlog", "profiler", "memtracker")
+VARIANTS = ("none", "ftwatch", "ftwatch-nomod", "stormlog", "profiler", "memtracker")
 #: What each variant gives the user, for the table.
 GIVES = {
     "none": "nothing",
-    "ftwatch": "live breakdown: weights, LoRA, grads, optimizer, activations, cache, non-torch; forecast; run log",
+    "ftwatch": "live breakdown: weights, LoRA, grads, optimizer, activations, cache, non-torch; by module; forecast; run log",
+    "ftwatch-nomod": "the same without the module tree ([monitor] modules = \"off\")",
     "stormlog": "RSS/system memory timeline (sampled), no breakdown",
     "profiler": "per-operator allocations after the run, no categories, no live view",
     "memtracker": "per-module breakdown (params, grads, acts, optimizer, temp) after the run, no live view",
@@ -141,10 +144,11 @@ def worker(variant: str, model_name: str, warmup: int, rounds: int, steps: int, 
             return control
 
     callbacks: list[Any] = []
-    if variant == "ftwatch":
+    if variant.startswith("ftwatch"):
         from ftwatch.training.probe.callback import FtwatchCallback
 
-        callbacks.append(FtwatchCallback(log_dir=Path(tmp) / "runs"))
+        modules = "off" if variant == "ftwatch-nomod" else "summary"
+        callbacks.append(FtwatchCallback(log_dir=Path(tmp) / "runs" / variant, modules=modules))
     callbacks.append(Rounds())  # after ftwatch's: its step-end work is inside the timed window
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
     gave = run_under(variant, trainer, model, tmp)
@@ -182,8 +186,8 @@ def run_under(variant: str, trainer: Any, model: Any, tmp: str) -> str:
         total = sum(v.get("Total", 0) for v in peak.values()) if isinstance(peak, dict) else 0
         return f"peak {total / 2**20:.0f} MiB, by category and module"
     trainer.train()
-    if variant == "ftwatch":
-        logs = list((Path(tmp) / "runs").glob("*/events.jsonl"))
+    if variant.startswith("ftwatch"):
+        logs = list((Path(tmp) / "runs" / variant).glob("*/events.jsonl"))
         events = sum(1 for log in logs for _ in log.open())
         return f"{events} events in its run log"
     return "-"
@@ -265,8 +269,9 @@ def available(variant: str) -> bool:
 
 def measure(model_name: str, options: argparse.Namespace, tmp: Path) -> None:
     """Start the variants, run the interleaved rounds, print the table."""
-    variants = [v for v in VARIANTS if available(v)]
-    missing = [v for v in VARIANTS if v not in variants]
+    wanted = [v for v in VARIANTS if not options.variants or v in options.variants or v == "none"]
+    variants = [v for v in wanted if available(v)]
+    missing = [v for v in wanted if v not in variants]
     started = time.perf_counter()
     workers = {}
     for v in variants:  # one at a time: building a model is itself CPU work that would skew the others
@@ -292,16 +297,16 @@ def measure(model_name: str, options: argparse.Namespace, tmp: Path) -> None:
     step_ms = 1000 / statistics.median(base)
     print(f"\n{model_name}: batch {batch} x {seq_len}, LoRA r16 q,v; {options.rounds} rounds of {steps} steps after "
           f"{options.warmup} warm-up; {options.threads} torch thread(s); no-monitor step {step_ms:.0f} ms; {time.perf_counter() - started:.0f} s")
-    print(f"  {'variant':<11} {'steps/s':>8} {'ratio':>7} {'range':>15} {'cost':>7}  gives / collected")
+    print(f"  {'variant':<13} {'steps/s':>8} {'ratio':>7} {'range':>15} {'cost':>7}  gives / collected")
     for v in variants:
         rates = [steps / s for s in seconds[v]]
         ratios = [r / b for r, b in zip(rates, base, strict=True)]
         ratio = statistics.median(ratios)  # paired round by round: a busy minute hits both sides
-        print(f"  {v:<11} {statistics.median(rates):>8.3f} {ratio:>7.3f} "
+        print(f"  {v:<13} {statistics.median(rates):>8.3f} {ratio:>7.3f} "
               f"{min(ratios):>7.3f}-{max(ratios):<7.3f} {100 * (1 / ratio - 1):>+6.1f}%  {GIVES[v]} [{gave[v]}]",
               flush=True)
     for v in missing:
-        print(f"  {v:<11} not installed (pip install -e '.[bench]')")
+        print(f"  {v:<13} not installed (pip install -e '.[bench]')")
 
 
 def main() -> None:
@@ -313,6 +318,8 @@ def main() -> None:
     parser.add_argument("--tiny-steps", type=int, default=100, help="steps per round on the tiny model")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--only", choices=tuple(SHAPES))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS,
+                        help="only these (and none, the baseline); default: all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (1: a shared machine's load cannot stall a thread barrier)")
