@@ -5,7 +5,8 @@
 
 By default the bundled example is written out by ``ftwatch example`` into a temporary directory
 and trained once there with ``ftwatch run --headless``; its recorded run log is then shown at
-three moments (while the model loads, in the middle of training, at the end) at 120x36. The
+three moments (while the model loads, in the middle of training, at the end) at 120x36, and the
+end with its module view open (``m``). The
 moments before the end are the same log cut at that event, shown as a live run. The synthetic
 CUDA runs (``ftwatch.views.dashboard.demo``: an 8B fine-tune with all ten categories, and a 70B model that
 runs out of memory while loading) are drawn too, named ``synthetic-*``, since a CPU run only has
@@ -95,8 +96,10 @@ def worker_log_until(log: str, loss_lines: int | None) -> str:
     return "".join(out)
 
 
-async def shoot(run_dir: Path, out: Path, title: str, live: bool, wait_step: int | None = None) -> None:
-    """Draw the run in ``run_dir`` (a single run's, or a multi-process run's) and save an SVG."""
+async def shoot(run_dir: Path, out: Path, title: str, live: bool, wait_step: int | None = None,
+                keys: tuple[str, ...] = ()) -> None:
+    """Draw the run in ``run_dir`` (a single run's, or a multi-process run's), press ``keys``, and
+    save an SVG."""
     target = run_dir if is_multi_rank_dir(run_dir) else run_dir / "events.jsonl"
     app = FtwatchApp(target, StillRunning(run_dir) if live else None)  # type: ignore[arg-type]
     async with app.run_test(size=SIZE) as pilot:
@@ -108,6 +111,9 @@ async def shoot(run_dir: Path, out: Path, title: str, live: bool, wait_step: int
             if (live and view.samples and (wait_step is None or view.step >= wait_step)) or view.run_ended:
                 break
         await pilot.pause(0.5)
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause(0.5)
         out.write_text(app.export_screenshot(title=title))
     print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
 
@@ -170,6 +176,9 @@ async def make_all(source: Path, out_dir: Path, tmp: Path) -> list[Path]:
         out = out_dir / f"{shot}.svg"
         await shoot(run, out, f"ftwatch: {name}", live, wait)
         made.append(out)
+    out = out_dir / "tiny-lora-modules.svg"  # the module view (m) of the ended run
+    await shoot(tmp / "tiny-lora-end", out, f"ftwatch: {name}", False, None, keys=("m",))
+    made.append(out)
 
     cuda = synthetic_lines("cuda")
     cuda_log = (REPO / "tests" / "fixtures" / "logs" / "cuda-finished" / "worker.log").read_text()
