@@ -203,14 +203,15 @@ def test_a_killed_rank_is_shown_dead_and_blamed(tiny_config, tmp_path):
             viewer.kill()
     assert viewer.returncode == 1, err[-3000:]
     summary = json.loads(out)
-    assert summary["status"] == "failed" and summary["rank"] == 1
+    said = f"summary: {out[-2000:]}\nstderr: {err[-2000:]}"  # what a failure here needs to be read
+    assert summary["status"] == "failed" and summary["rank"] == 1, said
     dead = summary["ranks"][1]
-    assert dead["status"] == "failed" and "rank 1 ended without an exit event" in dead["error"]
+    assert dead["status"] == "failed" and "rank 1 ended without an exit event" in dead["error"], said
     events = rank_events(tmp_path / "runs", 1)
-    assert events[-1]["by"] == "monitor" and events[-1]["error_type"] == "WorkerVanished"
-    assert "rank 1: exit failed" in err  # the progress lines name the rank
+    assert events[-1]["by"] == "monitor" and events[-1]["error_type"] == "WorkerVanished", events[-1]
+    assert "rank 1: exit failed" in err, said  # the progress lines name the rank
     # rank 0 wrote its own ending (its peer was gone): its log is complete
-    assert rank_events(tmp_path / "runs", 0)[-1]["by"] == "worker"
+    assert rank_events(tmp_path / "runs", 0)[-1]["by"] == "worker", rank_events(tmp_path / "runs", 0)[-1]
 
 
 def test_a_users_torchrun_script_writes_one_run_directory_of_ranks(tmp_path):
