@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES_ROOT, run_cli
+from views.test_modules_table import size3
 
 LOGS = FIXTURES_ROOT / "logs"
 LOG = LOGS / "modules-tiny" / "events.jsonl"
@@ -25,17 +26,6 @@ CATEGORIES = ("weights", "lora", "grads", "optimizer", "activations")
 def replay(*args: str) -> subprocess.CompletedProcess[str]:
     """``python -m ftwatch replay ARGS`` (stdout is a pipe: never the dashboard)."""
     return run_cli("replay", *args, timeout=120)
-
-
-def size3(n: int) -> str:
-    """Three significant figures in the largest binary unit under 1000 (written here, not imported)."""
-    value, step = float(n), 0
-    while value >= 1000 and step < 4:
-        value, step = value / 1024, step + 1
-    unit = ("B", "KiB", "MiB", "GiB", "TiB")[step]
-    if unit == "B":
-        return f"{int(value)} B"
-    return f"{value:.2f} {unit}" if value < 10 else (f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}")
 
 
 def row(text: str, label: str) -> list[str]:

@@ -76,20 +76,35 @@ def parse_size(text: str | int | float, *, positive: bool = False) -> int:
     return value
 
 
+def _scaled(n: float, below: float) -> tuple[str, float, str]:
+    """``(sign, value, unit)``: ``n`` in the first binary unit where it is under ``below``."""
+    sign = "-" if n < 0 else ""
+    value = abs(float(n))
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < below:
+            return sign, value, unit
+        value /= 1024
+    return sign, value, "TiB"
+
+
 def format_bytes(n: int | float | None, precision: int = 1) -> str:
     """Format a byte count in binary units: ``1536 -> "1.5 KiB"``; ``None -> "n/a"``."""
     if n is None:
         return "n/a"
-    value = float(n)
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{sign}{int(value)} B"
-            return f"{sign}{value:.{precision}f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    sign, value, unit = _scaled(n, 1024)
+    return f"{sign}{int(value)} B" if unit == "B" else f"{sign}{value:.{precision}f} {unit}"
+
+
+def format_size3(n: int | float | None) -> str:
+    """Bytes in binary units with three significant digits, at most 8 characters for a positive
+    count: ``15.0 GiB``, ``530 MiB``, ``1.30 GiB`` (the dashboard's and the tables' fixed-width cells)."""
+    if n is None:
+        return "n/a"
+    sign, value, unit = _scaled(n, 1000)
+    if unit == "B":
+        return f"{sign}{int(value)} B"
+    digits = 2 if value < 10 else 1 if value < 100 else 0
+    return f"{sign}{value:.{digits}f} {unit}"
 
 
 def format_duration(seconds: float | None) -> str:

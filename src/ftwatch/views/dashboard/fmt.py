@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
+from ftwatch.common.units import format_size3
+
 __all__ = ["size", "share", "duration"]
 
 
 def size(n: int | float | None) -> str:
     """Bytes in binary units with three significant digits: ``15.0 GiB``, ``530 MiB``, ``1.30 GiB``."""
-    if n is None:
-        return "n/a"
-    value = float(n)
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1000 or unit == "TiB":
-            if unit == "B":
-                return f"{sign}{int(value)} B"
-            if value < 10:
-                return f"{sign}{value:.2f} {unit}"
-            if value < 100:
-                return f"{sign}{value:.1f} {unit}"
-            return f"{sign}{value:.0f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    return format_size3(n)
 
 
 def share(fraction: float | None) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftwatch.common.safe_text import safe
+from ftwatch.common.units import format_size3
 from ftwatch.runlog.module_tree import LAYER_PARTS, MODULE_CATEGORIES
 
 #: Column headings of the categories (at most 6 characters, to fit 80 columns).
@@ -132,18 +133,7 @@ def shown_categories(rows: Sequence[ModuleRow]) -> list[str]:
 
 def size_text(n: int | float | None) -> str:
     """Bytes in binary units with three significant digits (``15.0 GiB``, ``530 MiB``); at most 8 characters."""
-    if n is None:
-        return "n/a"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1000 or unit == "TiB":
-            if unit == "B":
-                return f"{int(value)} B"
-            if value < 10:
-                return f"{value:.2f} {unit}"
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    return format_size3(n)
 
 
 def share_text(part: int, whole: int) -> str:
