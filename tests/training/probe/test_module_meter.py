@@ -208,3 +208,12 @@ def test_config_default_and_bad_monitor_modules(tmp_path):
 def test_probe_refuses_an_unknown_mode(tmp_path):
     with pytest.raises(ValueError, match="modules must be one of off, summary, full"):
         Probe(tmp_path / "r", name="t", device="cpu", record=False, modules="everything")
+
+
+def test_the_callback_refuses_an_unknown_mode_where_the_script_builds_it():
+    """At construction, not at train begin (where a failing probe leaves the run unmonitored)."""
+    from ftwatch.training.probe.callback import FtwatchCallback
+
+    with pytest.raises(ValueError, match=r"FtwatchCallback\(modules=...\) must be one of off, summary, full"):
+        FtwatchCallback(modules="everything")
+    assert FtwatchCallback(modules="off")._probe_kwargs["modules"] == "off"

@@ -15,6 +15,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ftwatch.common.config import MODULE_MODES
 from ftwatch.training.probe.guard import Guard
 from ftwatch.training.probe.probe import Probe
 
@@ -58,6 +59,8 @@ class FtwatchCallback(TrainerCallback):
                  budget: int | None = None, track_activations: bool = True, modules: str = "summary",
                  stop_requested: Any = None, metrics_port: int | None = None,
                  metrics_addr: str = "127.0.0.1", notebook: bool | None = None, estimate: bool = True) -> None:
+        if modules not in MODULE_MODES:  # said here, where the script builds it: not at train begin
+            raise ValueError(f"FtwatchCallback(modules=...) must be one of {', '.join(MODULE_MODES)}, got {modules!r}")
         self.probe = probe
         self._own_probe = probe is None
         self._probe_kwargs = {"name": name, "log_dir": log_dir, "sample_hz": sample_hz, "budget": budget,
