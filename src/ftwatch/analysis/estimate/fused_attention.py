@@ -14,9 +14,35 @@ FUSED_ATTENTION = "ftwatch_fused_sdpa"
 _TRACE_STATE = threading.local()
 
 
-def _attention_for_trace(attn_implementation: str | None) -> str:
-    """Eager attention is traced as it is; everything else runs a fused kernel (SDPA/flash) on a GPU."""
-    return "eager" if attn_implementation == "eager" else FUSED_ATTENTION
+def _attention_for_trace(attn_implementation: str | None, model_class: Any = None) -> str:
+    """The attention the trace runs for the one the run asks for (``None``: transformers' default).
+
+    Eager attention is traced as it is. A fused kernel (SDPA, flash) runs as the stand-in below, in
+    a model whose attention goes through transformers' attention interface. A model class that does
+    not (``_supports_attention_backend`` false: bloom, falcon, stablelm) gets what transformers itself
+    would pick: ``sdpa`` where the class supports it, else ``eager``; a class without SDPA support
+    (gemma2) runs eager unless flash is asked for, as transformers' default does.
+    """
+    if attn_implementation == "eager":
+        return "eager"
+    if model_class is None:  # not known (remote code): the stand-in, as before
+        return FUSED_ATTENTION
+    sdpa = bool(getattr(model_class, "_supports_sdpa", False))
+    if attn_implementation in (None, "sdpa") and not sdpa:
+        return "eager"
+    if getattr(model_class, "_supports_attention_backend", False):
+        return FUSED_ATTENTION
+    return "sdpa" if sdpa else "eager"
+
+
+def causal_lm_class(config: Any) -> Any:
+    """The ``AutoModelForCausalLM`` class of a config, or ``None`` (remote code, an unmapped type)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except Exception:
+        return None
 
 
 def _register_fused_attention() -> None:

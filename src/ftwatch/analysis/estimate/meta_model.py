@@ -7,7 +7,11 @@ import json
 import threading
 from typing import Any
 
-from ftwatch.analysis.estimate.fused_attention import _attention_for_trace, _register_fused_attention
+from ftwatch.analysis.estimate.fused_attention import (
+    _attention_for_trace,
+    _register_fused_attention,
+    causal_lm_class,
+)
 from ftwatch.analysis.estimate.inputs import EstimateInputs
 from ftwatch.analysis.estimate.model_config import _to_pretrained_config
 from ftwatch.analysis.estimate.quiet import _quiet
@@ -21,7 +25,7 @@ _CACHE_SIZE = 8
 def _model_key(inputs: EstimateInputs) -> str:
     config = _to_pretrained_config(inputs.model_config, inputs.trust_remote_code)
     return json.dumps({"config": config.to_json_string(use_diff=False), "dtype": inputs.model_dtype,
-                       "lora": dict(inputs.lora), "attn": _attention_for_trace(inputs.attn_implementation),
+                       "lora": dict(inputs.lora), "attn": inputs.attn_implementation,
                        "trust": inputs.trust_remote_code}, sort_keys=True, default=str)
 
 
@@ -51,7 +55,8 @@ def _build_meta_peft_model(inputs: EstimateInputs) -> Any:
     try:
         with _quiet(), torch.device("meta"):
             model = AutoModelForCausalLM.from_config(
-                config, dtype=dtype, attn_implementation=_attention_for_trace(inputs.attn_implementation),
+                config, dtype=dtype,
+                attn_implementation=_attention_for_trace(inputs.attn_implementation, causal_lm_class(config)),
                 trust_remote_code=inputs.trust_remote_code)
     except Exception as exc:
         raise ConfigError(None, f"[model].name: cannot build {type(config).__name__} "
