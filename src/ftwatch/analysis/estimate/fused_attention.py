@@ -15,24 +15,25 @@ _TRACE_STATE = threading.local()
 
 
 def _attention_for_trace(attn_implementation: str | None, model_class: Any = None) -> str:
-    """The attention the trace runs for the one the run asks for (``None``: transformers' default).
+    """The attention the trace tries first for the one the run asks for (``None``: transformers' default).
 
-    Eager attention is traced as it is. A fused kernel (SDPA, flash) runs as the stand-in below, in
-    a model whose attention goes through transformers' attention interface. A model class that does
-    not (``_supports_attention_backend`` false: bloom, falcon, stablelm) gets what transformers itself
-    would pick: ``sdpa`` where the class supports it, else ``eager``; a class without SDPA support
-    (gemma2) runs eager unless flash is asked for, as transformers' default does.
+    Eager attention is traced as it is, and so is the default of a class without SDPA support
+    (bloom, gemma2: transformers picks eager for them). Everything else runs a fused kernel (SDPA,
+    flash) as the stand-in below; a model that cannot take it (falcon keeps its own table of
+    attention classes) is built with :func:`fallback_attention` instead.
     """
     if attn_implementation == "eager":
         return "eager"
-    if model_class is None:  # not known (remote code): the stand-in, as before
-        return FUSED_ATTENTION
-    sdpa = bool(getattr(model_class, "_supports_sdpa", False))
-    if attn_implementation in (None, "sdpa") and not sdpa:
+    if model_class is not None and attn_implementation in (None, "sdpa") and \
+            not getattr(model_class, "_supports_sdpa", False):
         return "eager"
-    if getattr(model_class, "_supports_attention_backend", False):
-        return FUSED_ATTENTION
-    return "sdpa" if sdpa else "eager"
+    return FUSED_ATTENTION
+
+
+def fallback_attention(model_class: Any) -> str:
+    """The attention for a model that refused the stand-in: torch's own SDPA (on meta tensors it
+    saves what the CPU kernel does for a causal call without a mask) where the class has it, else eager."""
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
 def causal_lm_class(config: Any) -> Any:

@@ -8,9 +8,11 @@ import threading
 from typing import Any
 
 from ftwatch.analysis.estimate.fused_attention import (
+    FUSED_ATTENTION,
     _attention_for_trace,
     _register_fused_attention,
     causal_lm_class,
+    fallback_attention,
 )
 from ftwatch.analysis.estimate.inputs import EstimateInputs
 from ftwatch.analysis.estimate.model_config import _to_pretrained_config
@@ -52,15 +54,22 @@ def _build_meta_peft_model(inputs: EstimateInputs) -> Any:
     # from_config records the attention implementation on the config: keep the caller's untouched
     config = copy.deepcopy(_to_pretrained_config(inputs.model_config, inputs.trust_remote_code))
     dtype = getattr(torch, inputs.model_dtype)
-    try:
-        with _quiet(), torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(
-                config, dtype=dtype,
-                attn_implementation=_attention_for_trace(inputs.attn_implementation, causal_lm_class(config)),
-                trust_remote_code=inputs.trust_remote_code)
-    except Exception as exc:
+    model_class = causal_lm_class(config)
+    first = _attention_for_trace(inputs.attn_implementation, model_class)
+    choices = [first] + ([fallback_attention(model_class)] if first == FUSED_ATTENTION and model_class else [])
+    error: BaseException | None = None  # the first choice's: the one worth saying
+    for attention in choices:
+        try:
+            with _quiet(), torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(
+                    copy.deepcopy(config), dtype=dtype, attn_implementation=attention,
+                    trust_remote_code=inputs.trust_remote_code)
+            break
+        except Exception as exc:
+            error = error or exc
+    else:
         raise ConfigError(None, f"[model].name: cannot build {type(config).__name__} "
-                                f"({config.model_type}) from its config: {_first_line(exc)}") from None
+                                f"({config.model_type}) from its config: {_first_line(error)}") from None
     kwargs = dict(inputs.lora)
     kwargs.setdefault("task_type", "CAUSAL_LM")
     try:
