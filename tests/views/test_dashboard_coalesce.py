@@ -71,12 +71,18 @@ def _refresher(feed: RunFeed, live: bool) -> SimpleNamespace:
     return fake
 
 
+def _clocked(feed: RunFeed, live: bool, monkeypatch) -> tuple[SimpleNamespace, list[float]]:  # noqa: ANN001
+    """A fake refresher and the clock the refresh reads (``clock[0]``, moved by the test)."""
+    fake = _refresher(feed, live=live)
+    clock = [fake._last_render]
+    monkeypatch.setattr(refresh.time, "monotonic", lambda: clock[0])
+    return fake, clock
+
+
 def test_a_live_dashboard_draws_samples_alone_at_the_slower_cadence(tmp_path: Path, monkeypatch):
     feed, log = _feed(tmp_path)
     try:
-        fake = _refresher(feed, live=True)
-        clock = [fake._last_render]
-        monkeypatch.setattr(refresh.time, "monotonic", lambda: clock[0])
+        fake, clock = _clocked(feed, True, monkeypatch)
         _append(log, _sample(2.0))
         feed.pump()
         clock[0] += 0.125  # the next tick at 8 Hz: samples alone wait
@@ -97,9 +103,7 @@ def test_a_live_dashboard_draws_samples_alone_at_the_slower_cadence(tmp_path: Pa
 def test_a_replay_draws_every_change_at_the_next_tick(tmp_path: Path, monkeypatch):
     feed, log = _feed(tmp_path)
     try:
-        fake = _refresher(feed, live=False)
-        clock = [fake._last_render]
-        monkeypatch.setattr(refresh.time, "monotonic", lambda: clock[0])
+        fake, clock = _clocked(feed, False, monkeypatch)
         _append(log, _sample(2.0))
         feed.pump()
         clock[0] += 0.125
@@ -184,9 +188,7 @@ def test_samples_that_change_the_worst_rank_are_news(tmp_path: Path):
 def test_a_live_multi_rank_dashboard_draws_samples_alone_at_the_slower_cadence(tmp_path: Path, monkeypatch):
     feed, logs = _multi_feed(tmp_path)
     try:
-        fake = _refresher(feed, live=True)
-        clock = [fake._last_render]
-        monkeypatch.setattr(refresh.time, "monotonic", lambda: clock[0])
+        fake, clock = _clocked(feed, True, monkeypatch)
         _append(logs[1], _rank_sample(2.0, 2 << 30))
         feed.pump()
         clock[0] += 0.125  # the next tick at 8 Hz: samples alone wait

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from test_worker_tail_callback import cpu_header
+
 from ftwatch.runlog.events import encode
 from ftwatch.runlog.phases import unwatched_phases
 from ftwatch.runlog.state import PhaseRecord, RunState
@@ -21,13 +23,7 @@ BEFORE = "before the callback started (not watched)"
 
 def run_lines(origin: str | None, phases: tuple[str, ...], t0: float = 1000.0) -> list[str]:
     """A finished CPU run of two steps whose log records ``phases`` in order."""
-    header = {"run_id": "rp0123456789", "name": "train", "config_path": None, "pid": 4242, "host": "h",
-              "user": "u", "versions": {}, "model": None, "budget": None, "sample_hz": 10, "max_steps": None,
-              "rank": 0, "world_size": 1,
-              "device": {"type": "cpu", "index": None, "name": "x86_64", "capacity": 8 << 30,
-                         "capacity_source": "ram"}}
-    if origin is not None:
-        header.update(origin=origin, command=None)
+    header = cpu_header("rp0123456789", origin)
     lines = [encode("header", header, t0)]
     t = t0
     for name in phases:

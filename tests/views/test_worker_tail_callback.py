@@ -22,16 +22,22 @@ MiB = 1 << 20
 CATS = {"weights": 650_000, "lora": 16_384, "grads": 16_384, "optimizer": 32_768, "activations": 2 * MiB}
 
 
-def callback_lines(steps: int, max_steps: int, t0: float, origin: str | None = "callback") -> list[str]:
-    """A CPU run as ``FtwatchCallback`` writes it: no loading or LoRA phase, the model event with a
-    name, the step total on the ``training`` phase only; ``steps`` steps one second apart."""
-    header = {"run_id": "cb0123456789", "name": "train", "config_path": None, "pid": 4242, "host": "h",
+def cpu_header(run_id: str, origin: str | None) -> dict:
+    """The header of a one-process CPU run (8 GiB of RAM) started by ``origin`` (absent: an older log)."""
+    header = {"run_id": run_id, "name": "train", "config_path": None, "pid": 4242, "host": "h",
               "user": "u", "versions": {}, "model": None, "budget": None, "sample_hz": 10, "max_steps": None,
               "rank": 0, "world_size": 1,
               "device": {"type": "cpu", "index": None, "name": "x86_64", "capacity": 8 << 30,
                          "capacity_source": "ram"}}
     if origin is not None:
         header.update(origin=origin, command=None)
+    return header
+
+
+def callback_lines(steps: int, max_steps: int, t0: float, origin: str | None = "callback") -> list[str]:
+    """A CPU run as ``FtwatchCallback`` writes it: no loading or LoRA phase, the model event with a
+    name, the step total on the ``training`` phase only; ``steps`` steps one second apart."""
+    header = cpu_header("cb0123456789", origin)
     lines = [encode("header", header, t0),
              encode("phase", {"name": "preparing_trainer"}, t0 + 0.1),
              encode("sample", {"phase": "preparing_trainer", "rss": 900 * MiB}, t0 + 0.2),
