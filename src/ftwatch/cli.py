@@ -120,6 +120,19 @@ def _say(command: str, message: object) -> int:
     return EXIT_USAGE
 
 
+#: bitsandbytes' CPU backend warns when it is imported (by transformers or peft, whenever it is installed)
+#: on a CPU with AVX512-BF16 and without the optional ``kernels`` package, which would fetch a faster
+#: 4-bit kernel from the Hugging Face hub. The commands here never run 4-bit matmuls (the worker does,
+#: and keeps the warning in worker.log): a line about it would spoil their one-line answers.
+_OPTIONAL_KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
+def _quiet_optional_kernel_warning() -> None:
+    import logging
+
+    logging.getLogger(_OPTIONAL_KERNEL_LOGGER).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ftwatch`` console script."""
     parser = build_parser()
@@ -130,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    _quiet_optional_kernel_warning()
     try:
         return int(args._module.main(args) or 0)
     except (ConfigError, UsageError, FileNotFoundError) as exc:

@@ -26,12 +26,15 @@ from ftwatch.analysis.advice_candidates import (
     Setting,
 )
 from ftwatch.analysis.estimate import (
+    DTYPE_BYTES,
     Estimate,
     EstimateInputs,
     estimate,
     estimate_inputs,
     judge,
+    with_changes,
 )
+from ftwatch.analysis.quantization_why import why_so_little
 from ftwatch.common.config import Config
 from ftwatch.common.config_errors import ConfigError
 from ftwatch.common.units import format_bytes
@@ -67,6 +70,9 @@ class Suggestion:
     fits_after: bool | None = None
     fails_at_after: str | None = None
     resolves: bool = False
+    #: Why it saves much less than a user would guess (4-bit next to 16-bit weights), and the
+    #: combination that saves more; ``None`` when nothing is surprising.
+    why: str | None = None
 
     @property
     def tier(self) -> int:
@@ -79,9 +85,12 @@ class Suggestion:
         return "; ".join(_render(setting) for setting in self.settings)
 
     def to_json(self) -> dict[str, Any]:
-        """``{change, config, saves_bytes, fits_after, fails_at_after}``."""
-        return {"change": self.change, "config": self.config, "saves_bytes": int(self.saves_bytes),
-                "fits_after": self.fits_after, "fails_at_after": self.fails_at_after}
+        """``{change, config, saves_bytes, fits_after, fails_at_after}``, and ``why`` when it is said."""
+        out = {"change": self.change, "config": self.config, "saves_bytes": int(self.saves_bytes),
+               "fits_after": self.fits_after, "fails_at_after": self.fails_at_after}
+        if self.why:
+            out["why"] = self.why
+        return out
 
 
 def of_full_model(change: str, *, joined: bool = False) -> str:
@@ -140,17 +149,32 @@ def suggest(before: Estimate) -> list[Suggestion]:
         priced = _suggestion(candidate, before.total - after.total, after.verdict, after.fails_at, before.verdict)
         if candidate.kind in WEIGHT_KINDS:
             priced.change = of_full_model(priced.change)
+        priced.why = why_so_little(candidate.kind, before.categories, after.categories, dtype_bytes)
+        if priced.why and not candidate.inputs.gradient_checkpointing:
+            both = estimate_inputs(with_changes(candidate.inputs, training={"gradient_checkpointing": True}), capacity)
+            if before.total - both.total > max(priced.saves_bytes, 0):
+                priced.why += (f"; with gradient checkpointing as well ([training] gradient_checkpointing = true) "
+                               f"it saves {format_bytes(before.total - both.total)}")
         return priced
 
+    dtype_bytes = DTYPE_BYTES[before.inputs.resolved_dtype]
     # Batch and sequence length never shrink the weights: when loading fails, only their strongest
     # option is worth pricing.
     loading = before.fails_at == "loading_model"
-    ranked = rank(_collect(before.inputs, price, before.verdict, strongest_only=loading), before.verdict)
+    priced_all = _collect(before.inputs, price, before.verdict, strongest_only=loading)
+    before.notes += [_would_not_help(s) for s in priced_all if s.why and s.saves_bytes <= 0]
+    ranked = rank(priced_all, before.verdict)
     if before.verdict == "does_not_fit" and not any(s.resolves for s in ranked):
         combined = combine(before)
         if combined is not None:
             ranked.insert(0, combined)
     return ranked
+
+
+def _would_not_help(s: Suggestion) -> str:
+    """The note for a quantization change left out of the fixes because it adds to the peak."""
+    reason = (s.why or "").removeprefix("why so little: ")
+    return f"{s.config} would not help: it adds {format_bytes(-s.saves_bytes)} to the peak. {reason}"
 
 
 #: The most changes a combined suggestion applies.
@@ -221,8 +245,11 @@ def suggest_for_measured(
     def price(candidate: Candidate) -> Suggestion:
         after = estimate_inputs(candidate.inputs)
         saves = scaled_savings(measured, base.categories, after.categories)
-        return _measured_suggestion(candidate.kind, candidate.change, candidate.settings, saves, used,
-                                    capacity_bytes, verdict)
+        priced = _measured_suggestion(candidate.kind, candidate.change, candidate.settings, saves, used,
+                                      capacity_bytes, verdict)
+        priced.why = why_so_little(candidate.kind, base.categories, after.categories,
+                                   DTYPE_BYTES[inputs.resolved_dtype])
+        return priced
 
     out = _collect(inputs, price, verdict)
     out += _environment(measured, used, capacity_bytes, verdict, other_processes, alloc_conf)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -282,4 +283,7 @@ def _suggestion_lines(n: int, s: Any) -> list[str]:
         outcome = " -> still fails while loading"
     else:
         outcome = " -> loads, still fails during training"
-    return [f"  {n:>2}. {s.change}", f"      {s.config}    saves {format_bytes(s.saves_bytes)}{outcome}"]
+    lines = [f"  {n:>2}. {s.change}", f"      {s.config}    saves {format_bytes(s.saves_bytes)}{outcome}"]
+    if s.why:
+        lines += [f"      {part}" for part in textwrap.wrap(s.why, 94)]
+    return lines

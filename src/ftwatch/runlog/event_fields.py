@@ -67,7 +67,7 @@ OBJECTS: dict[str, dict[str, str]] = {
             "capacity_bytes": "bytes", "free_bytes": "bytes", "process_bytes": "bytes",
             "allocated_bytes": "bytes", "reserved_unallocated_bytes": "bytes", "private_pools_bytes": "bytes",
             "format": "str", "other_processes": "list"},
-    "suggestion": {"change": "str", "config": "str", "saves_bytes": "bytes"},
+    "suggestion": {"change": "str", "config": "str", "saves_bytes": "bytes", "why": "str"},
     "modules_context": {"batch": "count", "seq_len": "count", "checkpointing": "bool", "vocab_size": "count",
                         "dtype": "str"},
 }

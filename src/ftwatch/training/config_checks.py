@@ -144,7 +144,7 @@ def _quantization_needs(cfg: Config) -> list[str]:
     for key in ("load_in_4bit", "load_in_8bit"):
         if getattr(cfg.model, key) and importlib.util.find_spec("bitsandbytes") is None:
             return [f"[model].{key} needs the bitsandbytes package, which is not installed "
-                    "(pip install bitsandbytes; it needs a CUDA GPU)"]
+                    "(pip install bitsandbytes)"]
     return []
 
 

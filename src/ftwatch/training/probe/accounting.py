@@ -1,7 +1,8 @@
 """Exact tensor accounting: bytes of weights, adapters, gradients, optimizer state and activations.
 
 Every figure is the real storage of live tensors (``untyped_storage().nbytes()``), each storage
-counted once, so tied embeddings count once and quantized weights count by what they occupy.
+counted once, so tied embeddings count once and quantized weights count by what they occupy
+(with the quantization state bitsandbytes keeps beside them).
 """
 
 from __future__ import annotations
@@ -55,8 +56,42 @@ def storage_keys(tensors: Iterable[torch.Tensor]) -> set[int]:
     return keys
 
 
+#: What bitsandbytes keeps beside a 4-bit weight in its ``quant_state`` (a nested state, with
+#: double quantization, holds its own absmax and code).
+_QUANT_STATE_TENSORS = ("absmax", "code", "offset")
+
+
+def quantization_state(param: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors a bitsandbytes weight needs beside its own storage, which are no parameter or
+    buffer of the model: a 4-bit ``Params4bit``'s ``quant_state`` (float32 absmax per block of 64,
+    the 16-entry code book; with double quantization the offset and the nested state's absmax and
+    code), an 8-bit ``Int8Params``' ``SCB`` (a float32 scale per output row). Empty for a plain
+    tensor."""
+    out: list[torch.Tensor] = []
+    state = getattr(param, "quant_state", None)
+    for _ in range(2):  # the state and its nested state2 (double quantization): no deeper nesting exists
+        if state is None:
+            break
+        for name in _QUANT_STATE_TENSORS:
+            tensor = getattr(state, name, None)
+            if isinstance(tensor, torch.Tensor):
+                out.append(tensor)
+        state = getattr(state, "state2", None)
+    scales = getattr(param, "SCB", None)
+    if isinstance(scales, torch.Tensor):
+        out.append(scales)
+    return out
+
+
+def with_quantization_state(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """``params``, each followed by its :func:`quantization_state` tensors (the order every split of
+    the weights uses, so a shared storage always counts for the same owner)."""
+    return [t for p in params for t in (p, *quantization_state(p))]
+
+
 def model_bytes(model: torch.nn.Module, base_only: bool = False) -> dict[str, int]:
-    """``weights`` (frozen parameters + buffers) and ``lora`` (trainable parameters) of a model.
+    """``weights`` (frozen parameters with their :func:`quantization_state`, and buffers) and ``lora``
+    (trainable parameters) of a model.
 
     A storage shared by a trainable and a frozen tensor is counted as trainable, once. With
     ``base_only`` (a freshly loaded model, before adapters exist) every parameter is a weight.
@@ -64,7 +99,7 @@ def model_bytes(model: torch.nn.Module, base_only: bool = False) -> dict[str, in
     params = list(model.parameters())
     trainable = [] if base_only else [p for p in params if p.requires_grad]
     trainable_keys = storage_keys(trainable)
-    frozen = [p for p in params if base_only or not p.requires_grad] + list(model.buffers())
+    frozen = with_quantization_state(p for p in params if base_only or not p.requires_grad) + list(model.buffers())
     return {
         "weights": unique_storage_bytes(frozen, exclude=trainable_keys),
         "lora": unique_storage_bytes(trainable),

@@ -63,7 +63,7 @@ class ModelAttachment:
             return
         self._model_bytes = accounting.model_bytes(self.model, base_only=self._base_only)
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.meter.exclude(self.model.parameters())
+        self.meter.exclude(accounting.with_quantization_state(self.model.parameters()))
         self._modules_refresh()
 
     @guarded("optimizer accounting")

@@ -2,7 +2,8 @@
 
 On a measured step the probe attributes each category to the module that owns the tensors:
 
-- ``weights`` / ``lora``: each parameter and buffer to the module holding it, with the rules of
+- ``weights`` / ``lora``: each parameter (with its bitsandbytes quantization state) and buffer to
+  the module holding it, with the rules of
   :func:`ftwatch.training.probe.accounting.model_bytes` (trainable -> ``lora``; frozen parameters and
   buffers, less the trainable storages -> ``weights``; each storage once, in the same order, so a
   tied weight counts once, in its first owner);
@@ -78,7 +79,8 @@ def model_bytes_by_module(model: torch.nn.Module, base_only: bool = False) -> di
     named = list(model.named_parameters())
     trainable = [] if base_only else [(n, p) for n, p in named if p.requires_grad]
     trainable_keys = accounting.storage_keys(p for _, p in trainable)
-    frozen = [(n, p) for n, p in named if base_only or not p.requires_grad] + list(model.named_buffers())
+    frozen = [(n, t) for n, p in named if base_only or not p.requires_grad
+              for t in (p, *accounting.quantization_state(p))] + list(model.named_buffers())
     out: dict[str, dict[str, int]] = {}
     _split([normalize_path(_owner(n)) for n, _ in frozen], [t for _, t in frozen], "weights",
            exclude=trainable_keys, into=out)

@@ -29,6 +29,8 @@ def _suggestions(items: list[dict[str, Any]] | None, out: Text) -> None:
         out.append("\n")
         if item.get("config"):
             out.append(f"    {item['config']}\n", Style(color=DIM))
+        if isinstance(item.get("why"), str):
+            out.append(f"    {item['why']}\n", Style(color=DIM, italic=True))
 
 
 def _breakdown_line(categories: dict[str, Any], out: Text) -> None:
