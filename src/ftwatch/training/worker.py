@@ -64,12 +64,22 @@ def main(argv: list[str] | None = None) -> int:
         validate_library_sections(cfg)
         training = Training(cfg, run_dir, stop, strict=args.strict)
     except ConfigError as exc:
+        stop.end()
         print(f"{worker_output._LOG_PREFIX}: {exc}", file=sys.stderr, flush=True)
         writer = EventWriter(run_dir / EVENTS_FILE)
         writer.emit("exit", status="failed", error_type="ConfigError", message=str(exc), by="worker")
         writer.close()
         return EXIT_CONFIG
-    return training.run()
+    except StopRequested as exc:  # a signal during the imports, before the probe exists
+        stop.end()
+        print(f"{worker_output._LOG_PREFIX}: stopped ({exc}) while starting", file=sys.stderr, flush=True)
+        writer = EventWriter(run_dir / EVENTS_FILE)
+        writer.emit("exit", status="stopped", message=f"stopped by {exc} while starting", by="worker")
+        writer.close()
+        return EXIT_STOPPED
+    code = training.run()
+    stop.release()  # the exit event is written
+    return code
 
 
 #: The code of the worker's first note, written before its heavy start-up (see docs/events.md).
@@ -176,14 +186,17 @@ class Training:
             trainer = self.prepare_trainer(model, tokenizer)
             self.train(trainer)
         except StopRequested as exc:
+            self.stop.end()
             _log(f"stopped ({exc})")
             self.probe.finish("stopped", step=self.step, message=f"stopped by {exc}")
             return EXIT_STOPPED
         except ConfigError as exc:  # data problems found while tokenizing
+            self.stop.end()
             _log(str(exc))
             self.probe.finish("failed", step=self.step, error_type="ConfigError", message=str(exc))
             return EXIT_CONFIG
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the log
+            self.stop.end()  # a signal while the ending is written must not cut it off
             try:
                 details, suggestions = self.diagnose(exc)
             except Exception as diag_exc:  # the diagnosis must never cost the exit event
@@ -196,6 +209,7 @@ class Training:
 
             traceback.print_exc()
             return EXIT_FAILED
+        self.stop.end()
         if self.stop.requested:
             self.probe.finish("stopped", step=self.step, message="stopped at a step boundary on request")
             _log(f"stopped at step {self.step}")

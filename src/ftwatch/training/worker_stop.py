@@ -1,6 +1,8 @@
 """The worker's stop control: SIGINT/SIGTERM ask for a clean stop, during training at the next step
-boundary, before training at once (:class:`StopRequested`); a second signal stops at once. Under
-``torchrun`` the ranks agree on a stop request at each step boundary (:class:`AgreedStop`).
+boundary, before training at once (:class:`StopRequested`); a second signal stops at once. While the
+run writes its ending (its exit event) a signal is only noted; once it is written, signals take their
+default action again. Under ``torchrun`` the ranks agree on a stop request at each step boundary
+(:class:`AgreedStop`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class StopControl:
     def __init__(self) -> None:
         self.requested = False
         self.in_training = False
+        #: The run is writing its ending (its exit event): a signal now is noted, never raised.
+        self.ending = False
 
     def install(self) -> None:
         """Handle SIGINT and SIGTERM; ignore SIGHUP (the terminal is the viewer's, not ours)."""
@@ -30,7 +34,23 @@ class StopControl:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
+    def end(self) -> None:
+        """The run is ending: from now on SIGINT/SIGTERM are noted, never raised, so the exit event is
+        written whole (under ``torchrun`` a rank that fails on a dead peer gets the launcher's SIGTERM
+        while it writes its own ending)."""
+        self.ending = True
+
+    def release(self) -> None:
+        """The ending is written: SIGINT and SIGTERM take their default action again (a process that
+        hangs on its way out, in a library's teardown, still ends on the launcher's SIGTERM)."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.ending:
+            self.requested = True
+            _log(f"{signal.Signals(signum).name}: the run is ending; its exit is written first")
+            return
         if self.in_training and not self.requested:
             self.requested = True
             _log(f"{signal.Signals(signum).name}: stopping at the next step boundary")
