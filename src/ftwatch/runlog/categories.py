@@ -50,6 +50,10 @@ def derive_device_categories(
     return out
 
 
+#: The categories of a breakdown that this process does not hold.
+NOT_HELD = ("other_processes", "free")
+
+
 def process_total(categories: Mapping[str, int]) -> int:
     """Bytes this process holds according to a breakdown: everything but other processes and free."""
-    return sum(int(v or 0) for k, v in categories.items() if k not in ("other_processes", "free"))
+    return sum(int(v or 0) for k, v in categories.items() if k not in NOT_HELD)

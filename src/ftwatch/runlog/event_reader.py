@@ -154,23 +154,33 @@ class EventDecoder:
     def iter_feed(self, chunk: str) -> Iterator[dict[str, Any]]:
         """Like :meth:`feed`, one event at a time (a big chunk's events are never all alive at once,
         which keeps the garbage collector out of long reads)."""
+        text = self.take_lines(chunk)
+        if text is None:
+            return
+        decode = self.decode_line
+        for line in text.split("\n"):
+            event = decode(line)
+            if event is not None:
+                yield event
+
+    def take_lines(self, chunk: str) -> str | None:
+        """The complete lines that ``chunk`` ends (with the partial line kept from before), as one
+        text without its last newline, for :meth:`decode_line` one by one or a block reader;
+        ``None`` when ``chunk`` ends none. The new partial line is kept (an over-long one skipped
+        and counted)."""
         if self._skipping:
             newline = chunk.find("\n")
             if newline < 0:
-                return
+                return None
             chunk, self._skipping = chunk[newline + 1:], False
         data = self._partial + chunk if self._partial else chunk
-        lines = data.split("\n")
-        partial = lines.pop()
+        cut = data.rfind("\n")
+        partial = data[cut + 1:]
         if len(partial) > MAX_LINE_CHARS:
             self._too_long()
             partial, self._skipping = "", True
         self._partial = partial
-        decode = self.decode_line
-        for line in lines:
-            event = decode(line)
-            if event is not None:
-                yield event
+        return data[:cut] if cut >= 0 else None
 
     def count_long_line(self) -> None:
         """Count a line over :data:`MAX_LINE_CHARS` that its reader skipped unread."""

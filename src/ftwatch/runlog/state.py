@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftwatch.runlog.categories import process_total
+from ftwatch.runlog.categories import NOT_HELD, process_total
 from ftwatch.runlog.events import CATEGORIES, TENSOR_CATEGORIES
+from ftwatch.runlog.typed_events import SampleEvent, line_event
 
 
 @dataclass
@@ -65,14 +66,53 @@ class Timeline:
             self._pending = _merge(self._pending, point)
             self._pending_count += 1
         if self._pending_count >= self.stride:
-            self.points.append(self._pending)
-            self._pending, self._pending_count = None, 0
-            if len(self.points) >= self.capacity:
-                self.points = [
-                    _merge(self.points[i], self.points[i + 1]) if i + 1 < len(self.points) else self.points[i]
-                    for i in range(0, len(self.points), 2)
-                ]
-                self.stride *= 2
+            self._close_bucket()
+
+    def add_block(self, times: list[float], used: list[int], runs: list[tuple[int, int | None, dict[str, int]]]) -> None:
+        """Add the points of a block of device samples, with the result :meth:`add` gives them one
+        by one, at a cost per bucket rather than per point.
+
+        ``times[i]`` and ``used[i]`` are a point's time and usage; ``runs`` splits the points into
+        runs that share a step and a breakdown (the samples between two snapshots): ``(end, step,
+        categories)`` covers the points from the previous run's ``end`` up to its own, none empty.
+        A bucket keeps the point of the largest usage (the later one of equal usages), the last
+        known step and the largest of each category, as :func:`_merge` does."""
+        n, i, r = len(times), 0, 0
+        ends = [run[0] for run in runs]
+        while i < n:
+            take = min(self.stride - self._pending_count, n - i)
+            stop = i + take
+            # The last of the largest usages of the bucket's share (max keeps the first of equals,
+            # so it walks the share backwards).
+            j = i if take == 1 else max(range(stop - 1, i - 1, -1), key=used.__getitem__)
+            while ends[r] <= i:
+                r += 1
+            q = r
+            while ends[q] < stop:
+                q += 1
+            step = next((runs[k][1] for k in range(q, r - 1, -1) if runs[k][1] is not None), None)
+            cats = runs[r][2] if q == r else _largest([run[2] for run in runs[r:q + 1]])
+            point = TimelinePoint(t=times[j], step=step, used=used[j], categories=cats)
+            if self._pending is None:
+                self._pending, self._pending_count = point, take
+            else:
+                self._pending = _merge(self._pending, point)
+                self._pending_count += take
+            i = stop
+            if self._pending_count >= self.stride:
+                self._close_bucket()
+
+    def _close_bucket(self) -> None:
+        """Store the filled bucket; when the points reach the capacity, merge them pairwise and double
+        the stride."""
+        self.points.append(self._pending)
+        self._pending, self._pending_count = None, 0
+        if len(self.points) >= self.capacity:
+            self.points = [
+                _merge(self.points[i], self.points[i + 1]) if i + 1 < len(self.points) else self.points[i]
+                for i in range(0, len(self.points), 2)
+            ]
+            self.stride *= 2
 
     def all_points(self) -> list[TimelinePoint]:
         """The stored points plus the bucket still filling."""
@@ -100,14 +140,36 @@ def _merge(a: TimelinePoint, b: TimelinePoint) -> TimelinePoint:
     elif ca == cb:
         cats = cb
     else:
-        cats = _Maxima({k: max(ca.get(k, 0), cb.get(k, 0)) for k in ca.keys() | cb.keys()})
-        sources = [c for part in (ca, cb) for c in (part.covers if type(part) is _Maxima else (part,))]
-        cats.covers = (sources[0], sources[-1])
+        if len(ca) == len(cb) and tuple(ca) == tuple(cb):  # the same names in the same order: the usual case
+            cats = _Maxima(zip(ca, map(max, ca.values(), cb.values()), strict=True))
+        else:
+            cats = _Maxima({k: max(ca.get(k, 0), cb.get(k, 0)) for k in ca.keys() | cb.keys()})
+        cats.covers = (ca.covers[0] if type(ca) is _Maxima else ca, cb.covers[1] if type(cb) is _Maxima else cb)
     keep = b if b.used >= a.used else a
     step = b.step if b.step is not None else a.step
     if keep.categories is cats and keep.step == step:
         return keep  # the merge is that point itself (points are never changed in place)
     return TimelinePoint(t=keep.t, step=step, used=keep.used, categories=cats)
+
+
+def _largest(breakdowns: list[dict[str, int]]) -> dict[str, int]:
+    """Per category the largest of several breakdowns, as merging them in order gives it."""
+    first = breakdowns[0]
+    names = tuple(first)
+    if all(len(c) == len(names) and tuple(c) == names for c in breakdowns):
+        cats = _Maxima(zip(names, map(max, *(c.values() for c in breakdowns)), strict=True))
+        cats.covers = (first, breakdowns[-1])
+        return cats
+    point = TimelinePoint(t=0.0, step=None, used=0, categories=first)
+    for other in breakdowns[1:]:
+        point = _merge(point, TimelinePoint(t=0.0, step=None, used=0, categories=other))
+    return point.categories
+
+
+def timeline_categories(categories: dict[str, int | None] | None) -> dict[str, int]:
+    """The copy of a snapshot's breakdown that timeline points carry: the known figures (a ``null``
+    category, a figure the run did not know, is left out)."""
+    return {k: v for k, v in categories.items() if v is not None} if categories else {}
 
 
 def sample_used(sample: dict[str, Any]) -> int | None:
@@ -190,6 +252,131 @@ class RunState:
         for event in events:
             self.apply(event)
 
+    def apply_typed(self, events: list[Any], block: str) -> None:
+        """Fold a block of samples and snapshots decoded as structs
+        (:func:`ftwatch.runlog.typed_events.decode_block`) from the lines of ``block``, with the state
+        :meth:`apply` gives their event dicts one by one (``tests/runlog/test_typed_fold.py`` holds
+        the two to each other).
+
+        The samples only gather their times and usages here, the snapshots their breakdowns: the
+        timeline, the peaks and the phase take them as a whole (:meth:`Timeline.add_block`,
+        :meth:`_fold_typed_snapshots`). Only the block's last sample and snapshot become event
+        dicts (``last_sample``, ``last_snapshot``)."""
+        if not events:
+            return
+        if self.first_t is None:
+            self.first_t = events[0].t
+        last_t, sample_type = self.last_t, SampleEvent
+        samples, peak_rss, step = self.samples, self.peak_rss, self.step
+        timeline_step = step if self.snapshots else None
+        cats = self._timeline_cats(self.last_snapshot)
+        times: list[float] = []
+        used_list: list[int] = []
+        runs: list[tuple[int, int | None, dict[str, int]]] = []
+        snapshots: list[tuple[float, int, Any, dict[str, int]]] = []
+        last_sample = -1
+        for position, event in enumerate(events):
+            t = event.t
+            if last_t is not None and t < last_t:
+                t = last_t  # time never runs backwards in the fold (the event keeps its own)
+            last_t = t
+            if event.__class__ is sample_type:
+                samples += 1
+                last_sample = position
+                rss = event.rss
+                if rss is not None and rss > peak_rss:
+                    peak_rss = rss
+                nvml = event.nvml
+                used = nvml.process if nvml is not None else None
+                if used is None:
+                    cuda = event.cuda
+                    used = cuda.reserved if cuda is not None and cuda.reserved is not None else rss
+                if used is not None:
+                    times.append(t)
+                    used_list.append(used)
+                continue
+            runs.append((len(times), timeline_step, cats))
+            cats = event.categories
+            if not cats:
+                cats = {}
+            elif None in cats.values():
+                cats = timeline_categories(cats)
+            snapshots.append((t, position, event, cats))
+            if event.step is not None:
+                step = event.step
+            timeline_step = step
+        runs.append((len(times), timeline_step, cats))
+        # A run without samples (two snapshots in a row) gives the timeline no point.
+        runs = [run for k, run in enumerate(runs) if run[0] > (runs[k - 1][0] if k else 0)]
+        self.samples, self.peak_rss, self.last_t = samples, peak_rss, last_t
+        if snapshots:
+            self._fold_typed_snapshots(snapshots, block, len(events))
+        if used_list:
+            self._add_samples(times, used_list, runs)
+        if last_sample >= 0:
+            self.last_sample = line_event(block, last_sample, len(events))
+        if snapshots:
+            self._cats_cache = (self.last_snapshot, cats)
+
+    def _add_samples(self, times: list[float], used: list[int], runs: list[tuple[int, int | None, dict[str, int]]]) -> None:
+        """The device samples of a block: the peaks, the phase's usage, the timeline."""
+        top = max(used)
+        if self.is_cuda:
+            self.peak_total = max(self.peak_total, top)
+        if self.phases:
+            current = self.phases[-1]
+            current.peak_used = top if current.peak_used is None else max(current.peak_used, top)
+            current.end_used = used[-1]
+        self.timeline.add_block(times, used, runs)
+
+    def _fold_typed_snapshots(self, snapshots: list[tuple[float, int, Any, dict[str, int]]], block: str,
+                              count: int) -> None:
+        """The snapshot structs of a block of ``count`` events ``(time, position, struct, breakdown
+        without nulls)``, as :meth:`_on_snapshot` folds their dicts one by one."""
+        self.snapshots += len(snapshots)
+        step_times, loss, tensor_peak_at = self._step_times, self.loss, -1
+        for t, position, event, _ in snapshots:
+            step = event.step
+            if step is not None:
+                self.step = step
+                step_times.append((t, step))
+            if event.loss is not None:
+                loss = event.loss
+            peak = event.tensor_peak
+            if peak is not None:
+                tensor_peak_at = position
+                if self.tensor_peak is None or peak > self.tensor_peak:
+                    self.tensor_peak = peak
+                    self.tensor_peak_split = dict(event.tensor_peak_split or {})
+                    self.tensor_peak_step = step
+        del step_times[:-20]
+        self.loss = None if loss is None else float(loss)
+        breakdowns = [cats for _, _, _, cats in snapshots]
+        names = tuple(breakdowns[0])
+        peaks = self.peaks
+        if all(len(c) == len(names) and tuple(c) == names for c in breakdowns):
+            columns = list(zip(*(c.values() for c in breakdowns), strict=True)) if names else []
+            for name, column in zip(names, columns, strict=True):
+                top = max(column)
+                old = peaks.get(name)
+                if old is None or top > old:
+                    peaks[name] = top
+            held = [column for name, column in zip(names, columns, strict=True) if name not in NOT_HELD]
+            totals = list(map(sum, zip(*held, strict=True))) if held else [0]
+            self.peak_total = max(self.peak_total, max(totals))
+        else:
+            for cats in breakdowns:
+                for name, value in cats.items():
+                    old = peaks.get(name)
+                    if old is None or value > old:
+                        peaks[name] = value
+                self.peak_total = max(self.peak_total, process_total(cats))
+        last = snapshots[-1][1]
+        self.last_snapshot = line_event(block, last, count)
+        if tensor_peak_at >= 0:
+            self.last_tensor_peak = (self.last_snapshot if tensor_peak_at == last
+                                     else line_event(block, tensor_peak_at, count))
+
     def _on_header(self, event: dict[str, Any], t: float) -> None:
         self.header = event
         if self.notes:  # the worker's ``starting`` note said what the wait was for: it is over
@@ -239,7 +426,7 @@ class RunState:
             return {}
         cached = self._cats_cache
         if cached is None or cached[0] is not snapshot:
-            cached = self._cats_cache = (snapshot, dict(snapshot.get("categories", {})))
+            cached = self._cats_cache = (snapshot, timeline_categories(snapshot.get("categories")))
         return cached[1]
 
     def _on_snapshot(self, event: dict[str, Any], t: float) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ftwatch.runlog import registry
 from ftwatch.runlog.event_reader import EventDecoder, ReadStats, read_events, resolve_log_path
+from ftwatch.runlog.log_fold import fold_log
 from ftwatch.runlog.ranks import MultiLogFollower, RankedRun, read_launch
 from ftwatch.runlog.state import RunState
 from ftwatch.views.headless.report import corrupt_causes, summary_text
@@ -26,12 +27,7 @@ class LogUnreadable(Exception):
 
 def load_state(log: str | os.PathLike[str]) -> tuple[RunState, EventDecoder]:
     """Fold a whole log into a run state; raise ``FileNotFoundError``/``SchemaVersionError`` clearly."""
-    path = resolve_log_path(log)
-    decoder = EventDecoder()
-    state = RunState()
-    for event in read_events(path, decoder):
-        state.apply(event)
-    return state, decoder
+    return fold_log(resolve_log_path(log))
 
 
 def no_events_message(stats: ReadStats) -> str:
