@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from ftwatch.runlog.event_reader import EventDecoder, ReadStats
+from ftwatch.runlog.log_fold import fold_text
 from ftwatch.runlog.state import RunState, Timeline
+from ftwatch.views.dashboard import replay_source
 from ftwatch.views.dashboard.replay_source import LogSource, SkippedLine, line_length, read_line
 
 #: Events between two saved states: bounds the work of a step back.
 CHECKPOINT_EVERY = 5000
+#: Bytes the scan reads at a time (some hundreds of lines).
+SCAN_CHUNK = 1 << 18
 
 
 def clone_state(state: RunState) -> RunState:
@@ -75,6 +79,9 @@ class LogScanner:
         self.checkpoints = [Checkpoint(0, 0, clone_state(self.state))]
         #: Positions (events folded) right after each training step's snapshot.
         self.marks: list[int] = []
+        self._lines = b""  # complete lines read, not folded yet
+        self._partial = b""  # the start of a line whose newline is still to come
+        self._skipped: int | None = None  # inside an over-long line: its bytes so far
 
     @property
     def stats(self) -> ReadStats:
@@ -84,34 +91,103 @@ class LogScanner:
     def advance(self, limit: int) -> int:
         """Read and fold up to ``limit`` more events (the caller holds the feed's lock); returns how many.
 
-        Each event is folded as soon as it is decoded: a batch of decoded events kept alive would
-        only feed the garbage collector.
+        The log is read in chunks and folded a block of lines at a time
+        (:func:`~ftwatch.runlog.log_fold.fold_text`: samples and snapshots typed, the rest line by
+        line). A block ends where a checkpoint falls, so each checkpoint holds the state after
+        exactly a multiple of ``checkpoint_every`` events and the byte offset where they end.
         """
-        decode, readline, apply = self.decoder.decode_line, self.source.readline, self.state.apply
-        every, index, offset = self.every, self.index, self.offset
+        every, index = self.every, self.index
         end = index + limit
         while index < end:
-            line = readline()
-            if not line:
+            if not self._lines and not self._read():
+                index = self._finish(index)
                 self.done = True
                 break
-            offset += line_length(line)
-            if isinstance(line, SkippedLine):
-                self.decoder.count_long_line()
-                continue
-            text = line.decode("utf-8", "replace")
-            event = decode(text) if line[-1:] == b"\n" else self._last_line(text)
-            if event is None:
-                continue
-            apply(event)
-            index += 1
-            if event["kind"] == "snapshot" and event.get("step") is not None:
-                self.marks.append(index)
-            if index % every == 0:
-                self.checkpoints.append(Checkpoint(index, offset, clone_state(self.state)))
-        read, self.index, self.offset = index - self.index, index, offset
+            index = self._fold(self._take(min(every - index % every, end - index)), index)
+        read, self.index = index - self.index, index
         self.source.flush()
         return read
+
+    def _read(self) -> bool:
+        """Read the next chunk into the complete lines to fold; ``False`` at the end of the log.
+
+        The start of a line without its newline yet is kept for the next chunk, up to
+        :data:`~ftwatch.views.dashboard.replay_source.MAX_LINE_BYTES`: a longer line is read past,
+        never held, and counted once its end is found (its bytes still count in the offsets)."""
+        chunk = self.source.read(SCAN_CHUNK)
+        if not chunk:
+            return False
+        if self._skipped is not None:  # inside an over-long line: drop it up to its newline
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                self._skipped += len(chunk)
+                return True
+            self.offset += self._skipped + newline + 1
+            self._skipped = None
+            self.decoder.count_long_line()
+            chunk = chunk[newline + 1:]
+        data = self._partial + chunk if self._partial else chunk
+        cut = data.rfind(b"\n") + 1
+        self._lines, self._partial = data[:cut], data[cut:]
+        if len(self._partial) >= replay_source.MAX_LINE_BYTES:
+            self._skipped, self._partial = len(self._partial), b""
+        if len(self._lines) > replay_source.MAX_LINE_BYTES:  # it may hold an over-long line whole
+            self._lines = self._blank_long_lines(self._lines)
+        return True
+
+    def _blank_long_lines(self, lines: bytes) -> bytes:
+        """``lines`` with each line over the bound counted and made blank (as many bytes, so the
+        offsets stay true; a blank line is no event)."""
+        parts = lines.split(b"\n")
+        for k, part in enumerate(parts):
+            if len(part) + 1 > replay_source.MAX_LINE_BYTES:
+                parts[k] = b" " * len(part)
+                self.decoder.count_long_line()
+        return b"\n".join(parts)
+
+    def _take(self, lines: int) -> bytes:
+        """The first ``lines`` complete lines read (all there are, if fewer), with their newlines."""
+        held = self._lines
+        if held.count(b"\n") <= lines:
+            self._lines = b""
+            return held
+        cut = -1
+        for _ in range(lines):
+            cut = held.find(b"\n", cut + 1)
+        self._lines = held[cut + 1:]
+        return held[:cut + 1]
+
+    def _fold(self, lines: bytes, index: int) -> int:
+        """Fold complete lines; a checkpoint when the events folded reach a multiple of the spacing."""
+        folded = fold_text(lines[:-1].decode("utf-8", "replace"), self.state, self.decoder, self.marks, index)
+        self.offset += len(lines)
+        index += folded
+        if folded and index % self.every == 0:
+            self.checkpoints.append(Checkpoint(index, self.offset, clone_state(self.state)))
+        return index
+
+    def _finish(self, index: int) -> int:
+        """The end of the log: an over-long last line counted, a last line without its newline folded
+        (an event if it parses, else a truncated tail)."""
+        if self._skipped is not None:
+            self.offset += self._skipped
+            self._skipped = None
+            self.decoder.count_long_line()
+            return index
+        rest, self._partial = self._partial, b""
+        if not rest:
+            return index
+        event = self._last_line(rest.decode("utf-8", "replace"))
+        self.offset += len(rest)
+        if event is None:
+            return index
+        self.state.apply(event)
+        index += 1
+        if event["kind"] == "snapshot" and event.get("step") is not None:
+            self.marks.append(index)
+        if index % self.every == 0:
+            self.checkpoints.append(Checkpoint(index, self.offset, clone_state(self.state)))
+        return index
 
     def _last_line(self, text: str) -> dict[str, Any] | None:
         """A last line without its newline: an event if it parses, else a truncated tail."""

@@ -100,6 +100,13 @@ class LogSource:
         an over-long one as a :class:`SkippedLine`."""
         return read_line(self._stream, self._spool)
 
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` more bytes of the log (``b""`` at its end)."""
+        data = self._stream.read(size)
+        if self._spool is not None and data:
+            self._spool.write(data)
+        return data
+
     def flush(self) -> None:
         """Make what was read so far readable through :attr:`reader`."""
         if self._spool is not None:
