@@ -1,7 +1,7 @@
 """The ``ftwatch`` command line: one module per command under ``ftwatch.commands``.
 
-Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``main(args) -> int``. Usage errors exit 2 with one clear line and no traceback: argparse's own
+Each command module defines ``add_arguments(parser)`` and ``main(args) -> int``; its one line of
+help is in :data:`COMMANDS`. Usage errors exit 2 with one clear line and no traceback: argparse's own
 errors too (:class:`Parser`), each naming the command and the option, e.g.
 ``ftwatch estimate: --gpu-memory: expected one argument (ftwatch estimate --help)``.
 """
@@ -20,16 +20,18 @@ from ftwatch.common.config_errors import ConfigError
 from ftwatch.common.safe_text import safe
 from ftwatch.version import __version__
 
-#: Command name -> module under ftwatch.commands.
-COMMANDS: dict[str, str] = {
-    "run": "run",
-    "replay": "replay",
-    "attach": "attach",
-    "ls": "ls",
-    "estimate": "estimate",
-    "fit": "fit",
-    "explain": "explain",
-    "example": "example",
+#: Command name -> (module under ftwatch.commands, its one line of help). Only the module of the
+#: command being run is imported: each command starts without the others' imports.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run",
+            "start a LoRA fine-tune from a TOML config (or any Python training command after --) and watch its memory"),
+    "replay": ("replay", "replay a recorded run log (events.jsonl or its run directory)"),
+    "attach": ("attach", "watch a run that is already going, by PID or run directory"),
+    "ls": ("ls", "list the monitored runs on this machine"),
+    "estimate": ("estimate", "predict a config's memory before loading it, and what to change if it will not fit"),
+    "fit": ("fit", "find the micro-batch (and, if needed, the changes) with which a config fits, before loading it"),
+    "explain": ("explain", "explain a CUDA out-of-memory message (from FILE, or pasted on stdin)"),
+    "example": ("example", "write a tiny model, its data and a config to try ftwatch on (nothing to download)"),
 }
 
 #: A value that starts with a dash and then a digit or a point (``-5GiB``, ``-0.5``, ``-3``) is an
@@ -81,8 +83,11 @@ def usage_message(message: str) -> str:
     return message
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every command registered."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every command registered; only the command that ``argv`` names (its
+    first word that is no option) gets its module imported and its options (the others' parsers
+    are never reached: argparse parses one command)."""
+    chosen = next((word for word in (argv or ()) if not word.startswith("-")), None)
     parser = Parser(
         prog="ftwatch",
         description="Watch the GPU memory of a LoRA fine-tune, and warn before it runs out.",
@@ -90,11 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ftwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands: dict[str, argparse.ArgumentParser] = {}
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"ftwatch.commands.{module_name}")
-        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(cmd)
-        cmd.set_defaults(_module=module)
+    for name, (module_name, help_line) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_line, description=help_line)
+        if name == chosen:
+            module = importlib.import_module(f"ftwatch.commands.{module_name}")
+            module.add_arguments(cmd)
+            cmd.set_defaults(_module=module)
         commands[name] = cmd
     parser.set_defaults(_commands=commands)
     return parser
@@ -135,9 +141,10 @@ def _quiet_optional_kernel_warning() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ftwatch`` console script."""
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words)
     try:
-        args = _parse(parser, argv)
+        args = _parse(parser, words)
     except SystemExit as exc:  # a usage error (printed), --help or --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if not getattr(args, "command", None):

@@ -32,7 +32,6 @@ from ftwatch.views.headless.report import ranks_summary_text, summary_text
 if TYPE_CHECKING:
     from ftwatch.views.exporters.prometheus import MetricsServer
 
-HELP = "watch a run that is already going, by PID or run directory"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

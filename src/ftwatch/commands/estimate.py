@@ -30,8 +30,6 @@ from ftwatch.common.safe_text import safe
 from ftwatch.common.units import format_bytes, parse_size
 from ftwatch.training.config_checks import check_config
 
-HELP = "predict a config's memory before loading it, and what to change if it will not fit"
-
 _VERDICT_TEXT = {"fits": "fits", "tight": "TIGHT", "does_not_fit": "DOES NOT FIT"}
 _PHASE_TEXT = {"loading_model": "while loading the model", "training": "during training"}
 #: How each capacity source is named in the text output (shared with `ftwatch fit`).

@@ -23,7 +23,6 @@ from ftwatch.common.safe_text import safe
 if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11+; the package supports 3.10
     from importlib.resources.abc import Traversable
 
-HELP = "write a tiny model, its data and a config to try ftwatch on (nothing to download)"
 
 #: Where the example lies inside the installed package.
 PACKAGE_DIR = "bundled_example"

@@ -27,8 +27,6 @@ from ftwatch.commands.usage import EXIT_OK, EXIT_USAGE, UsageError
 from ftwatch.common.safe_text import safe
 from ftwatch.common.units import format_bytes
 
-HELP = "explain a CUDA out-of-memory message (from FILE, or pasted on stdin)"
-
 # Input larger than this is read only up to here: an OOM message is short, a log may not be.
 _MAX_READ = 64 * 1024 * 1024
 

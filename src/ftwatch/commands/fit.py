@@ -30,7 +30,6 @@ from ftwatch.training.config_checks import check_config
 #: The share of the capacity kept free at the peak unless ``--headroom`` says otherwise.
 DEFAULT_HEADROOM = 0.10
 
-HELP = "find the micro-batch (and, if needed, the changes) with which a config fits, before loading it"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

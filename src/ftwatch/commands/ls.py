@@ -19,7 +19,6 @@ from ftwatch.runlog.events import EVENTS_FILE
 from ftwatch.runlog.ranks import find_rank_dirs, is_multi_rank_dir, run_key
 from ftwatch.runlog.state import RunState, sample_used
 
-HELP = "list the monitored runs on this machine"
 TAIL_BYTES = 256 * 1024
 
 

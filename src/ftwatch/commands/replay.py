@@ -51,8 +51,6 @@ from ftwatch.views.headless.replay_report import (
 )
 from ftwatch.views.headless.report import ranks_summary_text
 
-HELP = "replay a recorded run log (events.jsonl or its run directory)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ftwatch replay``."""

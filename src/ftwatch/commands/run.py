@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from ftwatch.common.config import Config
     from ftwatch.views.exporters.prometheus import MetricsServer
 
-HELP = "start a LoRA fine-tune from a TOML config (or any Python training command after --) and watch its memory"
 
 #: The one usage line of ``ftwatch run`` given neither a config nor a command.
 USAGE = "give a config or a command: ftwatch run CONFIG, or ftwatch run [OPTIONS] -- python train.py ..."

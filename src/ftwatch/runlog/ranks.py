@@ -25,8 +25,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from ftwatch.runlog.event_reader import ReadStats
 from ftwatch.runlog.events import EVENTS_FILE
 from ftwatch.runlog.occupancy import risk_level, used_fraction
@@ -253,6 +251,8 @@ def process_alive(pid: int | None, started: float | None = None) -> bool:
     """True while ``pid`` runs (a zombie has ended; a reused pid started after ``started`` is not it)."""
     if not pid:
         return False
+    import psutil  # imported here: a replay of a finished run never needs it
+
     try:
         process = psutil.Process(int(pid))
         if process.status() == psutil.STATUS_ZOMBIE:
@@ -296,6 +296,8 @@ def run_key(run_dir: str | os.PathLike[str]) -> Path:
 
 def launcher_of(pid: int) -> int | None:
     """The ``torchrun`` launcher a rank process runs under (its parent), if it is one."""
+    import psutil
+
     try:
         parent = psutil.Process(pid).parent()
         command = " ".join(parent.cmdline()) if parent is not None else ""
