@@ -55,10 +55,10 @@ def measure_copies(cfg: Config, model_config: Any, device: str, batch: int, seq_
     Raises :class:`CannotBuild` (one line) when a copy cannot be built or trained."""
     copies = []
     for depth in copy_depths(model_config):
+        model = build_truncated_model(cfg, model_config, depth, device)  # a config that cannot build: no progress line
         if progress is not None:
             progress(f"calibrating: training a {depth}-layer copy ({STEPS} steps of {batch} x {seq_len} tokens "
                      f"on {device})")
-        model = build_truncated_model(cfg, model_config, depth, device)
         try:
             figures = run_measured_steps(cfg, model, device, STEPS, batch, seq_len)
         except Exception as exc:
