@@ -7,7 +7,9 @@ more room" when the run fits). The device it estimates for: ``--device``, else C
 visible or ``--gpu-memory`` is given, else the CPU; the output says which and why. Without packing
 the data's lengths are scanned and the longest batch priced (:mod:`ftwatch.training.longest_batch`).
 ``--json`` prints one object (see :meth:`Estimate.to_json`, plus ``device``, ``suggestions_optional``
-and ``longest_batch``). ``--by-module`` adds the estimate's module tree: a table after the usual
+and ``longest_batch``). ``--calibrate`` also trains copies of the model cut to 1 and 2 layers on
+the target device and extrapolates their measured peaks (:mod:`ftwatch.commands.estimate_calibrate`):
+a section after the table, ``calibrated`` in the JSON, and ``--strict`` judges by its peak. ``--by-module`` adds the estimate's module tree: a table after the usual
 output (blocks, then one row per decoder layer), and ``modules`` in the JSON (the payload of
 :mod:`ftwatch.runlog.module_tree`; ``null`` when the activations come from the formula, which knows
 no modules).
@@ -52,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by-module", action="store_true",
                         help="also attribute the memory to the model's modules (blocks, each decoder layer)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when it does not fit")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="also train 1- and 2-layer copies of the model (random weights) for a few real "
+                             "steps on the device, and extrapolate their measured peaks to the full depth")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -75,8 +80,15 @@ def main(args: argparse.Namespace) -> int:
 
     from ftwatch.analysis.advice import estimate_and_advise
 
+    calibrating = bool(getattr(args, "calibrate", False))
+    if calibrating:  # refused before the trace when it cannot be measured at all (quantized, no GPU)
+        from ftwatch.analysis.estimate import inputs_from_config
+        from ftwatch.commands import estimate_calibrate
+
+        estimate_calibrate.check(cfg, inputs_from_config(cfg, on_gpu).model_config, device)
     result = estimate_and_advise(cfg, capacity, on_gpu=on_gpu, capacity_source=source)
     result.notes.extend(notes)
+    calibration = estimate_calibrate.calibrate(cfg, result, device) if calibrating else None
     longest = None if getattr(args, "no_data_scan", False) else longest_batch(cfg, result)
     by_module = bool(getattr(args, "by_module", False))
     if by_module:
@@ -90,13 +102,21 @@ def main(args: argparse.Namespace) -> int:
         data["longest_batch"] = longest.to_json() if longest is not None else None
         if by_module:
             data["modules"] = result.modules
+        if calibration is not None:
+            data["calibrated"] = estimate_calibrate.to_json(result, calibration)
         print(json.dumps(data, indent=2))
     else:
         print(render(cfg, result, device_reason=why, longest=longest))
+        if calibration is not None:
+            print()
+            print("\n".join(estimate_calibrate.render(result, calibration)))
         if by_module:
             print()
             print(render_by_module(result))
-    return 1 if args.strict and result.verdict == "does_not_fit" else 0
+    verdict = result.verdict
+    if calibration is not None:  # --strict judges by the calibrated peak
+        verdict = estimate_calibrate.judge_calibrated(result, calibration)[0]
+    return 1 if args.strict and verdict == "does_not_fit" else 0
 
 
 #: What ``--by-module`` says when the formula stood in for the trace.

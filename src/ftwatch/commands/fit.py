@@ -3,7 +3,8 @@
 Prints what it tried (micro-batch -> estimated peak -> fits), the fixes it needed beyond the
 micro-batch (each with its saving) and the config diff; ``--write OUT.toml`` writes the fitted
 config (the original text, only those keys changed or added; never over an existing file);
-``--json`` prints one object. Capacity as ``ftwatch estimate`` finds it.
+``--json`` prints one object. Capacity as ``ftwatch estimate`` finds it. ``--calibrate`` prices
+the micro-batches with calibrated peaks (:mod:`ftwatch.commands.fit_calibrate`).
 
 Exit status: 0 when a config that fits was found, 1 when none was, 2 for usage errors.
 """
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='share of the capacity kept free at the peak, "10%%" or 0.1 (default 10%%)')
     parser.add_argument("--write", metavar="OUT.toml", help="write the fitted config there (a new file)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="price the micro-batches with calibrated peaks (1- and 2-layer copies trained "
+                             "at two micro-batches on the device; see `ftwatch estimate --calibrate`)")
 
 
 def parse_headroom(text: str) -> float:
@@ -77,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"--write: {out} already exists; fit never overwrites a file (give a new name)")
         if not out.parent.is_dir():
             raise UsageError(f"--write: no such directory: {out.parent}")
-    found = search(cfg, args.gpu_memory, args.device, headroom)
+    found = search(cfg, args.gpu_memory, args.device, headroom, calibrate=bool(getattr(args, "calibrate", False)))
     result, source, device, why = found.result, found.source, found.device, found.why
     if out is not None and not result.fitted:
         result.notes.append(f"nothing written to {out}: no config that fits was found")
@@ -89,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
                                 "([model] name, [data] path) now resolve from its own directory")
     if args.json:
         print(json.dumps({**result.to_json(), "capacity_source": source, "device": {"type": device, "reason": why},
+                          "calibrated": bool(getattr(args, "calibrate", False)),
                           "diff": [{"old": o, "new": n} for o, n in diff],
                           "written": str(out) if out is not None and result.fitted and fitted_text else None},
                          indent=2))
@@ -112,9 +117,10 @@ class Found:
 
 
 def search(cfg: Config, gpu_memory: str | None, device: str | None, headroom: float,
-           extra: Sequence[Setting] = ()) -> Found:
+           extra: Sequence[Setting] = (), calibrate: bool = False) -> Found:
     """Check the config, find the capacity, search the fit and rewrite the config's text with it
-    (``extra`` settings written too, not shown in the diff). Usage errors raise :class:`UsageError`."""
+    (``extra`` settings written too, not shown in the diff). ``calibrate``: price the trials with
+    calibrated peaks (:mod:`ftwatch.commands.fit_calibrate`). Usage errors raise :class:`UsageError`."""
     notes = check_config(cfg, "estimate")
     device, why = choose_device(cfg, gpu_memory, device)
     capacity, source, on_gpu = resolve_capacity(cfg, gpu_memory, device=device)
@@ -125,10 +131,20 @@ def search(cfg: Config, gpu_memory: str | None, device: str | None, headroom: fl
     from ftwatch.analysis.fit import fit
 
     try:
-        result = fit(inputs_from_config(cfg, on_gpu), capacity, headroom)
+        inputs = inputs_from_config(cfg, on_gpu)
+        estimator = None
+        if calibrate:
+            from ftwatch.commands import estimate_calibrate
+            from ftwatch.commands.fit_calibrate import CalibratedEstimator
+
+            estimate_calibrate.check(cfg, inputs.model_config, device)
+            estimator = CalibratedEstimator(cfg, inputs, device)
+        result = fit(inputs, capacity, headroom, estimator=estimator)
     except ConfigError as exc:
         raise ConfigError(cfg.path, exc.message) from None
     result.notes.extend(notes)
+    if estimator is not None:
+        result.notes.extend(estimator.notes())
     text = cfg.path.read_text(encoding="utf-8")
     try:
         fitted_text, diff = edit(text, [*result.settings, *extra])

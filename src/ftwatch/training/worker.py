@@ -221,8 +221,9 @@ class Training:
     @property
     def checkpointing(self) -> bool:
         """Whether the config turns on activation (gradient) checkpointing, under either name."""
-        t = self.cfg.training
-        return bool(t.get("gradient_checkpointing") or t.get("activation_checkpointing"))
+        from ftwatch.training.adapters import checkpointing_of
+
+        return checkpointing_of(self.cfg)
 
     def diagnose(self, exc: BaseException) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
         """Figures and fixes for an out-of-memory error (``None``s for any other failure).
@@ -301,17 +302,10 @@ class Training:
 
     def apply_lora(self, model: Any) -> Any:
         """Phase ``applying_lora``: wrap the model with peft adapters."""
-        from peft import get_peft_model, prepare_model_for_kbit_training
-
-        from ftwatch.training.library_config import build_lora_config
+        from ftwatch.training.adapters import add_adapters
 
         self.probe.phase("applying_lora")
-        checkpointing = self.checkpointing
-        if self.cfg.model.load_in_4bit or self.cfg.model.load_in_8bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-        elif checkpointing:
-            model.enable_input_require_grads()
-        model = _without_peft_alias_warning(model, lambda: get_peft_model(model, build_lora_config(self.cfg)))
+        model = add_adapters(model, self.cfg)
         self.probe.attach_model(model)
         self.probe.snapshot()
         return model
@@ -356,23 +350,6 @@ class Training:
         finally:
             self.stop.in_training = False
             self.step = trainer.state.global_step
-
-
-#: transformers 5 renamed ``is_gradient_checkpointing`` (a FutureWarning on each read); peft reads the
-#: old name once in ``PeftModel.__init__`` (peft 0.21, ``peft_model.py``). ftwatch itself uses neither.
-_PEFT_ALIAS_WARNING = r"`is_gradient_checkpointing` is deprecated"
-
-
-def _without_peft_alias_warning(model: Any, wrap: Any) -> Any:
-    """``wrap()`` (peft's ``get_peft_model``) without the FutureWarning of peft's own read of the
-    deprecated alias, when the model has the new name; every other warning goes through."""
-    if not hasattr(type(model), "is_activation_checkpointing"):
-        return wrap()
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_PEFT_ALIAS_WARNING, category=FutureWarning)
-        return wrap()
 
 
 if __name__ == "__main__":
