@@ -151,7 +151,7 @@ def typed_share(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     folded: list[int] = []
     original = RunState.apply_typed
 
-    def spy(self: RunState, events: list[Any], block: str) -> None:
+    def spy(self: RunState, events: list[Any], block: bytes) -> None:
         folded.append(len(events))
         original(self, events, block)
 
@@ -168,7 +168,7 @@ def test_a_clean_log_folds_the_same_and_through_the_blocks(tmp_path: Path, seed:
     for capacity, chunk in ((2048, 1 << 18), (16, 4096), (5, 777)):  # compactions; chunks cut mid-line
         expected, reference = _line_by_line(log, capacity)
         typed_share.clear()
-        state, decoder = fold_log(log, RunState(timeline_capacity=capacity), chunk_chars=chunk)
+        state, decoder = fold_log(log, RunState(timeline_capacity=capacity), chunk_bytes=chunk)
         assert _view(state) == _view(expected)
         assert decoder.stats == reference.stats
         assert sum(typed_share) > 0.9 * reference.stats.events
@@ -180,7 +180,7 @@ def test_a_damaged_log_folds_the_same(tmp_path: Path, seed: int) -> None:
     _write_log(log, 100 + seed, "cuda", damage=True)
     for capacity, chunk in ((2048, 1 << 18), (8, 3000)):
         expected, reference = _line_by_line(log, capacity)
-        state, decoder = fold_log(log, RunState(timeline_capacity=capacity), chunk_chars=chunk)
+        state, decoder = fold_log(log, RunState(timeline_capacity=capacity), chunk_bytes=chunk)
         assert _view(state) == _view(expected)
         assert decoder.stats == reference.stats
 
@@ -194,6 +194,25 @@ def test_each_damaged_line_counts_as_the_ordinary_reader_counts_it(tmp_path: Pat
     log.write_text("\n".join(text))
     expected, reference = _line_by_line(log, 2048)
     state, decoder = fold_log(log)
+    assert _view(state) == _view(expected)
+    assert decoder.stats == reference.stats
+
+
+def test_a_blank_line_and_a_line_of_two_events_in_one_block_read_as_the_ordinary_reader_reads_them(
+        tmp_path: Path) -> None:
+    """The one shape a count of lines against events could miss: one line too few (blank) and one
+    too many (two events on it)."""
+    log = tmp_path / "events.jsonl"
+    _write_log(log, 9, "cuda", damage=False, steps=30)
+    text = log.read_text().split("\n")
+    at = len(text) // 2
+    two = text[at] + text[at + 1]
+    assert '"kind":"sample"' in text[at] and '"kind":"sample"' in text[at + 1]
+    text[at:at + 2] = ["", two, ""]
+    log.write_text("\n".join(text))
+    expected, reference = _line_by_line(log, 2048)
+    state, decoder = fold_log(log)
+    assert reference.stats.corrupt_lines == 1
     assert _view(state) == _view(expected)
     assert decoder.stats == reference.stats
 

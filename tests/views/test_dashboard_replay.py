@@ -165,7 +165,7 @@ def test_an_over_long_line_is_read_past_not_held_and_positions_stay_true(tmp_pat
     monkeypatch.setattr(replay, "read_line", spy)
     while not scanner.done:
         scanner.advance(30)
-        held.append(len(scanner._partial))  # the scan's start of a line still to end
+        held.append(len(scanner._chunks._partial))  # the scan's start of a line still to end
     assert scanner.index == len(events) and max(held) <= 4096
     assert (scanner.stats.long_lines, scanner.stats.corrupt_lines) == (1, 1)
     for target in (39, 40, 41, len(events)):

@@ -36,9 +36,6 @@ from ftwatch.common.safe_text import safe
 from ftwatch.runlog.event_reader import SchemaVersionError, resolve_log_path
 from ftwatch.runlog.ranks import RankedRun, find_rank_dirs, is_multi_rank_dir
 from ftwatch.runlog.state import RunState
-from ftwatch.views.dashboard.replay_plot import _isatty, plot_size, plot_text, print_plot
-from ftwatch.views.headless.modules_table import no_modules_reason, render_modules_table
-from ftwatch.views.headless.replay_csv import print_csv, print_csv_ranks
 from ftwatch.views.headless.replay_report import (
     LogUnreadable,
     _no_exit_message,
@@ -112,9 +109,13 @@ def main(args: argparse.Namespace) -> int:
         path = resolve_log_path(args.log)
         if getattr(args, "modules", False):
             return print_modules(path, sys.stdout)
-        if args.csv:
+        if args.csv:  # (each output's view is imported when it is asked for: a replay starts light)
+            from ftwatch.views.headless.replay_csv import print_csv
+
             return print_csv(path, sys.stdout)
         if args.plot:
+            from ftwatch.views.dashboard.replay_plot import print_plot
+
             return print_plot(path, sys.stdout)
         if not (args.headless or args.json) and sys.stdout.isatty() and sys.stdin.isatty():
             first = first_event(path)
@@ -143,6 +144,8 @@ def print_modules(path: Path, out: Any) -> int:
 
 
 def _write_modules(state: RunState, out: Any) -> int:
+    from ftwatch.views.headless.modules_table import no_modules_reason, render_modules_table
+
     payload = getattr(state, "modules", None)
     if not isinstance(payload, dict) or not payload:
         reason = no_modules_reason(state.header, state.step, True)
@@ -172,6 +175,8 @@ def _show_dashboard(path: Path, speed: float | str, first: dict[str, Any]) -> bo
 def replay_ranks(run_dir: Path, args: argparse.Namespace) -> int:
     """``replay`` of a multi-process run directory: every rank (see the module's docstring)."""
     if args.csv:
+        from ftwatch.views.headless.replay_csv import print_csv_ranks
+
         return print_csv_ranks(run_dir, sys.stdout)
     run, stats = load_ranks(run_dir)
     if stats.events == 0:
@@ -184,6 +189,8 @@ def replay_ranks(run_dir: Path, args: argparse.Namespace) -> int:
         sys.stdout.write(f"rank {worst} (the worst of {len(run.ranks)}; --rank N for another)\n")
         return _write_modules(run.ranks[worst], sys.stdout)
     if args.plot:
+        from ftwatch.views.dashboard.replay_plot import _isatty, plot_size, plot_text
+
         width, height = plot_size(sys.stdout)
         colour = _isatty(sys.stdout) and not os.environ.get("NO_COLOR")
         sys.stdout.write(f"rank {worst} (the worst of {len(run.ranks)}; --rank N for another)\n")

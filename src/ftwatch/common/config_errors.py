@@ -6,7 +6,6 @@ helpers here quote the user's values safely and suggest the key that was probabl
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,8 @@ _ALIASES: dict[str, dict[str, str]] = {
 
 def _unknown_key(path: Path, section: str, key: str, known: list[str]) -> ConfigError:
     alias = _ALIASES.get(section, {}).get(key)
+    import difflib  # (here: only a misspelt key needs it)
+
     close = [alias] if alias in known else difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f' (did you mean "{close[0]}"?)' if close else ""
     where = f"[{section}].{key}" if section else f"[{key}]"

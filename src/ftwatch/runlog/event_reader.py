@@ -313,6 +313,11 @@ def open_log(path: Path) -> IO[str]:
     Opened without blocking and checked on the open file: a FIFO or device put in the log's place
     after :func:`resolve_log_path` looked raises :class:`NotALogError` instead of hanging.
     """
+    return io.TextIOWrapper(open_log_bytes(path), encoding="utf-8", errors="replace")
+
+
+def open_log_bytes(path: Path) -> IO[bytes]:
+    """:func:`open_log`, for reading bytes (gunzipped)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
@@ -323,9 +328,7 @@ def open_log(path: Path) -> IO[str]:
     except BaseException:
         os.close(fd)
         raise
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(_OwnGzipFile(raw), encoding="utf-8", errors="replace")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+    return _OwnGzipFile(raw) if path.suffix == ".gz" else raw
 
 
 class _OwnGzipFile(gzip.GzipFile):

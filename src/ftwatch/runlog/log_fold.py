@@ -1,7 +1,8 @@
 """A whole log folded into a run state at the speed of its parser: the reads that need no event one by one.
 
 ``replay --headless`` and the module table need the state at the log's end, not each event.
-:func:`fold_log` reads the log in chunks and cuts each into blocks of ``sample`` and ``snapshot``
+:func:`fold_log` reads the log's bytes in chunks (:class:`~ftwatch.runlog.line_chunks.LineChunks`)
+and cuts each into blocks of ``sample`` and ``snapshot``
 lines (nearly all of a long log), which :mod:`ftwatch.runlog.typed_events` decodes and checks in
 one call and :meth:`RunState.apply_typed` folds in runs. Every other line (the header, phases,
 warnings, the exit, and any block the typed decoder leaves) goes through the ordinary
@@ -14,39 +15,37 @@ from __future__ import annotations
 import os
 import re
 
-from ftwatch.runlog.event_reader import MAX_LINE_CHARS, EventDecoder, open_log, resolve_log_path
+from ftwatch.runlog.event_reader import MAX_LINE_CHARS, EventDecoder, open_log_bytes, resolve_log_path
+from ftwatch.runlog.line_chunks import LineChunks
 from ftwatch.runlog.state import RunState
 from ftwatch.runlog.typed_events import AVAILABLE, SnapshotEvent, block_is_plain, decode_block
 
-#: Characters read at a time: blocks of some hundreds of lines decode fastest (fewer objects alive
-#: at once for the garbage collector to walk).
-CHUNK_CHARS = 1 << 18
 #: Where a line of another kind than the block kinds starts its ``kind``, as the writer spells it.
 #: A line it misses (spelt otherwise, or no event at all) fails the block's typed decode, which
 #: then goes line by line.
-_OTHER_KIND = re.compile(r'"kind":"(?!(?:sample|snapshot)")')
+_OTHER_KIND = re.compile(rb'"kind":"(?!(?:sample|snapshot)")')
 
 
 def fold_log(path: str | os.PathLike[str], state: RunState | None = None,
-             decoder: EventDecoder | None = None, chunk_chars: int = CHUNK_CHARS) -> tuple[RunState, EventDecoder]:
+             decoder: EventDecoder | None = None, chunk_bytes: int | None = None) -> tuple[RunState, EventDecoder]:
     """Fold the whole log at ``path`` into ``state`` (a new one by default); returns the state and the
     decoder whose ``stats`` count what was skipped. Raises what :func:`read_events` raises."""
     state = state if state is not None else RunState()
     decoder = decoder if decoder is not None else EventDecoder()
-    with open_log(resolve_log_path(path)) as handle:
-        while True:
-            chunk = handle.read(chunk_chars)
-            if not chunk:
-                break
-            text = decoder.take_lines(chunk)
-            if text is not None:
-                fold_text(text, state, decoder)
+    with open_log_bytes(resolve_log_path(path)) as stream:
+        chunks = LineChunks(stream, decoder) if chunk_bytes is None else LineChunks(stream, decoder, chunk_bytes)
+        while (lines := chunks.next_lines()) is not None:
+            if lines:
+                fold_text(lines[:-1], state, decoder)
+        tail = chunks.tail()
+    if tail:
+        decoder.feed(tail.decode("utf-8", "replace"))
     for event in decoder.finish():
         state.apply(event)
     return state, decoder
 
 
-def fold_text(text: str, state: RunState, decoder: EventDecoder, marks: list[int] | None = None,
+def fold_text(text: bytes, state: RunState, decoder: EventDecoder, marks: list[int] | None = None,
               base: int = 0) -> int:
     """Fold complete lines (``text`` without its last newline): blocks of samples and snapshots
     typed, the lines between them one by one. Returns how many events it folded; with ``marks``,
@@ -61,10 +60,10 @@ def fold_text(text: str, state: RunState, decoder: EventDecoder, marks: list[int
         return folded
     start, count = 0, 0
     for match in _OTHER_KIND.finditer(text):
-        line_start = text.rfind("\n", 0, match.start()) + 1
+        line_start = text.rfind(b"\n", 0, match.start()) + 1
         if line_start < start:  # a second match on a line already read
             continue
-        line_end = text.find("\n", match.end())
+        line_end = text.find(b"\n", match.end())
         line_end = len(text) if line_end < 0 else line_end
         if line_start > start:
             count += _fold_block(text[start:line_start - 1], state, decoder, marks, base + count)
@@ -75,7 +74,7 @@ def fold_text(text: str, state: RunState, decoder: EventDecoder, marks: list[int
     return count
 
 
-def _fold_block(block: str, state: RunState, decoder: EventDecoder, marks: list[int] | None, base: int,
+def _fold_block(block: bytes, state: RunState, decoder: EventDecoder, marks: list[int] | None, base: int,
                 whole: bool = False) -> int | None:
     """A block typed, else line by line (``whole``: else ``None``, and nothing folded)."""
     events = decode_block(block) if block_is_plain(block, MAX_LINE_CHARS) else None
@@ -90,9 +89,9 @@ def _fold_block(block: str, state: RunState, decoder: EventDecoder, marks: list[
     return len(events)
 
 
-def _fold_lines(text: str, state: RunState, decoder: EventDecoder, marks: list[int] | None, base: int) -> int:
+def _fold_lines(text: bytes, state: RunState, decoder: EventDecoder, marks: list[int] | None, base: int) -> int:
     decode, apply, count = decoder.decode_line, state.apply, 0
-    for line in text.split("\n"):
+    for line in text.decode("utf-8", "replace").split("\n"):
         event = decode(line)
         if event is not None:
             apply(event)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import secrets
 import stat
 import time
 from pathlib import Path
@@ -129,6 +128,8 @@ def new_run_dir(log_dir: str | os.PathLike[str], name: str) -> Path:
     base = private_dir(log_dir, "log_dir", shared_ok=True)
     stamp = f"{_dir_name(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     numbered = (stamp + (f"-{n}" if n else "") for n in range(SAME_SECOND_NUMBERS))
+    import secrets  # (here: only a new run draws a name)
+
     drawn = (f"{stamp}-{secrets.token_hex(4)}" for _ in range(RANDOM_TRIES))
     for candidate_name in itertools.chain(numbered, drawn):
         candidate = base / candidate_name

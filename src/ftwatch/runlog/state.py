@@ -7,6 +7,7 @@ any length costs the viewer a fixed amount of memory.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +167,11 @@ def _largest(breakdowns: list[dict[str, int]]) -> dict[str, int]:
     return point.categories
 
 
+def _position(events: list[Any], event: Any) -> int:
+    """Where ``event`` is in ``events``, searched from the end (it is usually near it)."""
+    return next(k for k in range(len(events) - 1, -1, -1) if events[k] is event)
+
+
 def timeline_categories(categories: dict[str, int | None] | None) -> dict[str, int]:
     """The copy of a snapshot's breakdown that timeline points carry: the known figures (a ``null``
     category, a figure the run did not know, is left out)."""
@@ -252,7 +258,7 @@ class RunState:
         for event in events:
             self.apply(event)
 
-    def apply_typed(self, events: list[Any], block: str) -> None:
+    def apply_typed(self, events: list[Any], block: bytes) -> None:
         """Fold a block of samples and snapshots decoded as structs
         (:func:`ftwatch.runlog.typed_events.decode_block`) from the lines of ``block``, with the state
         :meth:`apply` gives their event dicts one by one (``tests/runlog/test_typed_fold.py`` holds
@@ -260,29 +266,26 @@ class RunState:
 
         The samples only gather their times and usages here, the snapshots their breakdowns: the
         timeline, the peaks and the phase take them as a whole (:meth:`Timeline.add_block`,
-        :meth:`_fold_typed_snapshots`). Only the block's last sample and snapshot become event
-        dicts (``last_sample``, ``last_snapshot``)."""
+        :meth:`_fold_typed_snapshots`). Only the events the state keeps (the last sample and
+        snapshot) become event dicts, parsed again from their lines."""
         if not events:
             return
         if self.first_t is None:
             self.first_t = events[0].t
-        last_t, sample_type = self.last_t, SampleEvent
-        samples, peak_rss, step = self.samples, self.peak_rss, self.step
+        sample_type, peak_rss, step = SampleEvent, self.peak_rss, self.step
+        clock = self.last_t if self.last_t is not None else -math.inf  # the fold's time: never backwards
         timeline_step = step if self.snapshots else None
         cats = self._timeline_cats(self.last_snapshot)
         times: list[float] = []
         used_list: list[int] = []
+        add_time, add_used = times.append, used_list.append
         runs: list[tuple[int, int | None, dict[str, int]]] = []
-        snapshots: list[tuple[float, int, Any, dict[str, int]]] = []
-        last_sample = -1
-        for position, event in enumerate(events):
+        snapshots: list[tuple[float, Any, dict[str, int]]] = []
+        for event in events:
             t = event.t
-            if last_t is not None and t < last_t:
-                t = last_t  # time never runs backwards in the fold (the event keeps its own)
-            last_t = t
+            if t > clock:
+                clock = t
             if event.__class__ is sample_type:
-                samples += 1
-                last_sample = position
                 rss = event.rss
                 if rss is not None and rss > peak_rss:
                     peak_rss = rss
@@ -292,8 +295,8 @@ class RunState:
                     cuda = event.cuda
                     used = cuda.reserved if cuda is not None and cuda.reserved is not None else rss
                 if used is not None:
-                    times.append(t)
-                    used_list.append(used)
+                    add_time(clock)
+                    add_used(used)
                 continue
             runs.append((len(times), timeline_step, cats))
             cats = event.categories
@@ -301,20 +304,22 @@ class RunState:
                 cats = {}
             elif None in cats.values():
                 cats = timeline_categories(cats)
-            snapshots.append((t, position, event, cats))
+            snapshots.append((clock, event, cats))
             if event.step is not None:
                 step = event.step
             timeline_step = step
         runs.append((len(times), timeline_step, cats))
         # A run without samples (two snapshots in a row) gives the timeline no point.
         runs = [run for k, run in enumerate(runs) if run[0] > (runs[k - 1][0] if k else 0)]
-        self.samples, self.peak_rss, self.last_t = samples, peak_rss, last_t
+        self.samples += len(events) - len(snapshots)
+        self.peak_rss, self.last_t = peak_rss, clock
         if snapshots:
-            self._fold_typed_snapshots(snapshots, block, len(events))
+            self._fold_typed_snapshots(snapshots, events, block)
         if used_list:
             self._add_samples(times, used_list, runs)
-        if last_sample >= 0:
-            self.last_sample = line_event(block, last_sample, len(events))
+        if len(snapshots) < len(events):
+            last = next(k for k in range(len(events) - 1, -1, -1) if events[k].__class__ is sample_type)
+            self.last_sample = line_event(block, last, len(events))
         if snapshots:
             self._cats_cache = (self.last_snapshot, cats)
 
@@ -329,13 +334,13 @@ class RunState:
             current.end_used = used[-1]
         self.timeline.add_block(times, used, runs)
 
-    def _fold_typed_snapshots(self, snapshots: list[tuple[float, int, Any, dict[str, int]]], block: str,
-                              count: int) -> None:
-        """The snapshot structs of a block of ``count`` events ``(time, position, struct, breakdown
-        without nulls)``, as :meth:`_on_snapshot` folds their dicts one by one."""
+    def _fold_typed_snapshots(self, snapshots: list[tuple[float, Any, dict[str, int]]], events: list[Any],
+                              block: bytes) -> None:
+        """The snapshot structs ``(time, struct, breakdown without nulls)`` of a block's ``events``,
+        as :meth:`_on_snapshot` folds their dicts one by one."""
         self.snapshots += len(snapshots)
-        step_times, loss, tensor_peak_at = self._step_times, self.loss, -1
-        for t, position, event, _ in snapshots:
+        step_times, loss, tensor_peak_event = self._step_times, self.loss, None
+        for t, event, _ in snapshots:
             step = event.step
             if step is not None:
                 self.step = step
@@ -344,14 +349,14 @@ class RunState:
                 loss = event.loss
             peak = event.tensor_peak
             if peak is not None:
-                tensor_peak_at = position
+                tensor_peak_event = event
                 if self.tensor_peak is None or peak > self.tensor_peak:
                     self.tensor_peak = peak
                     self.tensor_peak_split = dict(event.tensor_peak_split or {})
                     self.tensor_peak_step = step
         del step_times[:-20]
         self.loss = None if loss is None else float(loss)
-        breakdowns = [cats for _, _, _, cats in snapshots]
+        breakdowns = [cats for _, _, cats in snapshots]
         names = tuple(breakdowns[0])
         peaks = self.peaks
         if all(len(c) == len(names) and tuple(c) == names for c in breakdowns):
@@ -372,10 +377,10 @@ class RunState:
                         peaks[name] = value
                 self.peak_total = max(self.peak_total, process_total(cats))
         last = snapshots[-1][1]
-        self.last_snapshot = line_event(block, last, count)
-        if tensor_peak_at >= 0:
-            self.last_tensor_peak = (self.last_snapshot if tensor_peak_at == last
-                                     else line_event(block, tensor_peak_at, count))
+        self.last_snapshot = line_event(block, _position(events, last), len(events))
+        if tensor_peak_event is not None:
+            self.last_tensor_peak = (self.last_snapshot if tensor_peak_event is last
+                                     else line_event(block, _position(events, tensor_peak_event), len(events)))
 
     def _on_header(self, event: dict[str, Any], t: float) -> None:
         self.header = event

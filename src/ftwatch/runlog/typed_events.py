@@ -22,6 +22,7 @@ import sys
 from typing import Annotated, Any
 
 from ftwatch.runlog.event_fields import INT32_LIMIT, INT64_LIMIT, KIND_FIELDS, OBJECTS, TIME_LIMIT
+from ftwatch.runlog.events import SCHEMA_VERSION
 
 try:
     import msgspec
@@ -33,6 +34,10 @@ AVAILABLE = msgspec is not None
 _FLOAT_MAX = sys.float_info.max
 #: The kinds decoded in blocks: the ones a long log is made of.
 BLOCK_KINDS = ("sample", "snapshot")
+#: How the writer starts every line (:func:`ftwatch.runlog.events.encode_event`); a block whose
+#: lines start otherwise is read line by line.
+LINE_START = b'{"v":%d,"t":' % SCHEMA_VERSION
+_NEXT_LINE_START = b"\n" + LINE_START
 
 
 def _field_types() -> dict[str, Any]:
@@ -85,40 +90,40 @@ else:
     SampleEvent = SnapshotEvent = type(None)
 
 
-def decode_block(block: str) -> list[Any] | None:
+def decode_block(block: bytes) -> list[Any] | None:
     """The events of ``block`` (lines of ``sample`` and ``snapshot`` events, no newline at its end),
     as structs; ``None`` when any line is not exactly one such event that fits the table (the
     block is then for the ordinary decoder, line by line).
 
     The caller makes sure ``block`` holds no control character the reader would make safe and no
     line longer than the reader takes (:func:`block_is_plain`)."""
-    if not AVAILABLE or not block or block[0] != "{":
+    if not AVAILABLE or not block.startswith(LINE_START):
         return None
     try:
         events = _decode_lines(block)
     except _BLOCK_ERRORS:
         return None
-    # A line that starts with "{" gives one event or more (two objects on a line give two), one
-    # that starts otherwise none (blank) or more (" {...}"), or fails. So the events are as many as
-    # the lines starting with "{" exactly when each of those is one event and the rest are blank,
-    # which the reader skips too.
-    return events if len(events) == block.count("\n{") + 1 else None
+    # A line that starts as the writer starts every line gives one event or more (two objects on a
+    # line give two), any other line none (blank) or more (" {...}"), or fails. So the events are
+    # as many as the lines starting so exactly when each of those is one event and the rest are
+    # blank, which the reader skips too. (Counting this long a pattern costs half of counting "\n{".)
+    return events if len(events) == block.count(_NEXT_LINE_START) + 1 else None
 
 
-def block_is_plain(block: str, max_chars: int) -> bool:
+def block_is_plain(block: bytes, max_chars: int) -> bool:
     """True when no line of ``block`` can hold a control character the reader makes safe (no
     backslash escape, no DEL, nothing but ASCII) and no line is over ``max_chars`` (the block is
     not)."""
-    return len(block) <= max_chars and block.isascii() and "\\" not in block and "\x7f" not in block
+    return len(block) <= max_chars and block.isascii() and b"\\" not in block and b"\x7f" not in block
 
 
-def line_event(block: str, index: int, count: int) -> dict[str, Any]:
+def line_event(block: bytes, index: int, count: int) -> dict[str, Any]:
     """The event dict of line ``index`` of a block of ``count`` lines that :func:`decode_block` took,
     exactly as the ordinary decoder gives it (parsed again from its line: a block holds nothing
     the decoder would change)."""
     if index == 0:  # a block starts with its first event
-        return _decode_line(block.split("\n", 1)[0])
-    lines = block.rsplit("\n", count - index)  # the line and those after it, as many as their events...
+        return _decode_line(block.split(b"\n", 1)[0])
+    lines = block.rsplit(b"\n", count - index)  # the line and those after it, as many as their events...
     if any(not line.strip() for line in lines[1:]):  # ...unless a blank line (no event) is among them
-        lines = [""] + [line for line in block.split("\n") if line.strip()][index:]
+        lines = [b""] + [line for line in block.split(b"\n") if line.strip()][index:]
     return _decode_line(lines[1])

@@ -17,7 +17,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ftwatch.runlog import line_chunks
 from ftwatch.runlog.event_reader import EventDecoder, ReadStats
+from ftwatch.runlog.line_chunks import LineChunks
 from ftwatch.runlog.log_fold import fold_text
 from ftwatch.runlog.state import RunState, Timeline
 from ftwatch.views.dashboard import replay_source
@@ -25,8 +27,8 @@ from ftwatch.views.dashboard.replay_source import LogSource, SkippedLine, line_l
 
 #: Events between two saved states: bounds the work of a step back.
 CHECKPOINT_EVERY = 5000
-#: Bytes the scan reads at a time (some hundreds of lines).
-SCAN_CHUNK = 1 << 18
+#: Bytes the scan reads at a time.
+SCAN_CHUNK = line_chunks.CHUNK_BYTES
 
 
 def clone_state(state: RunState) -> RunState:
@@ -79,9 +81,8 @@ class LogScanner:
         self.checkpoints = [Checkpoint(0, 0, clone_state(self.state))]
         #: Positions (events folded) right after each training step's snapshot.
         self.marks: list[int] = []
+        self._chunks = LineChunks(source, self.decoder, SCAN_CHUNK, replay_source.MAX_LINE_BYTES)
         self._lines = b""  # complete lines read, not folded yet
-        self._partial = b""  # the start of a line whose newline is still to come
-        self._skipped: int | None = None  # inside an over-long line: its bytes so far
 
     @property
     def stats(self) -> ReadStats:
@@ -91,7 +92,8 @@ class LogScanner:
     def advance(self, limit: int) -> int:
         """Read and fold up to ``limit`` more events (the caller holds the feed's lock); returns how many.
 
-        The log is read in chunks and folded a block of lines at a time
+        The log is read in chunks (:class:`~ftwatch.runlog.line_chunks.LineChunks`, which reads
+        past over-long lines) and folded a block of lines at a time
         (:func:`~ftwatch.runlog.log_fold.fold_text`: samples and snapshots typed, the rest line by
         line). A block ends where a checkpoint falls, so each checkpoint holds the state after
         exactly a multiple of ``checkpoint_every`` events and the byte offset where they end.
@@ -109,41 +111,12 @@ class LogScanner:
         return read
 
     def _read(self) -> bool:
-        """Read the next chunk into the complete lines to fold; ``False`` at the end of the log.
-
-        The start of a line without its newline yet is kept for the next chunk, up to
-        :data:`~ftwatch.views.dashboard.replay_source.MAX_LINE_BYTES`: a longer line is read past,
-        never held, and counted once its end is found (its bytes still count in the offsets)."""
-        chunk = self.source.read(SCAN_CHUNK)
-        if not chunk:
+        """Read the next complete lines to fold; ``False`` at the end of the log."""
+        lines = self._chunks.next_lines()
+        if lines is None:
             return False
-        if self._skipped is not None:  # inside an over-long line: drop it up to its newline
-            newline = chunk.find(b"\n")
-            if newline < 0:
-                self._skipped += len(chunk)
-                return True
-            self.offset += self._skipped + newline + 1
-            self._skipped = None
-            self.decoder.count_long_line()
-            chunk = chunk[newline + 1:]
-        data = self._partial + chunk if self._partial else chunk
-        cut = data.rfind(b"\n") + 1
-        self._lines, self._partial = data[:cut], data[cut:]
-        if len(self._partial) >= replay_source.MAX_LINE_BYTES:
-            self._skipped, self._partial = len(self._partial), b""
-        if len(self._lines) > replay_source.MAX_LINE_BYTES:  # it may hold an over-long line whole
-            self._lines = self._blank_long_lines(self._lines)
+        self._lines = lines
         return True
-
-    def _blank_long_lines(self, lines: bytes) -> bytes:
-        """``lines`` with each line over the bound counted and made blank (as many bytes, so the
-        offsets stay true; a blank line is no event)."""
-        parts = lines.split(b"\n")
-        for k, part in enumerate(parts):
-            if len(part) + 1 > replay_source.MAX_LINE_BYTES:
-                parts[k] = b" " * len(part)
-                self.decoder.count_long_line()
-        return b"\n".join(parts)
 
     def _take(self, lines: int) -> bytes:
         """The first ``lines`` complete lines read (all there are, if fewer), with their newlines."""
@@ -159,26 +132,21 @@ class LogScanner:
 
     def _fold(self, lines: bytes, index: int) -> int:
         """Fold complete lines; a checkpoint when the events folded reach a multiple of the spacing."""
-        folded = fold_text(lines[:-1].decode("utf-8", "replace"), self.state, self.decoder, self.marks, index)
-        self.offset += len(lines)
+        folded = fold_text(lines[:-1], self.state, self.decoder, self.marks, index) if lines else 0
+        self.offset = self._chunks.consumed - len(self._lines)
         index += folded
         if folded and index % self.every == 0:
             self.checkpoints.append(Checkpoint(index, self.offset, clone_state(self.state)))
         return index
 
     def _finish(self, index: int) -> int:
-        """The end of the log: an over-long last line counted, a last line without its newline folded
-        (an event if it parses, else a truncated tail)."""
-        if self._skipped is not None:
-            self.offset += self._skipped
-            self._skipped = None
-            self.decoder.count_long_line()
-            return index
-        rest, self._partial = self._partial, b""
+        """The end of the log: a last line without its newline folded (an event if it parses, else a
+        truncated tail; an over-long one is only counted)."""
+        rest = self._chunks.tail()
+        self.offset = self._chunks.consumed
         if not rest:
             return index
         event = self._last_line(rest.decode("utf-8", "replace"))
-        self.offset += len(rest)
         if event is None:
             return index
         self.state.apply(event)

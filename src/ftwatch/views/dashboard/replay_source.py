@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from ftwatch.runlog.event_reader import MAX_LINE_CHARS, EventDecoder, SchemaVersionError
+from ftwatch.runlog import line_chunks
+from ftwatch.runlog.event_reader import EventDecoder, SchemaVersionError
 
 
 def tail_time(path: Path, nbytes: int = 256 * 1024) -> float | None:
@@ -35,9 +36,9 @@ def tail_time(path: Path, nbytes: int = 256 * 1024) -> float | None:
     return None
 
 
-#: The most a replay reads of one line (a UTF-8 character is at most 4 bytes): the rest of a longer
-#: line is read past, never held, and the line counted as too long (as the decoder does).
-MAX_LINE_BYTES = 4 * MAX_LINE_CHARS
+#: The most a replay reads of one line: the rest of a longer line is read past, never held, and the
+#: line counted as too long (as the decoder does).
+MAX_LINE_BYTES = line_chunks.MAX_LINE_BYTES
 
 
 class SkippedLine(bytes):
