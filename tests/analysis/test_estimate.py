@@ -6,7 +6,6 @@ Every expected figure is computed independently of the estimate code: from real 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FIXTURES_ROOT, REPO, TINY_DATA, TINY_MODEL, run_cli, write_config
+from conftest import FIXTURES_ROOT, REPO, TINY_DATA, TINY_MODEL, load_benchmark, run_cli, write_config
 from ftwatch.analysis import estimate as E
 from ftwatch.cli import main as cli_main
 from ftwatch.common.config import load_config
@@ -28,15 +27,7 @@ LORA_QV = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_
 TOLERANCE = 0.15
 
 
-def _load_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("estimate_accuracy", REPO / "benchmarks" / "estimate_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("estimate_accuracy")
 
 
 def inputs_for(model_dir: Path, *, dtype: str = "float32", lora: dict | None = None, batch: int = 2,

@@ -8,14 +8,12 @@ The tolerance is 1%, as in ``tests/training/test_calibrate.py`` (the two agree t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conftest import REPO, TINY_MODEL, run_cli, tiny_sections, write_config
+from conftest import TINY_MODEL, load_benchmark, run_cli, tiny_sections, write_config
 
 pytestmark = pytest.mark.slow  # each runs real training steps in a subprocess
 
@@ -23,15 +21,7 @@ TOLERANCE = 0.01
 TARGETS = ["q_proj", "v_proj"]
 
 
-def _load_truth() -> Any:
-    spec = importlib.util.spec_from_file_location("estimate_truth", REPO / "benchmarks" / "estimate_truth.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-truth = _load_truth()
+truth = load_benchmark("estimate_truth")
 
 
 def _tiny_peak(batch: int) -> int:

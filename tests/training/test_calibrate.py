@@ -13,30 +13,20 @@ in the benchmark).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_benchmark, write_config
 from ftwatch.analysis.estimate import estimate
 from ftwatch.analysis.estimate.calibration import CopyPeak, at_micro_batch, extrapolate
 from ftwatch.common.config import load_config
 from ftwatch.training.calibrate.copies import measure_copies
 from ftwatch.training.calibrate.truncate import truncate_config, unrepresented_kinds
 
-
-def _load_truth() -> Any:
-    spec = importlib.util.spec_from_file_location("estimate_truth", REPO / "benchmarks" / "estimate_truth.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-truth = _load_truth()
+truth = load_benchmark("estimate_truth")
 TOLERANCE = 0.01
 #: Six layers, hidden 64: the full model is three times the 2-layer copy, and trains in a second.
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4,
@@ -54,24 +44,13 @@ def _config(tmp_path: Path, model: dict[str, Any], targets: list[str], checkpoin
     model_dir = tmp_path / "model"
     model_dir.mkdir(exist_ok=True)
     (model_dir / "config.json").write_text(json.dumps({**model, "dtype": dtype}))
-    path = tmp_path / "run.toml"
-    path.write_text(f"""[model]
-name = "{model_dir}"
-dtype = "{dtype}"
-[lora]
-r = 8
-lora_alpha = 16
-lora_dropout = 0.0
-target_modules = {json.dumps(targets)}
-[training]
-per_device_train_batch_size = {batch}
-optim = "adamw_torch"
-gradient_checkpointing = {str(checkpointing).lower()}
-use_cpu = true
-[data]
-path = "{REPO / 'examples' / 'data' / 'field-notes.jsonl'}"
-max_length = {seq}
-""")
+    path = write_config(tmp_path / "run.toml", {
+        "model": {"name": str(model_dir), "dtype": dtype},
+        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": targets},
+        "training": {"per_device_train_batch_size": batch, "optim": "adamw_torch",
+                     "gradient_checkpointing": checkpointing, "use_cpu": True},
+        "data": {"path": str(REPO / "examples" / "data" / "field-notes.jsonl"), "max_length": seq},
+    })
     return load_config(path)
 
 
