@@ -11,9 +11,14 @@ peft's real ``get_peft_model`` is applied to it, and every category is sized fro
   method: what autograd saves, parameters excluded, storages once; only what is still saved when
   the forward ends). Fused attention kernels (SDPA, flash) are stood in for by a function that
   saves what they save; mixed precision (``bf16``/``fp16`` in ``[training]``) is emulated op by op.
-  Gradient checkpointing keeps each layer's input plus one layer recomputed. If the trace cannot
-  run, a per-layer formula for Llama-style decoders is used.
-- ``other``: the logits the model returns plus one float32 logits-sized buffer of the loss backward.
+  Gradient checkpointing keeps each layer's input. If the trace cannot run, a per-layer formula for
+  Llama-style decoders is used.
+- ``other``: what the step holds at its peak beyond those saved activations and the gradients, from
+  a whole training step run on the meta device (:mod:`.step_trace`: forward, loss, backward, the
+  checkpointed recomputation): at a loss-backward peak the loss's two float32 logits-sized
+  gradients; at a peak inside a layer's backward that layer recomputed and its gradients, net of
+  the saved activations freed by then. So the categories sum to the step's peak. When that step
+  cannot run, the bound: the two float32 loss buffers plus the largest recomputed layer.
 - ``non_torch``: the CUDA context and library workspaces (GPU targets only), a fixed allowance.
 
 :func:`estimate` works on a loaded :class:`~ftwatch.common.config.Config`; :func:`estimate_from_model_config`
@@ -30,7 +35,8 @@ The package, one concern a module (everything public is re-exported here):
   attention kernels and CUDA autocast.
 - :mod:`.activation_trace`: the meta trace (``saved_tensors_hooks``) and its cache.
 - :mod:`.activation_formula`: the per-layer formula the trace falls back to.
-- :mod:`.activations`: trace or formula, with or without checkpointing; the logits (``other``).
+- :mod:`.activations`: trace or formula, with or without checkpointing; ``other`` from the step's peak.
+- :mod:`.step_trace`: a training step on the meta device and its peak of live bytes.
 - :mod:`.result`: :class:`Estimate` and the verdict (:func:`judge`).
 - :mod:`.core`: :func:`estimate`, :func:`estimate_inputs`, :func:`estimate_from_model_config`.
 - :mod:`.quiet`: silencing transformers/peft while they work.

@@ -1,4 +1,5 @@
-"""The activation estimate (trace, else formula; with or without checkpointing) and the logits ("other")."""
+"""The activation estimate (trace, else formula; with or without checkpointing) and what the backward
+adds at the step's peak ("other")."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from ftwatch.analysis.estimate.activation_formula import formula_activations
 from ftwatch.analysis.estimate.activation_trace import ActivationTrace, _cached_trace
 from ftwatch.analysis.estimate.inputs import EstimateInputs
 from ftwatch.analysis.estimate.meta_model import meta_peft_model
-from ftwatch.analysis.estimate.model_config import DTYPE_BYTES, _config_get, _to_pretrained_config
+from ftwatch.analysis.estimate.model_config import _config_get, _to_pretrained_config
+from ftwatch.analysis.estimate.step_trace import cached_step_peak
 
 _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ActivationEstimate:
-    """Activation bytes: what the forward pass leaves saved, plus a checkpointed layer's recompute."""
+    """Activation bytes: what the forward pass leaves saved (``saved_forward``, the estimate's
+    ``activations``) and what one checkpointed layer saves again when the backward recomputes it
+    (``recompute``; live only in the backward, so in ``other`` when it is live at the peak)."""
 
     saved_forward: int
     recompute: int
@@ -25,7 +29,8 @@ class ActivationEstimate:
 
     @property
     def total(self) -> int:
-        """The peak: saved bytes plus the recompute of one checkpointed layer."""
+        """Saved bytes plus the recompute of one checkpointed layer (a bound on the activations'
+        part of the backward; the estimate's categories use the meta step's peak instead)."""
         return self.saved_forward + self.recompute
 
 
@@ -64,7 +69,31 @@ def estimate_activations(inputs: EstimateInputs, model: Any | None = None) -> Ac
 
 
 def other_bytes(inputs: EstimateInputs) -> int:
-    """The logits the model returns (alive until backward ends) plus one float32 buffer of that size."""
+    """The loss backward's two float32 logits-sized buffers: the gradient of the log-probabilities and
+    that of the logits (the loss upcasts the logits to float32 whatever the model's dtype). The
+    log-probabilities themselves are saved by the forward (``activations``)."""
     vocab = int(_config_get(_to_pretrained_config(inputs.model_config, inputs.trust_remote_code), "vocab_size") or 0)
-    d = DTYPE_BYTES[inputs.autocast_dtype or inputs.model_dtype]
-    return inputs.batch_size * inputs.max_length * vocab * (d + 4)
+    return 2 * inputs.batch_size * inputs.max_length * vocab * 4
+
+
+def backward_peak_bytes(inputs: EstimateInputs, activations: ActivationEstimate, model: Any | None = None) -> int:
+    """``other``: what the training step holds at its peak beyond the forward's saved activations
+    (``activations.saved_forward``) and the parameters' gradients.
+
+    From a meta training step (:func:`~ftwatch.analysis.estimate.step_trace.cached_step_peak`): its
+    peak of live bytes less the gradients live then and less the saved activations, so the sum of
+    the categories is the step's peak. Where the peak is the loss backward this is the loss's
+    float32 gradients; where it is a checkpointed layer's backward, that layer recomputed and its
+    gradients, net of the saved activations the backward has freed by then. When the step cannot
+    run on the meta device (the formula stands in for the trace, or checkpoints are offloaded to
+    the host, which meta tensors cannot be), the bound :func:`other_bytes` plus the recomputed layer.
+    """
+    offload = bool(inputs.checkpointing_options.get("offload", False))
+    if activations.method == "trace" and not (inputs.gradient_checkpointing and offload):
+        model = model if model is not None else meta_peft_model(inputs)
+        try:
+            step = cached_step_peak(inputs, model)
+            return max(step.peak - step.grads - activations.saved_forward, 0)
+        except Exception as exc:  # an op without a meta backward, say: the bound below
+            _log.debug("meta training step failed, bounding the backward instead: %s", exc)
+    return other_bytes(inputs) + activations.recompute

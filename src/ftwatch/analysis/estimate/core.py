@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ftwatch.analysis.estimate.activations import ActivationEstimate, estimate_activations, other_bytes
+from ftwatch.analysis.estimate.activations import (
+    ActivationEstimate,
+    backward_peak_bytes,
+    estimate_activations,
+)
 from ftwatch.analysis.estimate.inputs import EstimateInputs, inputs_from_config
 from ftwatch.analysis.estimate.meta_model import meta_peft_model
 from ftwatch.analysis.estimate.model_config import _to_pretrained_config
@@ -45,8 +49,8 @@ def estimate_inputs(inputs: EstimateInputs, capacity_bytes: int | None = None,
         "lora": counts.trainable_bytes,
         "grads": counts.trainable_bytes,
         "optimizer": optimizer_state_bytes(counts.trainable_shapes, inputs.optim, inputs.training.get("optim_args")),
-        "activations": activations.total,
-        "other": other_bytes(inputs) + ddp_bucket_bytes(inputs, counts.trainable_bytes),
+        "activations": activations.saved_forward,
+        "other": backward_peak_bytes(inputs, activations, model) + ddp_bucket_bytes(inputs, counts.trainable_bytes),
     }
     if inputs.on_gpu:
         categories["non_torch"] = NON_TORCH_BYTES

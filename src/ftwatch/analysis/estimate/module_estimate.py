@@ -8,12 +8,13 @@ built from the meta peft model the estimate sized and its activation trace:
   the module that names it first, bitsandbytes' quantized storage); ``grads``: the trainable bytes;
   ``optimizer``: :func:`~ftwatch.analysis.estimate.optimizer.optimizer_state_bytes` of each
   module's trainable shapes. These sum exactly to the estimate's categories.
-- ``activations``: what the trace saw each module save. With gradient checkpointing the
-  estimate's figure maps as it is made (:func:`~ftwatch.analysis.estimate.activations.combine_activations`):
-  a checkpointed layer holds its input (on the layer itself, part ``other``; nothing when offloaded),
-  a layer that is not checkpointed what it saves, and the one recomputed layer (the largest; its
-  index is ``context["recomputed_layer"]``) also what it saves while recomputed. The sum is the
-  estimate's activations.
+- ``activations``: what the trace saw each module save (the estimate's category: what autograd holds
+  when the forward ends). With gradient checkpointing the estimate's figure maps as it is made
+  (:func:`~ftwatch.analysis.estimate.activations.combine_activations`): a checkpointed layer holds
+  its input (on the layer itself, part ``other``; nothing when offloaded), a layer that is not
+  checkpointed what it saves. The layer recomputed in the backward is live only then: it is in the
+  estimate's ``other`` (the step's peak), not here; ``context["recomputed_layer"]`` names the
+  checkpointed layer that saves the most of its own. The sum is the estimate's activations.
 
 No tree when the trace could not run (the formula fallback knows layers, not modules): ``None``.
 """
@@ -112,25 +113,21 @@ def static_by_path(model: Any, quantization: str | None, optim: str, optim_args:
 
 def activations_by_path(trace: ActivationTrace, checkpointing: bool, every_n_layers: int = 1,
                         offload: bool = False) -> tuple[dict[str, int], int | None]:
-    """Activation bytes by module path, summing to ``combine_activations(trace, ...).total``, and the
-    index of the layer counted as recomputed (``None`` without checkpointing)."""
+    """Activation bytes by module path, summing to ``combine_activations(trace, ...).saved_forward``
+    (what autograd holds when the forward ends), and the index of the checkpointed layer that saves
+    the most of its own, the largest recomputed in the backward (``None`` without checkpointing)."""
     saved = dict(trace.saved_by_path)
     if not checkpointing or not trace.layers:
         return saved, None
     every = max(int(every_n_layers), 1)
     checkpointed = [i for i in range(len(trace.layers)) if i % every == 0]
-    # combine_activations adds the largest checkpointed layer's own bytes once: the first of the largest
+    # the first of the largest checkpointed layers (combine_activations' recompute)
     recomputed = max(checkpointed, key=lambda i: (trace.layers[i], -i))
-    inputs_saved = dict(trace.inputs_by_path)
     out: dict[str, int] = {}
     for path, nbytes in saved.items():
         layer = _layer_of(path, trace.layer_paths)
         if layer is None or layer % every != 0:
             out[path] = out.get(path, 0) + nbytes  # outside the layers, or a layer kept whole
-        elif layer == recomputed:
-            own = nbytes - inputs_saved.get(path, 0)  # recomputed: what it saves, its input apart
-            if own:
-                out[path] = out.get(path, 0) + own
     if not offload:
         for i in checkpointed:
             path = trace.layer_paths[i]

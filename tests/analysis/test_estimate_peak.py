@@ -1,0 +1,58 @@
+"""The meta estimate's peak (its categories summed) against the true CPU peak of a real training step.
+
+The truth is ``benchmarks/estimate_truth.py``'s :func:`measure_training_peak`: the full model from
+its config, peft's LoRA, two steps of a hand-written AdamW loop, the second measured with the
+probe's peak meter. None of the estimate's code makes that figure. The shapes here are not the
+benchmark's (hidden 128, vocabulary 2048, batch 2 x 64), on which the estimate was checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import pytest
+
+from conftest import REPO
+from ftwatch.analysis import estimate as E
+
+
+def _load_truth() -> Any:
+    spec = importlib.util.spec_from_file_location("estimate_truth", REPO / "benchmarks" / "estimate_truth.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+truth = _load_truth()
+TOLERANCE = 0.05
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+
+
+def llama(vocab: int) -> dict[str, Any]:
+    """A 3-layer llama config.json of hidden 64 and the given vocabulary."""
+    return {"model_type": "llama", "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": vocab,
+            "max_position_embeddings": 512, "tie_word_embeddings": False}
+
+
+@pytest.mark.parametrize(("dtype", "checkpointing", "vocab", "batch", "seq"), [
+    # bfloat16, checkpointing on: the loss's float32 gradients of the logits make the peak
+    ("bfloat16", True, 1024, 3, 96),
+    # a small vocabulary and a long sequence: the peak is in a recomputed layer's backward
+    ("float32", True, 128, 2, 384),
+    # bfloat16, checkpointing off: both float32 loss buffers on top of every saved activation
+    ("bfloat16", False, 1024, 3, 96),
+])
+def test_estimate_peak_meets_the_true_peak(dtype: str, checkpointing: bool, vocab: int, batch: int,
+                                           seq: int) -> None:
+    config = llama(vocab)
+    measured = truth.measure_training_peak({**config, "dtype": dtype}, dtype, LORA["target_modules"],
+                                           checkpointing, batch, seq)
+    result = E.estimate_from_model_config(
+        {**config, "dtype": dtype}, dtype=dtype, lora=LORA, on_gpu=False, max_length=seq,
+        training={"per_device_train_batch_size": batch, "optim": "adamw_torch",
+                  "gradient_checkpointing": checkpointing})
+    assert result.activations is not None and result.activations.method == "trace"
+    assert abs(result.total / measured - 1) < TOLERANCE, (result.total, measured, result.categories)
