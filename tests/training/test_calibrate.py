@@ -22,9 +22,9 @@ import pytest
 from conftest import REPO, load_benchmark, write_config
 from ftwatch.analysis.estimate import estimate
 from ftwatch.analysis.estimate.calibration import CopyPeak, at_micro_batch, extrapolate
+from ftwatch.analysis.estimate.truncate import truncate_config, unrepresented_kinds
 from ftwatch.common.config import load_config
 from ftwatch.training.calibrate.copies import measure_copies
-from ftwatch.training.calibrate.truncate import truncate_config, unrepresented_kinds
 
 truth = load_benchmark("estimate_truth")
 TOLERANCE = 0.01

@@ -41,9 +41,9 @@ def calibrate(cfg: Config, result: Any, device: str, batch: int | None = None) -
     says otherwise (then ``meta_total`` is left unknown). A copy that cannot be built or trained is
     a :class:`UsageError` (one line)."""
     from ftwatch.analysis.estimate.calibration import extrapolate
+    from ftwatch.analysis.estimate.truncate import layer_count, unrepresented_kinds
     from ftwatch.training.calibrate.copies import measure_copies
     from ftwatch.training.calibrate.steps import MAX_ACCUMULATION, MAX_ACCUMULATION_NOTE
-    from ftwatch.training.calibrate.truncate import layer_count, unrepresented_kinds
     from ftwatch.training.calibrate.truncated_model import CannotBuild
 
     inputs = result.inputs

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ftwatch.analysis.estimate.calibration import CopyPeak
+from ftwatch.analysis.estimate.truncate import layer_count
 from ftwatch.common.config import Config
 from ftwatch.training.calibrate.steps import StepFigures, run_measured_steps
-from ftwatch.training.calibrate.truncate import layer_count
 from ftwatch.training.calibrate.truncated_model import CannotBuild, build_truncated_model, first_line
 
 #: Optimizer steps each copy trains; the figures are the steady steps' (all but the first).

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftwatch.analysis.estimate.truncate import truncate_config
 from ftwatch.common.config import Config
 from ftwatch.training.adapters import add_adapters
-from ftwatch.training.calibrate.truncate import truncate_config
 
 
 class CannotBuild(Exception):

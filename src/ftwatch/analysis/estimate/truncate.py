@@ -1,4 +1,5 @@
-"""A model's config cut to a few decoder layers: the calibration's truncated copies.
+"""A model's config cut to a few decoder layers: the calibration's truncated copies, and the model
+the estimate's meta training step runs (:mod:`.activations`).
 
 Besides the layer count (``num_hidden_layers``, or the name a config maps it to: ``n_layer`` for
 gpt2/bloom, ``num_layers``), some configs carry one entry per layer (``layer_types`` of gemma2/3,
