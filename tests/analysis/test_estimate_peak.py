@@ -8,24 +8,17 @@ benchmark's (hidden 128, vocabulary 2048, batch 2 x 64), on which the estimate w
 
 from __future__ import annotations
 
-import importlib.util
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import REPO
+from conftest import load_benchmark, tiny_sections, write_config
 from ftwatch.analysis import estimate as E
+from ftwatch.analysis.estimate import step_trace
+from ftwatch.common.config import load_config
 
-
-def _load_truth() -> Any:
-    spec = importlib.util.spec_from_file_location("estimate_truth", REPO / "benchmarks" / "estimate_truth.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-truth = _load_truth()
+truth = load_benchmark("estimate_truth")
 TOLERANCE = 0.05
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 
@@ -56,3 +49,17 @@ def test_estimate_peak_meets_the_true_peak(dtype: str, checkpointing: bool, voca
                   "gradient_checkpointing": checkpointing})
     assert result.activations is not None and result.activations.method == "trace"
     assert abs(result.total / measured - 1) < TOLERANCE, (result.total, measured, result.categories)
+
+
+def test_a_checkpointed_step_leaves_the_shared_meta_model_as_it_found_it(tmp_path: Path) -> None:
+    """The estimate's meta model is cached and shared: a step with checkpointing switches it on and
+    off again. Enabling it on a peft model adds a second input hook that transformers' own disable
+    leaves behind, and a later step without checkpointing then took the embeddings' output for
+    trainable (one gradient buffer more: +66,560 B on the tiny model)."""
+    inputs = E.inputs_from_config(load_config(write_config(tmp_path / "t.toml", tiny_sections(tmp_path))),
+                                  on_gpu=False)
+    step_trace._STEP_CACHE.clear()
+    fresh = E.estimate_inputs(inputs).categories["other"]
+    E.estimate_inputs(E.with_changes(inputs, training={"gradient_checkpointing": True}))
+    step_trace._STEP_CACHE.clear()  # the same step again, on the model the checkpointed step used
+    assert E.estimate_inputs(inputs).categories["other"] == fresh

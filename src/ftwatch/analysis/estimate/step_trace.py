@@ -128,6 +128,12 @@ def _checkpointing(model: Any, on: bool, every_n_layers: int, kwargs: dict[str, 
         return
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     enable = getattr(base, "activation_checkpointing_enable", None)
+    # Enabling checkpointing may add its own input hook besides ours (transformers does for a peft
+    # model), and disable_input_require_grads removes only the last: every hook the block adds to the
+    # embeddings goes with it, or a later step without checkpointing would take the embeddings'
+    # output for trainable (one more gradient buffer).
+    embeddings = base.get_input_embeddings()
+    hooks_before = set(embeddings._forward_hooks)
     with _quiet():
         if enable is not None:
             enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
@@ -141,6 +147,8 @@ def _checkpointing(model: Any, on: bool, every_n_layers: int, kwargs: dict[str, 
             disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
             disable()
             base.disable_input_require_grads()
+        for key in set(embeddings._forward_hooks) - hooks_before:
+            del embeddings._forward_hooks[key]
 
 
 def trace_step(model: Any, batch: int, seq: int, autocast: str | None = None, on_gpu: bool = True,
