@@ -90,6 +90,8 @@ def to_json(result: Any, calibration: Any) -> dict[str, Any]:
 
 def render(result: Any, calibration: Any) -> list[str]:
     """The text section: what was measured, how it was carried to the full depth, the difference."""
+    from ftwatch.analysis.estimate.calibration import COUNTED_CATEGORIES
+
     c = calibration
     seconds = f", {c.seconds:.1f} s" if c.seconds is not None else ""
     depths = " and ".join(str(copy.layers) for copy in c.copies)
@@ -103,7 +105,7 @@ def render(result: Any, calibration: Any) -> list[str]:
                   f"{'meta':>10}"]
     meta = result.categories
     for name, value in c.categories.items():
-        counted = " (count)" if value != c.extrapolated.get(name, value) or name in ("weights", "lora") else ""
+        counted = " (count)" if name in COUNTED_CATEGORIES else ""  # only those differ from the extrapolation
         lines.append(f"    {name:<12} {format_bytes(c.per_layer.get(name, 0)):>10} {format_bytes(c.fixed.get(name, 0)):>10} "
                      f"{format_bytes(value):>11} {format_bytes(meta.get(name, 0)):>10}{counted}")
     lines.append(f"    {'peak':<12} {format_bytes(sum(c.per_layer.values())):>10} {format_bytes(sum(c.fixed.values())):>10} "

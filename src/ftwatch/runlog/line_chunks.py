@@ -13,7 +13,7 @@ what was handed out, over-long lines included, so positions stay true.
 
 from __future__ import annotations
 
-from typing import IO
+from typing import IO, Any
 
 from ftwatch.runlog.event_reader import MAX_LINE_CHARS, EventDecoder
 
@@ -77,6 +77,14 @@ class LineChunks:
         rest, self._partial = self._partial, b""
         self.consumed += len(rest)
         return rest
+
+    def tail_events(self) -> list[dict[str, Any]]:
+        """At the end of the stream: the event of a last line without its newline (none when it does
+        not parse: the decoder counts it as a cut tail), after :meth:`tail`."""
+        rest = self.tail()
+        if rest:
+            self.decoder.feed(rest.decode("utf-8", "replace"))
+        return self.decoder.finish()
 
     def _blank_long_lines(self, lines: bytes) -> bytes:
         """``lines`` with each line over the bound counted and made blank (as many bytes, so the

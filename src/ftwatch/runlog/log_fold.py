@@ -37,11 +37,8 @@ def fold_log(path: str | os.PathLike[str], state: RunState | None = None,
         while (lines := chunks.next_lines()) is not None:
             if lines:
                 fold_text(lines[:-1], state, decoder)
-        tail = chunks.tail()
-    if tail:
-        decoder.feed(tail.decode("utf-8", "replace"))
-    for event in decoder.finish():
-        state.apply(event)
+        for event in chunks.tail_events():
+            state.apply(event)
     return state, decoder
 
 

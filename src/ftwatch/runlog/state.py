@@ -167,9 +167,10 @@ def _largest(breakdowns: list[dict[str, int]]) -> dict[str, int]:
     return point.categories
 
 
-def _position(events: list[Any], event: Any) -> int:
-    """Where ``event`` is in ``events``, searched from the end (it is usually near it)."""
-    return next(k for k in range(len(events) - 1, -1, -1) if events[k] is event)
+def _last_position(events: list[Any], match: Any) -> int:
+    """The position of the last of ``events`` that ``match(event)`` holds for, searched from the end
+    (it is usually near it)."""
+    return next(k for k in range(len(events) - 1, -1, -1) if match(events[k]))
 
 
 def timeline_categories(categories: dict[str, int | None] | None) -> dict[str, int]:
@@ -318,7 +319,7 @@ class RunState:
         if used_list:
             self._add_samples(times, used_list, runs)
         if len(snapshots) < len(events):
-            last = next(k for k in range(len(events) - 1, -1, -1) if events[k].__class__ is sample_type)
+            last = _last_position(events, lambda event: event.__class__ is sample_type)
             self.last_sample = line_event(block, last, len(events))
         if snapshots:
             self._cats_cache = (self.last_snapshot, cats)
@@ -377,10 +378,10 @@ class RunState:
                         peaks[name] = value
                 self.peak_total = max(self.peak_total, process_total(cats))
         last = snapshots[-1][1]
-        self.last_snapshot = line_event(block, _position(events, last), len(events))
+        self.last_snapshot = line_event(block, _last_position(events, lambda event: event is last), len(events))
         if tensor_peak_event is not None:
             self.last_tensor_peak = (self.last_snapshot if tensor_peak_event is last
-                                     else line_event(block, _position(events, tensor_peak_event), len(events)))
+                                     else line_event(block, _last_position(events, lambda event: event is tensor_peak_event), len(events)))
 
     def _on_header(self, event: dict[str, Any], t: float) -> None:
         self.header = event

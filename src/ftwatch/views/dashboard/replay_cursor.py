@@ -142,26 +142,16 @@ class LogScanner:
     def _finish(self, index: int) -> int:
         """The end of the log: a last line without its newline folded (an event if it parses, else a
         truncated tail; an over-long one is only counted)."""
-        rest = self._chunks.tail()
+        events = self._chunks.tail_events()
         self.offset = self._chunks.consumed
-        if not rest:
-            return index
-        event = self._last_line(rest.decode("utf-8", "replace"))
-        if event is None:
-            return index
-        self.state.apply(event)
-        index += 1
-        if event["kind"] == "snapshot" and event.get("step") is not None:
-            self.marks.append(index)
-        if index % self.every == 0:
-            self.checkpoints.append(Checkpoint(index, self.offset, clone_state(self.state)))
+        for event in events:
+            self.state.apply(event)
+            index += 1
+            if event["kind"] == "snapshot" and event.get("step") is not None:
+                self.marks.append(index)
+            if index % self.every == 0:
+                self.checkpoints.append(Checkpoint(index, self.offset, clone_state(self.state)))
         return index
-
-    def _last_line(self, text: str) -> dict[str, Any] | None:
-        """A last line without its newline: an event if it parses, else a truncated tail."""
-        self.decoder.feed(text)
-        events = self.decoder.finish()
-        return events[0] if events else None
 
     def checkpoint_before(self, index: int) -> Checkpoint:
         """The latest saved state at or before ``index`` (the scan's own state when it is there)."""
