@@ -81,7 +81,7 @@ def finish_imports(kit: Kit, handle: dict[str, Any] | None) -> dict[str, Any]:
     """Collect the import check: third-party modules per entry point, which packages exist here."""
     if not handle:
         raise RuntimeError("the import check was not started")
-    result = kit.collect(handle, min(60.0, max(5.0, kit.remaining())))
+    result = kit.collect(handle, kit.cap(60.0))
     parsed = last_json_object(result["output"])
     out = {"rc": result["rc"], "seconds": result["seconds"], "timed_out": result["timed_out"]}
     if isinstance(parsed, dict):
@@ -182,7 +182,7 @@ def run_config(kit: Kit, name: str, saved: dict[str, Any], *, batch: int, seq: i
 
 def estimate_cli(kit: Kit, config: Path) -> dict[str, Any]:
     """``ftwatch estimate CONFIG --json``."""
-    result = kit.ftwatch("estimate", str(config), "--json", timeout=min(120.0, kit.remaining()))
+    result = kit.ftwatch("estimate", str(config), "--json", timeout=kit.cap(120.0))
     parsed = last_json_object(result["stdout"])
     return {"rc": result["rc"], "seconds": result["seconds"], "json": parsed if isinstance(parsed, dict) else None,
             "stderr": tail(result["stderr"], 1500)}
@@ -237,7 +237,7 @@ def oom_stage(kit: Kit, saved: dict[str, Any]) -> dict[str, Any]:
     budget = f"{max(64, budget_bytes // MiB)}MiB"
     out["budget"] = budget
     config = run_config(kit, "oom", saved, batch=batch, seq=seq, steps=4, budget=budget)
-    run = ftwatch_run(kit, config, "oom", timeout=min(150.0, kit.remaining() - 5))
+    run = ftwatch_run(kit, config, "oom", timeout=kit.cap(150.0, keep_s=5.0))
     status = (run.get("summary") or {}).get("status") or (run.get("exit") or {}).get("status")
     if status == "finished" and not kit.dry_run and isinstance(loading, int) and kit.remaining() > 120:
         # the estimate was too high for the budget to bite: again, just above what loading needs
@@ -245,7 +245,7 @@ def oom_stage(kit: Kit, saved: dict[str, Any]) -> dict[str, Any]:
         budget = f"{(loading + 256 * MiB) // MiB}MiB"
         out["budget"], out["budget_rule"] = budget, "loading_bytes + 256 MiB (the first budget did not bite)"
         config = run_config(kit, "oom2", saved, batch=batch, seq=seq, steps=4, budget=budget)
-        run = ftwatch_run(kit, config, "oom2", timeout=min(150.0, kit.remaining() - 5))
+        run = ftwatch_run(kit, config, "oom2", timeout=kit.cap(150.0, keep_s=5.0))
     out["run"] = run
     exit_event = run.get("exit") or {}
     out["status"] = (run.get("summary") or {}).get("status") or exit_event.get("status")
@@ -280,7 +280,7 @@ def explain(kit: Kit, text: str, source: str) -> dict[str, Any]:
     """``ftwatch explain FILE --json`` of an OOM message."""
     path = kit.work / "explain-input.txt"
     path.write_text(text)
-    result = kit.ftwatch("explain", str(path), "--json", timeout=min(60.0, max(5.0, kit.remaining())))
+    result = kit.ftwatch("explain", str(path), "--json", timeout=kit.cap(60.0))
     parsed = last_json_object(result["stdout"])
     return {"source": source, "rc": result["rc"], "json": parsed if isinstance(parsed, dict) else None,
             "stderr": tail(result["stderr"], 1000), "input_tail": tail(text, 600)}
@@ -296,7 +296,7 @@ def finished_run_stage(kit: Kit, saved: dict[str, Any]) -> dict[str, Any]:
         batch, seq, steps = (2, 32, 3) if kit.dry_run else (2, 1024, 60)
         budget = None if kit.dry_run else "24GiB"
         config = run_config(kit, "finished", saved, batch=batch, seq=seq, steps=steps, budget=budget)
-        run = ftwatch_run(kit, config, "finished", timeout=min(150.0, kit.remaining() - 5))
+        run = ftwatch_run(kit, config, "finished", timeout=kit.cap(150.0, keep_s=5.0))
     run["status"] = (run.get("summary") or {}).get("status") or (run.get("exit") or {}).get("status")
     if run["status"] == "finished" and run.get("run_dir"):
         run_dir = Path(run["run_dir"])

@@ -61,6 +61,14 @@ class Kit:
         """Seconds left before the global deadline."""
         return self.deadline_s - self.elapsed()
 
+    def cap(self, gpu_limit_s: float, keep_s: float = 0.0) -> float:
+        """The time limit for one subprocess: ``gpu_limit_s`` at most on the GPU machine (whose
+        minutes are counted), never more than what is left before the deadline less ``keep_s``, and
+        at least 5 s. The dry run has no such cap: it rehearses the stages on a CPU that other work
+        may be loading (``import torch`` alone has taken 20 s there), so a stage may use what is left."""
+        left = self.remaining() - keep_s
+        return max(5.0, left if self.dry_run else min(gpu_limit_s, left))
+
     def log(self, message: str) -> None:
         """One progress line on stdout (the device tool returns its tail)."""
         print(f"[gpu-kit {self.elapsed():6.1f}s] {message}", flush=True)

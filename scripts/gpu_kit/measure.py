@@ -148,7 +148,7 @@ def stop_flag_stage(kit: Kit, devices: Devices) -> dict[str, Any]:
     from gpu_kit.common import last_json_object, tail
 
     backend = "nccl" if devices.cuda else "gloo"
-    result = kit.run([kit.python, "-c", _STOP_FLAG, backend], timeout=min(40.0, max(5.0, kit.remaining() - 30)))
+    result = kit.run([kit.python, "-c", _STOP_FLAG, backend], timeout=kit.cap(40.0, keep_s=30.0))
     parsed = last_json_object(result["stdout"])
     out = {"rc": result["rc"], "timed_out": result["timed_out"], "seconds": result["seconds"],
            **(parsed if isinstance(parsed, dict) else {"stderr": tail(result["stderr"], 1500)})}

@@ -270,3 +270,18 @@ def test_out_files_flags_what_the_device_tool_would_not_bring_back(tmp_path):
     (tmp_path / "bad name.txt").write_text("x")
     flags = {f["name"]: f["ok"] for f in report.out_files(tmp_path)}
     assert flags == {"ok.json": True, "a/b/c/deep.txt": False, "bad name.txt": False}
+
+
+def test_a_subprocess_limit_is_capped_on_the_gpu_and_takes_what_is_left_in_the_dry_run(tmp_path):
+    from gpu_kit.common import Kit
+
+    gpu = Kit(REPO, tmp_path, tmp_path, dry_run=False, deadline_s=400.0)
+    dry = Kit(REPO, tmp_path, tmp_path, dry_run=True, deadline_s=400.0)
+    for kit in (gpu, dry):
+        kit.t0 -= 100.0  # 100 s in: about 300 s left
+    assert gpu.cap(40.0, keep_s=30.0) == 40.0
+    assert 269.0 < dry.cap(40.0, keep_s=30.0) <= 270.0  # a loaded CPU may take what is left
+    assert 199.0 < gpu.cap(1000.0, keep_s=100.0) <= 200.0  # never past the deadline
+    gpu.t0 -= 1000.0
+    dry.t0 -= 1000.0
+    assert gpu.cap(40.0) == dry.cap(40.0) == 5.0  # past it: still a short try, never a negative limit
