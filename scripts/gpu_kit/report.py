@@ -33,7 +33,7 @@ def pct(error: dict[str, Any] | None) -> str:
 def grid_table(rows: list[dict[str, Any]]) -> list[str]:
     """Estimate (torch part, MiB) against the allocated and reserved peaks, and NVML."""
     head = (f"{'row':52} {'status':6} {'est_torch':>9} {'alloc_pk':>9} {'err':>7} {'resv_pk':>9} {'err':>7} "
-            f"{'nvml_proc':>9} {'est_all':>9} {'err':>7} {'non_torch':>9}")
+            f"{'nvml_proc':>9} {'est_all':>9} {'err':>7} {'non_torch':>9} {'calib_err':>9}")
     lines = [head, "-" * len(head)]
     for row in rows:
         est = ((row.get("estimate") or {}).get("estimate_bytes") or {})
@@ -45,7 +45,7 @@ def grid_table(rows: list[dict[str, Any]]) -> list[str]:
                      f"{mib(peak.get('max_allocated')):>9} {pct(err.get('allocated')):>7} "
                      f"{mib(peak.get('max_reserved')):>9} {pct(err.get('reserved')):>7} "
                      f"{mib(peak.get('nvml_process')):>9} {mib(total):>9} {pct(err.get('nvml_process')):>7} "
-                     f"{mib(peak.get('non_torch_measured')):>9}")
+                     f"{mib(peak.get('non_torch_measured')):>9} {pct(err.get('calibrated_vs_allocated')):>9}")
     return lines
 
 

@@ -103,6 +103,9 @@ def test_each_grid_row_joins_the_probe_with_counts_made_here(dry):
         assert est["total"] == sum(v for k, v in est.items() if k != "total")
         lora = row["errors"]["categories"]["lora"]
         assert lora["error_pct"] == round(100.0 * (est["lora"] - cats["lora"]) / cats["lora"], 1)
+    calibrated = rows[0]["estimate"]["calibrated"]  # the first row is calibrated too (on the CPU here)
+    assert calibrated["device"] == "cpu" and [c["layers"] for c in calibrated["copies"]] == [1, 2]
+    assert calibrated["estimate_bytes"]["total"] > 0 and "calibrated" not in rows[1]["estimate"]
 
 
 @slow
@@ -253,6 +256,19 @@ def test_peaks_and_errors_against_the_estimate_on_cuda_like_steps():
     table = "\n".join(report.grid_table([{"id": "r1", "status": "ok", "estimate": estimate, "peaks": peak,
                                           "errors": errors}]))
     assert f"{-100 / 11:+.1f}%" in table and "11,264" in table  # 11 GiB in MiB
+    # a calibrated estimate (estimate --calibrate on the device): its allocated part is every category
+    # but the allocator's cache and non_torch (11.5 GiB against 11), its reserved part adds the cache
+    calibrated = {"estimate_bytes": {"weights": 8 * GiB, "activations": 3 * GiB, "other": GiB // 2,
+                                     "cache": GiB, "non_torch": 600 * MiB, "total": 13 * GiB + 112 * MiB}}
+    errors = grid.estimate_errors({**estimate, "calibrated": calibrated}, peak)
+    assert errors["calibrated_vs_allocated"]["error_bytes"] == GiB // 2
+    assert errors["calibrated_vs_reserved"]["error_bytes"] == GiB // 2  # 12.5 GiB against 12
+    assert errors["calibrated_vs_nvml_process"]["error_bytes"] == 13 * GiB + 112 * MiB - (12 * GiB + 600 * MiB)
+    failed = grid.estimate_errors({**estimate, "calibrated": {"error": "UsageError: quantized"}}, peak)
+    assert "calibrated_vs_allocated" not in failed
+    table = "\n".join(report.grid_table([{"id": "r1", "status": "ok", "estimate": estimate, "peaks": peak,
+                                          "errors": errors}]))
+    assert f"{50 / 11:+.1f}%" in table.splitlines()[-1]  # the calib_err column
 
 
 def test_tarballs_leave_out_what_would_break_the_size_limit(tmp_path):
