@@ -63,3 +63,33 @@ def test_a_checkpointed_step_leaves_the_shared_meta_model_as_it_found_it(tmp_pat
     E.estimate_inputs(E.with_changes(inputs, training={"gradient_checkpointing": True}))
     step_trace._STEP_CACHE.clear()  # the same step again, on the model the checkpointed step used
     assert E.estimate_inputs(inputs).categories["other"] == fresh
+
+
+def _peak_error(config: dict[str, Any], targets: list[str], dtype: str, checkpointing: bool, batch: int, seq: int,
+                attn: str | None = None) -> tuple[float, Any]:
+    """The estimate's peak over the measured one, less 1, and the estimate (for the message)."""
+    measured = truth.measure_training_peak({**config, "dtype": dtype}, dtype, targets, checkpointing, batch, seq,
+                                           attn=attn)
+    result = E.estimate_from_model_config(
+        {**config, "dtype": dtype}, dtype=dtype, lora={**LORA, "target_modules": targets}, on_gpu=False,
+        max_length=seq, attn_implementation=attn,
+        training={"per_device_train_batch_size": batch, "optim": "adamw_torch",
+                  "gradient_checkpointing": checkpointing})
+    return result.total / measured - 1, result
+
+
+#: A mixture-of-experts model: transformers' experts call ``torch._grouped_mm``, whose meta kernel
+#: takes bfloat16 only (the CPU kernel takes float32 too).
+QWEN3_MOE = {"model_type": "qwen3_moe", "hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 3,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24, "moe_intermediate_size": 48,
+             "num_experts": 6, "num_experts_per_tok": 2, "vocab_size": 768, "max_position_embeddings": 512,
+             "tie_word_embeddings": False}
+
+
+@pytest.mark.parametrize(("dtype", "checkpointing"), [("float32", True), ("float32", False), ("bfloat16", True)])
+def test_mixture_of_experts_is_traced_and_meets_the_true_peak(dtype: str, checkpointing: bool) -> None:
+    """float32 used to fall back to the formula and, with checkpointing, the bound (+10% and more)."""
+    error, result = _peak_error(QWEN3_MOE, ["q_proj", "v_proj"], dtype, checkpointing, 3, 40)
+    assert result.activations is not None and result.activations.method == "trace"
+    assert abs(error) < TOLERANCE, (error, result.categories)
+

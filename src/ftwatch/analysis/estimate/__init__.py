@@ -32,7 +32,9 @@ The package, one concern a module (everything public is re-exported here):
 - :mod:`.parameters`: parameter counts and weight bytes (bitsandbytes' quantized storage).
 - :mod:`.optimizer`: optimizer state bytes by ``optim`` name.
 - :mod:`.fused_attention`, :mod:`.autocast_emulation`: what the meta trace stands in for fused
-  attention kernels and CUDA autocast.
+  attention kernels and CUDA autocast; :mod:`.meta_kernels`: for ops whose meta kernel refuses
+  what the device kernels run (``torch._grouped_mm`` in float32, in mixture-of-experts layers);
+  :mod:`.meta_masks`: the one value transformers' mask creation reads, answered without data.
 - :mod:`.activation_trace`: the meta trace (``saved_tensors_hooks``) and its cache.
 - :mod:`.activation_formula`: the per-layer formula the trace falls back to.
 - :mod:`.activations`: trace or formula, with or without checkpointing; ``other`` from the step's peak.
