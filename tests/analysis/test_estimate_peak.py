@@ -93,3 +93,26 @@ def test_mixture_of_experts_is_traced_and_meets_the_true_peak(dtype: str, checkp
     assert result.activations is not None and result.activations.method == "trace"
     assert abs(error) < TOLERANCE, (error, result.categories)
 
+
+def _windowed(model_type: str) -> dict[str, Any]:
+    """A 2-layer model of ``model_type`` whose attention window (24) is shorter than the sequence."""
+    return {"model_type": model_type, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256,
+            "max_position_embeddings": 1024, "tie_word_embeddings": False, "sliding_window": 24}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("model_type", ["mistral", "gemma3_text"])
+def test_a_window_shorter_than_the_sequence_meets_the_true_peak(model_type: str, attn: str) -> None:
+    """SDPA gets a real mask past the window: the kernel keeps it (as an additive float mask) and
+    transformers repeats the key/value heads for it; the trace used to build no mask at all."""
+    error, result = _peak_error(_windowed(model_type), ["q_proj", "v_proj"], "float32", False, 2, 160, attn)
+    assert abs(error) < TOLERANCE, (error, result.categories)
+
+
+def test_bloom_at_batch_one_meets_the_true_peak() -> None:
+    """bloom builds its alibi from the attention mask; at batch 1 with an all-ones mask the estimate
+    (which passes none) still meets the true peak."""
+    config = {"model_type": "bloom", "n_layer": 3, "hidden_size": 96, "n_head": 4, "vocab_size": 640}
+    error, result = _peak_error(config, ["query_key_value"], "float32", False, 1, 160)
+    assert abs(error) < TOLERANCE, (error, result.categories)
