@@ -20,6 +20,10 @@ variants follow in float32 (:data:`VARIANTS`: sliding windows shorter than the s
   row whose estimate did not come from the trace says which method it used.
 - **calibrated**: ``ftwatch estimate --calibrate``'s peak (1- and 2-layer copies trained in a real
   ``Trainer`` by :mod:`ftwatch.training.calibrate`, extrapolated to 4 layers).
+- **formula**, **bound**: the error of the estimate's last resorts (:mod:`ftwatch.analysis.estimate.fallbacks`),
+  forced on the row: as if the meta trace could not run the model (the formula and the bound), or
+  only the meta training step (the bound). Their ranges over every row are the expected errors the
+  estimate states when it falls back.
 
 Errors are ``estimate / measured - 1``. ``--quick``: four architectures, float32, no variants.
 ``tests/training/test_calibrate.py`` and ``tests/analysis/test_estimate_peak.py`` import
@@ -35,6 +39,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +108,8 @@ VARIANTS = (
             BATCH, SEQ, "the last two of four layers in a window: two kinds of layer, two masks"),
     Variant("bloom", "batch 1", {}, 1, 128, "batch 1 with an all-ones attention mask (alibi from the mask)"),
     Variant("llama", "batch 1", {}, 1, 128, "batch 1, a longer sequence"),
+    Variant("llama", "vocab 128", {"vocab_size": 128}, 1, 512,
+            "a small vocabulary and a long sequence: the peak is in a layer's backward, not the loss's"),
 )
 
 
@@ -245,15 +252,47 @@ max_length = {setting.seq}
     return path
 
 
+#: The estimate's last resorts (:mod:`ftwatch.analysis.estimate.fallbacks`), forced on every row to
+#: measure their error: the function each one stands in for, in the module the estimate calls it from.
+FALLBACKS = {"formula": ("activation_trace", "trace_activations"), "bound": ("step_trace", "trace_step")}
+
+
+@contextlib.contextmanager
+def forced_fallback(kind: str) -> Iterator[None]:
+    """The estimate as if the meta trace (``formula``) or the meta training step (``bound``) could
+    not run this model: that function refuses, and the traces' caches are emptied around the block."""
+    import importlib
+
+    from ftwatch.analysis.estimate import activation_trace, step_trace
+
+    module = importlib.import_module(f"ftwatch.analysis.estimate.{FALLBACKS[kind][0]}")
+    name = FALLBACKS[kind][1]
+    original = getattr(module, name)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"{name} refused by the benchmark")
+
+    def clear() -> None:
+        activation_trace._TRACE_CACHE.clear()
+        step_trace._STEP_CACHE.clear()
+
+    clear()
+    setattr(module, name, refuse)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+        clear()
+
+
 def row(tmp: Path, setting: Setting, calibrate: bool = True) -> dict[str, Any]:
-    """One table row: measured, meta and calibrated peaks (bytes), or the error that stopped it."""
+    """One table row: measured, meta, calibrated and fallback peaks (bytes), or the error that stopped it."""
     from ftwatch.analysis.estimate import estimate
     from ftwatch.commands import estimate_calibrate
     from ftwatch.commands.usage import UsageError
     from ftwatch.common.config import load_config
 
     out: dict[str, Any] = {"setting": setting}
-    started = time.perf_counter()
     try:
         measured = measure_training_peak(setting.config(), setting.dtype, ARCHITECTURES[setting.arch][1],
                                          setting.checkpointing, setting.batch, setting.seq, attn=setting.attn)
@@ -262,52 +301,71 @@ def row(tmp: Path, setting: Setting, calibrate: bool = True) -> dict[str, Any]:
     cfg = load_config(write_run(tmp, setting))
     try:
         meta = estimate(cfg, on_gpu=False)
-        calibrated = None
+        fallbacks = {}
+        for kind in FALLBACKS:
+            with forced_fallback(kind):
+                forced = estimate(cfg, on_gpu=False)
+            if [f.kind for f in forced.fallbacks] != [kind]:
+                raise RuntimeError(f"forcing the {kind} gave {[f.kind for f in forced.fallbacks]}")
+            fallbacks[kind] = forced.total
+        calibrated, calibration_notes = None, []
         if calibrate:
             with contextlib.redirect_stderr(io.StringIO()):
                 calibration = estimate_calibrate.calibrate(cfg, meta, "cpu")
-            calibrated = calibration.total
+            calibrated, calibration_notes = calibration.total, calibration.notes
     except (UsageError, Exception) as exc:
         return {**out, "measured": measured, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"}
-    method = meta.activations.method if meta.activations else "?"
-    return {**out, "measured": measured, "meta": meta.total, "calibrated": calibrated, "method": method,
-            "seconds": time.perf_counter() - started, "notes": [*meta.notes]}
+    return {**out, "measured": measured, "meta": meta.total, "calibrated": calibrated, "fallbacks": fallbacks,
+            "used": [f.kind for f in meta.fallbacks], "notes": [*meta.notes, *calibration_notes]}
 
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:8.2f}"
 
 
+def _range(errors: list[float]) -> str:
+    return f"{min(errors):+.1%} to {max(errors):+.1%}" if errors else "-"
+
+
 def _table(rows: list[dict[str, Any]]) -> None:
     print(f"CPU peak of a training step (MiB), 4 layers, hidden 128, LoRA r=8, AdamW; batch {BATCH} x {SEQ} "
           "unless said")
-    print(f"{'arch':<18} {'attn':<5} {'dtype':<8} {'ckpt':>4} {'batch':>6} {'measured':>8} {'meta':>8} "
-          f"{'error':>7} {'calibr.':>8} {'error':>7}")
+    print(f"{'arch':<18} {'attn':<5} {'dtype':<5} {'ckpt':>4} {'batch':>6} {'measured':>8} {'meta':>8} "
+          f"{'error':>7} {'calibr.':>8} {'error':>7} {'formula':>8} {'bound':>7}")
     meta_errors, calibrated_errors = [], []
+    forced: dict[str, list[float]] = {kind: [] for kind in FALLBACKS}
     for r in rows:
         s: Setting = r["setting"]
-        head = (f"{s.label:<18} {s.attn:<5} {s.dtype.replace('float', 'fp'):<8} "
+        head = (f"{s.label:<18} {s.attn:<5} {s.dtype.replace('float', 'fp'):<5} "
                 f"{'on' if s.checkpointing else 'off':>4} {f'{s.batch}x{s.seq}':>6}")
         if "error" in r:
             print(f"{head} {r['error']}")
             continue
         meta_err = r["meta"] / r["measured"] - 1
-        meta_errors.append(abs(meta_err))
+        meta_errors.append(meta_err)
         line = f"{head} {_mib(r['measured'])} {_mib(r['meta'])} {meta_err:>+7.1%}"
         if r["calibrated"] is not None:
             cal_err = r["calibrated"] / r["measured"] - 1
-            calibrated_errors.append(abs(cal_err))
+            calibrated_errors.append(cal_err)
             line += f" {_mib(r['calibrated'])} {cal_err:>+7.1%}"
-        if r["method"] != "trace":
-            line += f"  ({r['method']})"
+        else:
+            line += f" {'-':>8} {'-':>7}"
+        for kind, total in r["fallbacks"].items():
+            forced[kind].append(total / r["measured"] - 1)
+            line += f" {forced[kind][-1]:>+{8 if kind == 'formula' else 7}.1%}"
+        if r["used"]:
+            line += f"  (meta used: {', '.join(r['used'])})"
         print(line)
     if meta_errors:
-        summary = f"worst |error|: meta {max(meta_errors):.1%}"
-        summary += f", calibrated {max(calibrated_errors):.1%}" if calibrated_errors else ""
-        summary += f"; mean |error|: meta {sum(meta_errors) / len(meta_errors):.1%}"
+        worst = f"worst |error|: meta {max(map(abs, meta_errors)):.1%}"
+        mean = f"mean |error|: meta {sum(map(abs, meta_errors)) / len(meta_errors):.1%}"
         if calibrated_errors:
-            summary += f", calibrated {sum(calibrated_errors) / len(calibrated_errors):.1%}"
-        print(summary)
+            worst += f", calibrated {max(map(abs, calibrated_errors)):.1%}"
+            mean += f", calibrated {sum(map(abs, calibrated_errors)) / len(calibrated_errors):.1%}"
+        print(f"{worst}; {mean}")
+        print(f"range: meta {_range(meta_errors)}, calibrated {_range(calibrated_errors)}")
+        print("last resorts forced on every row (the estimate's expected error when it falls back): "
+              f"formula {_range(forced['formula'])}, bound {_range(forced['bound'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,9 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     for v in VARIANTS:
         if v.arch in names and not (args.quick or args.no_variants):
             print(f"{v.arch} {v.label}: {v.why}")
-    notes = sorted({note for r in rows for note in r.get("notes", [])})
-    for note in notes:
-        print(f"note: {note}")
+    notes: dict[str, list[str]] = {}
+    for r in rows:
+        for note in r.get("notes", []):
+            s = r["setting"]
+            notes.setdefault(note, []).append(f"{s.label} {s.attn} {s.dtype} ckpt {'on' if s.checkpointing else 'off'}")
+    for note, where in sorted(notes.items()):
+        print(f"note ({len(where)} rows: {'; '.join(where[:3])}{'; ...' if len(where) > 3 else ''}): {note}")
     print(f"({len(rows)} rows, {time.perf_counter() - started:.0f} s)")
     return 0
 

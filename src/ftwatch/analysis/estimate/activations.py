@@ -10,6 +10,7 @@ from typing import Any
 
 from ftwatch.analysis.estimate.activation_formula import formula_activations
 from ftwatch.analysis.estimate.activation_trace import ActivationTrace, _cached_trace
+from ftwatch.analysis.estimate.fallbacks import Fallback, first_line
 from ftwatch.analysis.estimate.inputs import EstimateInputs
 from ftwatch.analysis.estimate.meta_model import meta_peft_model
 from ftwatch.analysis.estimate.model_config import _config_get, _to_pretrained_config
@@ -23,11 +24,13 @@ _log = logging.getLogger(__name__)
 class ActivationEstimate:
     """Activation bytes: what the forward pass leaves saved (``saved_forward``, the estimate's
     ``activations``) and what one checkpointed layer saves again when the backward recomputes it
-    (``recompute``; live only in the backward, so in ``other`` when it is live at the peak)."""
+    (``recompute``; live only in the backward, so in ``other`` when it is live at the peak).
+    ``fallback_reason``: why the trace could not run, when ``method`` is ``formula``."""
 
     saved_forward: int
     recompute: int
     method: str
+    fallback_reason: str = ""
 
     @property
     def total(self) -> int:
@@ -59,15 +62,17 @@ def combine_activations(trace: ActivationTrace, checkpointing: bool, every_n_lay
 def estimate_activations(inputs: EstimateInputs, model: Any | None = None) -> ActivationEstimate:
     """Activation bytes for these inputs: meta trace, or the formula if the trace fails."""
     model = model if model is not None else meta_peft_model(inputs)
+    reason = ""
     try:
         trace = _cached_trace(inputs, model)
     except Exception as exc:  # an architecture the meta trace cannot run
         _log.debug("meta trace failed, using the formula: %s", exc)
-        trace = formula_activations(inputs, model)
+        trace, reason = formula_activations(inputs, model), first_line(exc)
     options = inputs.checkpointing_options
-    return combine_activations(trace, inputs.gradient_checkpointing,
-                               every_n_layers=int(options.get("every_n_layers", 1)),
-                               offload=bool(options.get("offload", False)))
+    result = combine_activations(trace, inputs.gradient_checkpointing,
+                                 every_n_layers=int(options.get("every_n_layers", 1)),
+                                 offload=bool(options.get("offload", False)))
+    return dataclasses.replace(result, fallback_reason=reason) if reason else result
 
 
 def other_bytes(inputs: EstimateInputs) -> int:
@@ -78,9 +83,10 @@ def other_bytes(inputs: EstimateInputs) -> int:
     return 2 * inputs.batch_size * inputs.max_length * vocab * 4
 
 
-def backward_peak_bytes(inputs: EstimateInputs, activations: ActivationEstimate, model: Any | None = None) -> int:
+def backward_peak(inputs: EstimateInputs, activations: ActivationEstimate,
+                  model: Any | None = None) -> tuple[int, Fallback | None]:
     """``other``: what the training step holds at its peak beyond the forward's saved activations
-    and the parameters' gradients.
+    and the parameters' gradients; with the stand-in that sized it when the step could not run.
 
     From a meta training step (:func:`~ftwatch.analysis.estimate.step_trace.cached_step_peak`): its
     peak of live bytes less the gradients live then and less the saved activations. Where the peak
@@ -92,25 +98,30 @@ def backward_peak_bytes(inputs: EstimateInputs, activations: ActivationEstimate,
     layers would cost seconds of meta dispatch per step, two cost a fraction of one. When the step
     cannot run on the meta device (the formula stands in for the trace, or checkpoints are
     offloaded to the host, which meta tensors cannot be), the bound :func:`other_bytes` plus the
-    recomputed layer.
+    recomputed layer, and a :class:`~ftwatch.analysis.estimate.fallbacks.Fallback` that says so
+    (the formula's own, when the formula stood in for the trace).
     """
     offload = bool(inputs.checkpointing_options.get("offload", False))
-    if activations.method == "trace" and not (inputs.gradient_checkpointing and offload):
-        try:
-            step_inputs, saved = inputs, activations.saved_forward
-            depth = step_depth(inputs)
-            if depth is not None:
-                config = _to_pretrained_config(inputs.model_config, inputs.trust_remote_code)
-                step_inputs = dataclasses.replace(inputs, model_config=truncate_config(config, depth))
-                model = None
-            step_model = model if model is not None else meta_peft_model(step_inputs)
-            if step_inputs is not inputs:
-                saved = estimate_activations(step_inputs, step_model).saved_forward
-            step = cached_step_peak(step_inputs, step_model)
-            return max(step.peak - step.grads - saved, 0)
-        except Exception as exc:  # an op without a meta backward, say: the bound below
-            _log.debug("meta training step failed, bounding the backward instead: %s", exc)
-    return other_bytes(inputs) + activations.recompute
+    bound = other_bytes(inputs) + activations.recompute
+    if activations.method != "trace":
+        return bound, Fallback("formula", f"the meta trace could not run this model: {activations.fallback_reason}")
+    if inputs.gradient_checkpointing and offload:
+        return bound, Fallback("bound", "checkpoints offloaded to the host cannot be followed on the meta device")
+    try:
+        step_inputs, saved = inputs, activations.saved_forward
+        depth = step_depth(inputs)
+        if depth is not None:
+            config = _to_pretrained_config(inputs.model_config, inputs.trust_remote_code)
+            step_inputs = dataclasses.replace(inputs, model_config=truncate_config(config, depth))
+            model = None
+        step_model = model if model is not None else meta_peft_model(step_inputs)
+        if step_inputs is not inputs:
+            saved = estimate_activations(step_inputs, step_model).saved_forward
+        step = cached_step_peak(step_inputs, step_model)
+        return max(step.peak - step.grads - saved, 0), None
+    except Exception as exc:  # an op without a meta backward, say: the bound
+        _log.debug("meta training step failed, bounding the backward instead: %s", exc)
+        return bound, Fallback("bound", f"the meta training step could not run: {first_line(exc)}")
 
 
 def step_depth(inputs: EstimateInputs) -> int | None:
