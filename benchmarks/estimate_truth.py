@@ -20,10 +20,11 @@ variants follow in float32 (:data:`VARIANTS`: sliding windows shorter than the s
   row whose estimate did not come from the trace says which method it used.
 - **calibrated**: ``ftwatch estimate --calibrate``'s peak (1- and 2-layer copies trained in a real
   ``Trainer`` by :mod:`ftwatch.training.calibrate`, extrapolated to 4 layers).
-- **formula**, **bound**: the error of the estimate's last resorts (:mod:`ftwatch.analysis.estimate.fallbacks`),
-  forced on the row: as if the meta trace could not run the model (the formula and the bound), or
-  only the meta training step (the bound). Their ranges over every row are the expected errors the
-  estimate states when it falls back.
+- **formula**, **approx.**: the error of the estimate's last resorts
+  (:mod:`ftwatch.analysis.estimate.fallbacks`), forced on the row: as if the meta trace could not
+  run the model (the formula, and the approximation for the backward), or only the meta training
+  step (the approximation). Their ranges over every row are the expected errors the estimate
+  states when it falls back.
 
 Errors are ``estimate / measured - 1``. ``--quick``: four architectures, float32, no variants.
 ``tests/training/test_calibrate.py`` and ``tests/analysis/test_estimate_peak.py`` import
@@ -254,12 +255,13 @@ max_length = {setting.seq}
 
 #: The estimate's last resorts (:mod:`ftwatch.analysis.estimate.fallbacks`), forced on every row to
 #: measure their error: the function each one stands in for, in the module the estimate calls it from.
-FALLBACKS = {"formula": ("activation_trace", "trace_activations"), "bound": ("step_trace", "trace_step")}
+FALLBACKS = {"formula": ("activation_trace", "trace_activations"),
+             "approximation": ("step_trace", "trace_step")}
 
 
 @contextlib.contextmanager
 def forced_fallback(kind: str) -> Iterator[None]:
-    """The estimate as if the meta trace (``formula``) or the meta training step (``bound``) could
+    """The estimate as if the meta trace (``formula``) or the meta training step (``approximation``) could
     not run this model: that function refuses, and the traces' caches are emptied around the block."""
     import importlib
 
@@ -331,7 +333,7 @@ def _table(rows: list[dict[str, Any]]) -> None:
     print(f"CPU peak of a training step (MiB), 4 layers, hidden 128, LoRA r=8, AdamW; batch {BATCH} x {SEQ} "
           "unless said")
     print(f"{'arch':<18} {'attn':<5} {'dtype':<5} {'ckpt':>4} {'batch':>6} {'measured':>8} {'meta':>8} "
-          f"{'error':>7} {'calibr.':>8} {'error':>7} {'formula':>8} {'bound':>7}")
+          f"{'error':>7} {'calibr.':>8} {'error':>7} {'formula':>8} {'approx.':>7}")
     meta_errors, calibrated_errors = [], []
     forced: dict[str, list[float]] = {kind: [] for kind in FALLBACKS}
     for r in rows:
@@ -365,7 +367,7 @@ def _table(rows: list[dict[str, Any]]) -> None:
         print(f"{worst}; {mean}")
         print(f"range: meta {_range(meta_errors)}, calibrated {_range(calibrated_errors)}")
         print("last resorts forced on every row (the estimate's expected error when it falls back): "
-              f"formula {_range(forced['formula'])}, bound {_range(forced['bound'])}")
+              f"formula {_range(forced['formula'])}, approximation {_range(forced['approximation'])}")
 
 
 def main(argv: list[str] | None = None) -> int:

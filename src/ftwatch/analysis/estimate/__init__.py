@@ -18,7 +18,8 @@ peft's real ``get_peft_model`` is applied to it, and every category is sized fro
   checkpointed recomputation): at a loss-backward peak the loss's two float32 logits-sized
   gradients; at a peak inside a layer's backward that layer recomputed and its gradients, net of
   the saved activations freed by then. So the categories sum to the step's peak. When that step
-  cannot run, the bound: the two float32 loss buffers plus the largest recomputed layer. Either
+  cannot run, an approximation: the larger of the two float32 loss buffers and the largest
+  recomputed layer. Either
   stand-in is listed in :attr:`Estimate.fallbacks` with why and its expected error, and noted.
 - ``non_torch``: the CUDA context and library workspaces (GPU targets only), a fixed allowance.
 
@@ -39,7 +40,7 @@ The package, one concern a module (everything public is re-exported here):
 - :mod:`.activation_trace`: the meta trace (``saved_tensors_hooks``) and its cache.
 - :mod:`.activation_formula`: the per-layer formula the trace falls back to.
 - :mod:`.activations`: trace or formula, with or without checkpointing; ``other`` from the step's peak.
-- :mod:`.fallbacks`: the formula and the bound as last resorts: why, and their expected error.
+- :mod:`.fallbacks`: the formula and the approximation as last resorts: why, and their expected error.
 - :mod:`.step_trace`: a training step on the meta device and its peak of live bytes.
 - :mod:`.result`: :class:`Estimate` and the verdict (:func:`judge`).
 - :mod:`.core`: :func:`estimate`, :func:`estimate_inputs`, :func:`estimate_from_model_config`.

@@ -97,16 +97,18 @@ def backward_peak(inputs: EstimateInputs, activations: ActivationEstimate,
     every kind of layer and a whole checkpointing pattern (:func:`step_depth`): a 7B model's 30
     layers would cost seconds of meta dispatch per step, two cost a fraction of one. When the step
     cannot run on the meta device (the formula stands in for the trace, or checkpoints are
-    offloaded to the host, which meta tensors cannot be), the bound :func:`other_bytes` plus the
-    recomputed layer, and a :class:`~ftwatch.analysis.estimate.fallbacks.Fallback` that says so
-    (the formula's own, when the formula stood in for the trace).
+    offloaded to the host, which meta tensors cannot be), :func:`approximate_backward_bytes`, and
+    a :class:`~ftwatch.analysis.estimate.fallbacks.Fallback` that says so (the formula's own, when
+    the formula stood in for the trace).
     """
     offload = bool(inputs.checkpointing_options.get("offload", False))
-    bound = other_bytes(inputs) + activations.recompute
+    approximate = approximate_backward_bytes(inputs, activations)
     if activations.method != "trace":
-        return bound, Fallback("formula", f"the meta trace could not run this model: {activations.fallback_reason}")
+        reason = f"the meta trace could not run this model: {activations.fallback_reason}"
+        return approximate, Fallback("formula", reason)
     if inputs.gradient_checkpointing and offload:
-        return bound, Fallback("bound", "checkpoints offloaded to the host cannot be followed on the meta device")
+        reason = "checkpoints offloaded to the host cannot be followed on the meta device"
+        return approximate, Fallback("approximation", reason)
     try:
         step_inputs, saved = inputs, activations.saved_forward
         depth = step_depth(inputs)
@@ -119,9 +121,19 @@ def backward_peak(inputs: EstimateInputs, activations: ActivationEstimate,
             saved = estimate_activations(step_inputs, step_model).saved_forward
         step = cached_step_peak(step_inputs, step_model)
         return max(step.peak - step.grads - saved, 0), None
-    except Exception as exc:  # an op without a meta backward, say: the bound
-        _log.debug("meta training step failed, bounding the backward instead: %s", exc)
-        return bound, Fallback("bound", f"the meta training step could not run: {first_line(exc)}")
+    except Exception as exc:  # an op without a meta backward, say: the approximation
+        _log.debug("meta training step failed, approximating the backward instead: %s", exc)
+        return approximate, Fallback("approximation", f"the meta training step could not run: {first_line(exc)}")
+
+
+def approximate_backward_bytes(inputs: EstimateInputs, activations: ActivationEstimate) -> int:
+    """``other`` without a meta training step: the larger of the two places a step's backward
+    usually peaks, the loss's backward (its two float32 logits-sized buffers, :func:`other_bytes`)
+    and a checkpointed layer's (that layer recomputed, ``activations.recompute``). Only one of them
+    is live at a time. It leaves out the gradients a layer's backward makes on top of its saved
+    tensors, so it is low where the peak is in a layer (a long sequence, a small vocabulary, eager
+    attention); :mod:`.fallbacks` holds its measured error."""
+    return max(other_bytes(inputs), activations.recompute)
 
 
 def step_depth(inputs: EstimateInputs) -> int | None:
