@@ -126,14 +126,17 @@ class Setting:
 
     @property
     def batch(self) -> int:
+        """The micro-batch size."""
         return self.variant.batch if self.variant else BATCH
 
     @property
     def seq(self) -> int:
+        """The sequence length."""
         return self.variant.seq if self.variant else SEQ
 
     @property
     def label(self) -> str:
+        """The row's name: the architecture and its variant."""
         return f"{self.arch} {self.variant.label}" if self.variant else self.arch
 
     def config(self) -> dict[str, Any]:
