@@ -37,7 +37,7 @@ def load_benchmark(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # a dataclass looks its module up there
+    sys.modules[name] = module  # a dataclass in it looks its module up while the module runs
     spec.loader.exec_module(module)
     return module
 

@@ -12,13 +12,15 @@ peft's real ``get_peft_model`` is applied to it, and every category is sized fro
   the forward ends). Fused attention kernels (SDPA, flash) are stood in for by a function that
   saves what they save; mixed precision (``bf16``/``fp16`` in ``[training]``) is emulated op by op.
   Gradient checkpointing keeps each layer's input. If the trace cannot run, a per-layer formula for
-  Llama-style decoders is used.
+  Llama-style decoders is used, as a last resort that says so (:mod:`.fallbacks`).
 - ``other``: what the step holds at its peak beyond those saved activations and the gradients, from
   a whole training step run on the meta device (:mod:`.step_trace`: forward, loss, backward, the
   checkpointed recomputation): at a loss-backward peak the loss's two float32 logits-sized
   gradients; at a peak inside a layer's backward that layer recomputed and its gradients, net of
   the saved activations freed by then. So the categories sum to the step's peak. When that step
-  cannot run, the bound: the two float32 loss buffers plus the largest recomputed layer.
+  cannot run, an approximation: the larger of the two float32 loss buffers and the largest
+  recomputed layer. Either
+  stand-in is listed in :attr:`Estimate.fallbacks` with why and its expected error, and noted.
 - ``non_torch``: the CUDA context and library workspaces (GPU targets only), a fixed allowance.
 
 :func:`estimate` works on a loaded :class:`~ftwatch.common.config.Config`; :func:`estimate_from_model_config`
@@ -32,10 +34,13 @@ The package, one concern a module (everything public is re-exported here):
 - :mod:`.parameters`: parameter counts and weight bytes (bitsandbytes' quantized storage).
 - :mod:`.optimizer`: optimizer state bytes by ``optim`` name.
 - :mod:`.fused_attention`, :mod:`.autocast_emulation`: what the meta trace stands in for fused
-  attention kernels and CUDA autocast.
+  attention kernels and CUDA autocast; :mod:`.meta_kernels`: for ops whose meta kernel refuses
+  what the device kernels run (``torch._grouped_mm`` in float32, in mixture-of-experts layers);
+  :mod:`.meta_masks`: the one value transformers' mask creation reads, answered without data.
 - :mod:`.activation_trace`: the meta trace (``saved_tensors_hooks``) and its cache.
 - :mod:`.activation_formula`: the per-layer formula the trace falls back to.
 - :mod:`.activations`: trace or formula, with or without checkpointing; ``other`` from the step's peak.
+- :mod:`.fallbacks`: the formula and the approximation as last resorts: why, and their expected error.
 - :mod:`.step_trace`: a training step on the meta device and its peak of live bytes.
 - :mod:`.result`: :class:`Estimate` and the verdict (:func:`judge`).
 - :mod:`.core`: :func:`estimate`, :func:`estimate_inputs`, :func:`estimate_from_model_config`.
@@ -61,6 +66,7 @@ from ftwatch.analysis.estimate.core import (
     estimate_inputs,
     quantization_of,
 )
+from ftwatch.analysis.estimate.fallbacks import Fallback
 from ftwatch.analysis.estimate.fused_attention import FUSED_ATTENTION
 from ftwatch.analysis.estimate.inputs import EstimateInputs, inputs_from_config, with_changes
 from ftwatch.analysis.estimate.meta_model import (
@@ -94,6 +100,7 @@ __all__ = [
     "ActivationTrace",
     "Estimate",
     "EstimateInputs",
+    "Fallback",
     "MiB",
     "ParamCounts",
     "combine_activations",

@@ -13,6 +13,7 @@ from typing import Any
 from ftwatch.analysis.estimate.autocast_emulation import _autocast_mode
 from ftwatch.analysis.estimate.fused_attention import _TRACE_STATE
 from ftwatch.analysis.estimate.inputs import EstimateInputs
+from ftwatch.analysis.estimate.meta_kernels import meta_kernels
 from ftwatch.analysis.estimate.meta_masks import meta_mask_arguments
 from ftwatch.analysis.estimate.meta_model import _CACHE_LOCK, _CACHE_SIZE, _model_key
 from ftwatch.analysis.estimate.quiet import _quiet
@@ -177,7 +178,7 @@ def trace_activations(model: Any, batch: int, seq: int, autocast: str | None = N
     _TRACE_STATE.autocast = getattr(torch, autocast) if autocast else None
     _TRACE_STATE.cpu = not on_gpu
     try:
-        with _quiet(), meta_mask_arguments(), tally.hooked(), mode, \
+        with _quiet(), meta_mask_arguments(), tally.hooked(), mode, meta_kernels(), \
                 torch.autograd.graph.saved_tensors_hooks(tally.pack, lambda t: t):
             _graph = model(input_ids=ids, labels=ids, use_cache=False, **_loss_kwargs(model))
         return tally.result()  # while the output (`_graph`) keeps the graph and its saved tensors alive

@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ftwatch.analysis.estimate.activations import (
-    ActivationEstimate,
-    backward_peak_bytes,
+    backward_peak,
     estimate_activations,
 )
 from ftwatch.analysis.estimate.inputs import EstimateInputs, inputs_from_config
@@ -44,25 +43,27 @@ def estimate_inputs(inputs: EstimateInputs, capacity_bytes: int | None = None,
     model = meta_peft_model(inputs)
     counts = count_parameters(model, quantization_of(inputs))
     activations = estimate_activations(inputs, model)
+    other, fallback = backward_peak(inputs, activations, model)
     categories = {
         "weights": counts.weights_bytes,
         "lora": counts.trainable_bytes,
         "grads": counts.trainable_bytes,
         "optimizer": optimizer_state_bytes(counts.trainable_shapes, inputs.optim, inputs.training.get("optim_args")),
         "activations": activations.saved_forward,
-        "other": backward_peak_bytes(inputs, activations, model) + ddp_bucket_bytes(inputs, counts.trainable_bytes),
+        "other": other + ddp_bucket_bytes(inputs, counts.trainable_bytes),
     }
     if inputs.on_gpu:
         categories["non_torch"] = NON_TORCH_BYTES
     result = Estimate(params_total=counts.total, params_trainable=counts.trainable, params_base=counts.base,
                       categories=categories, capacity_bytes=capacity_bytes, capacity_source=capacity_source,
-                      activations=activations, inputs=inputs)
+                      activations=activations, inputs=inputs, fallbacks=[fallback] if fallback else [])
     result.verdict, result.fails_at = judge(result.total, result.loading_bytes, capacity_bytes)
-    result.notes.extend(_notes(inputs, activations))
+    result.notes.extend(_notes(inputs))
+    result.notes.extend(f.note() for f in result.fallbacks)
     return result
 
 
-def _notes(inputs: EstimateInputs, activations: ActivationEstimate) -> list[str]:
+def _notes(inputs: EstimateInputs) -> list[str]:
     notes = []
     if inputs.world_size > 1:
         notes.append(f"per process: each of the {inputs.world_size} DDP processes holds all of this on its own "
@@ -71,8 +72,6 @@ def _notes(inputs: EstimateInputs, activations: ActivationEstimate) -> list[str]
         notes.append(f"optimizer {inputs.optim!r} is not known to ftwatch; its state is sized like AdamW's")
     if inputs.optim.startswith("paged_"):
         notes.append("paged optimizer state can move to host memory under pressure; it is counted in full")
-    if activations.method == "formula":
-        notes.append("activations come from the Llama-style formula (the meta trace could not run this model)")
     if inputs.load_in_4bit or inputs.load_in_8bit:
         notes.append("quantized: the unquantized weights and the activations are float32, as peft's "
                      "prepare_model_for_kbit_training leaves them (set bf16 = true in [training] to autocast)")

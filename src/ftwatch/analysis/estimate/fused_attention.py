@@ -6,8 +6,10 @@ import functools
 import threading
 from typing import Any
 
-#: The attention implementation the meta trace registers (a stand-in for fused SDPA/flash kernels).
+#: The attention implementation the meta trace registers for SDPA (a stand-in for its fused kernels).
 FUSED_ATTENTION = "ftwatch_fused_sdpa"
+#: The same stand-in for flash kernels (and any other fused one): no dense mask is ever built for them.
+FUSED_FLASH = "ftwatch_fused_flash"
 
 
 #: What the running trace emulates (``autocast`` dtype, ``cpu`` target), read by the fused attention.
@@ -18,16 +20,17 @@ def _attention_for_trace(attn_implementation: str | None, model_class: Any = Non
     """The attention the trace tries first for the one the run asks for (``None``: transformers' default).
 
     Eager attention is traced as it is, and so is the default of a class without SDPA support
-    (bloom, gemma2: transformers picks eager for them). Everything else runs a fused kernel (SDPA,
-    flash) as the stand-in below; a model that cannot take it (falcon keeps its own table of
-    attention classes) is built with :func:`fallback_attention` instead.
+    (bloom, gemma2: transformers picks eager for them). SDPA runs as the stand-in below with SDPA's
+    masks, any other fused kernel (flash) as the stand-in without masks; a model that cannot take it
+    (one that keeps its own table of attention classes) is built with :func:`fallback_attention` instead.
     """
     if attn_implementation == "eager":
         return "eager"
-    if model_class is not None and attn_implementation in (None, "sdpa") and \
-            not getattr(model_class, "_supports_sdpa", False):
-        return "eager"
-    return FUSED_ATTENTION
+    if attn_implementation in (None, "sdpa"):
+        if model_class is not None and not getattr(model_class, "_supports_sdpa", False):
+            return "eager"
+        return FUSED_ATTENTION
+    return FUSED_FLASH
 
 
 def fallback_attention(model_class: Any) -> str:
@@ -47,25 +50,32 @@ def causal_lm_class(config: Any) -> Any:
 
 
 def _register_fused_attention() -> None:
-    """Register the fused-kernel stand-in with transformers' attention interface (once).
+    """Register the fused-kernel stand-ins with transformers' attention interface (once).
 
-    No mask function is registered, so the model builds no mask: the same as SDPA on unpadded
-    (packed) batches, and no mask creation that would need tensor values (meta tensors have none).
+    The SDPA stand-in gets SDPA's mask function: the model builds the boolean mask exactly when a
+    run with SDPA does (a sliding window shorter than the sequence, say; a plain causal batch
+    without padding builds none and SDPA runs ``is_causal``). The flash stand-in gets none: flash
+    kernels take a window as an argument and never a dense mask.
     """
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     from transformers.modeling_utils import AttentionInterface
 
-    if FUSED_ATTENTION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(FUSED_ATTENTION, _fused_attention)
+    for name in (FUSED_ATTENTION, FUSED_FLASH):
+        if name not in AttentionInterface._global_mapping:
+            AttentionInterface.register(name, _fused_attention)
+    if FUSED_ATTENTION not in AttentionMaskInterface._global_mapping:
+        AttentionMaskInterface.register(FUSED_ATTENTION, sdpa_mask)
 
 
 def _fused_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                      dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
-    """Attention that saves what SDPA's flash / memory-efficient kernels save: q, k, v, out, logsumexp.
+    """Attention that saves what SDPA's flash / memory-efficient kernels save: q, k, v, out, logsumexp,
+    and the mask when there is one.
 
     Key/value heads are repeated for grouped-query attention exactly when transformers' SDPA path
-    repeats them; under (emulated) autocast the inputs are cast like autocast casts SDPA's. For a
-    CPU target with attention dropout, SDPA's math path runs instead (PyTorch's CPU flash kernel
-    has no dropout), as it does on a real CPU.
+    repeats them (with a mask, it does); under (emulated) autocast the inputs are cast like autocast
+    casts SDPA's. For a CPU target with attention dropout, SDPA's math path runs instead (PyTorch's
+    CPU flash kernel has no dropout), as it does on a real CPU.
     """
     import torch
     from transformers.integrations.sdpa_attention import repeat_kv, use_gqa_in_sdpa
@@ -96,11 +106,17 @@ def _fused_function() -> Any:
 
     class FusedAttention(torch.autograd.Function):
         """Saves q, k, v, the output, the float32 logsumexp (and the mask, if any), computes nothing;
-        its backward makes the gradients of q, k and v (the meta step trace runs it)."""
+        its backward makes the gradients of q, k and v (the meta step trace runs it).
+
+        A boolean mask is what SDPA first turns into an additive one in the query's dtype (a new
+        tensor of the mask's full shape, each call): that one is what the kernel keeps for the
+        backward. A float mask is kept as it is."""
 
         @staticmethod
         def forward(ctx: Any, query: Any, key: Any, value: Any, mask: Any, cpu: bool) -> Any:
             b, h, s, _ = query.shape
+            if mask is not None and mask.dtype == torch.bool:
+                mask = query.new_empty(mask.shape)
             if cpu and value.shape[-1] == query.shape[-1]:  # the CPU kernel's output follows the query's layout
                 out = torch.empty_like(query)
             else:  # CUDA kernels write (batch, seq, heads, dim): the caller's transpose(1, 2) is then free

@@ -1,7 +1,7 @@
 """transformers' mask creation on the meta device: the one value it reads, answered without data.
 
-Building the attention mask for eager attention (and for models that call SDPA themselves: falcon,
-stablelm) first asks whether ``position_ids`` describe packed sequences
+Building the attention mask for eager attention, for the SDPA stand-in past a sliding window (and
+for models that call SDPA themselves: falcon, stablelm) first asks whether ``position_ids`` describe packed sequences
 (``masking_utils.find_packed_sequence_indices``), which reads a tensor's value: a meta tensor has
 none (``Tensor.item() cannot be called on meta tensors``), and the trace fell back to the formula.
 The trace's inputs are never packed (``position_ids`` are the model's own ``arange``), so for a meta

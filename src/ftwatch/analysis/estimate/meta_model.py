@@ -9,6 +9,7 @@ from typing import Any
 
 from ftwatch.analysis.estimate.fused_attention import (
     FUSED_ATTENTION,
+    FUSED_FLASH,
     _attention_for_trace,
     _register_fused_attention,
     causal_lm_class,
@@ -56,7 +57,8 @@ def _build_meta_peft_model(inputs: EstimateInputs) -> Any:
     dtype = getattr(torch, inputs.model_dtype)
     model_class = causal_lm_class(config)
     first = _attention_for_trace(inputs.attn_implementation, model_class)
-    choices = [first] + ([fallback_attention(model_class)] if first == FUSED_ATTENTION and model_class else [])
+    stand_in = first in (FUSED_ATTENTION, FUSED_FLASH)
+    choices = [first] + ([fallback_attention(model_class)] if stand_in and model_class else [])
     error: BaseException | None = None  # the first choice's: the one worth saying
     for attention in choices:
         try:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftwatch.analysis.estimate.activations import ActivationEstimate
+from ftwatch.analysis.estimate.fallbacks import Fallback
 from ftwatch.analysis.estimate.inputs import EstimateInputs
 
 #: Below this share of free capacity left at the peak, the verdict is ``tight``.
@@ -30,6 +31,8 @@ class Estimate:
     inputs: EstimateInputs | None = field(default=None, repr=False)
     suggestions: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The stand-ins for the meta trace this estimate used (last resorts; each also a note).
+    fallbacks: list[Fallback] = field(default_factory=list)
     #: The module tree (the ``modules`` payload of :mod:`ftwatch.runlog.module_tree`), only when asked
     #: for (:func:`ftwatch.analysis.estimate.module_estimate.estimate_modules`); not in :meth:`to_json`.
     modules: dict[str, Any] | None = field(default=None, repr=False)
@@ -59,6 +62,7 @@ class Estimate:
             "suggestions": [s.to_json() if hasattr(s, "to_json") else s for s in self.suggestions],
             "assumptions": self.assumptions(),
             "notes": list(self.notes),
+            "fallbacks": [f.to_json() for f in self.fallbacks],
         }
 
     def assumptions(self) -> dict[str, Any]:

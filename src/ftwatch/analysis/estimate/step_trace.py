@@ -24,6 +24,7 @@ from typing import Any
 from ftwatch.analysis.estimate.autocast_emulation import _autocast_mode
 from ftwatch.analysis.estimate.fused_attention import _TRACE_STATE
 from ftwatch.analysis.estimate.inputs import EstimateInputs
+from ftwatch.analysis.estimate.meta_kernels import meta_kernels
 from ftwatch.analysis.estimate.meta_masks import meta_mask_arguments
 from ftwatch.analysis.estimate.meta_model import _CACHE_LOCK, _CACHE_SIZE, _model_key
 from ftwatch.analysis.estimate.quiet import _quiet
@@ -174,7 +175,7 @@ def trace_step(model: Any, batch: int, seq: int, autocast: str | None = None, on
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
         with _quiet(), _checkpointing(model, checkpointing, every_n_layers, kwargs), meta_mask_arguments(), \
-                mode, _dispatch_mode(meter):
+                mode, meta_kernels(), _dispatch_mode(meter):
             loss = model(input_ids=ids, labels=ids, use_cache=False, **_loss_kwargs(model)).loss
             forward_end = meter.current
             loss.backward()
