@@ -61,8 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the estimate and print it."""
+    from ftwatch.analysis.estimate.meta_model import skip_bitsandbytes_dispatch
     from ftwatch.commands.usage import UsageError
 
+    skip_bitsandbytes_dispatch()  # this process wraps no real model in the meta window
     cfg = load_config(args.config)
     try:
         if args.gpu_memory is not None:  # a bad size is told first: it costs nothing to check

@@ -63,6 +63,9 @@ def parse_headroom(text: str) -> float:
 
 def main(args: argparse.Namespace) -> int:
     """Check the input, search the fitting config, print it (and write it with ``--write``)."""
+    from ftwatch.analysis.estimate.meta_model import skip_bitsandbytes_dispatch
+
+    skip_bitsandbytes_dispatch()  # this process wraps no real model in the meta window
     cfg = load_config(args.config)
     try:
         headroom = parse_headroom(args.headroom)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ftwatch.analysis.estimate.fused_attention import (
@@ -23,6 +25,43 @@ from ftwatch.common.config_errors import ConfigError
 _CACHE_LOCK = threading.Lock()
 _MODEL_CACHE: dict[str, Any] = {}
 _CACHE_SIZE = 8
+#: Set by :func:`skip_bitsandbytes_dispatch` in a process that trains nothing (``ftwatch estimate``).
+_SKIP_BNB_DISPATCH = False
+
+
+def skip_bitsandbytes_dispatch() -> None:
+    """In this process, wrap meta models without peft's bitsandbytes dispatchers.
+
+    Where bitsandbytes is installed, peft imports it on every LoRA wrap to ask whether a layer is
+    one of its quantized linears, and bitsandbytes then imports torch's compiler stack: 1.8 s of
+    ``ftwatch estimate``'s 4.8 s after the imports on the project's machine. A meta model is built
+    from its config with plain linears, so the answer is always no. The switch tells peft's LoRA
+    module that bitsandbytes is absent for the time of the wrap: a module-wide change, so only a
+    command process that wraps no model of its own calls this (never the worker, the callback or
+    a calibration, which wrap real, maybe quantized, models)."""
+    global _SKIP_BNB_DISPATCH
+    _SKIP_BNB_DISPATCH = True
+
+
+@contextlib.contextmanager
+def _plain_lora_dispatch() -> Iterator[None]:
+    if not _SKIP_BNB_DISPATCH:
+        yield
+        return
+    try:
+        from peft.tuners.lora import model as lora_model
+    except Exception:
+        yield
+        return
+    saved = {name: getattr(lora_model, name) for name in ("is_bnb_available", "is_bnb_4bit_available")
+             if hasattr(lora_model, name)}
+    for name in saved:
+        setattr(lora_model, name, lambda: False)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(lora_model, name, function)
 
 
 def _model_key(inputs: EstimateInputs) -> str:
@@ -75,7 +114,7 @@ def _build_meta_peft_model(inputs: EstimateInputs) -> Any:
     kwargs = dict(inputs.lora)
     kwargs.setdefault("task_type", "CAUSAL_LM")
     try:
-        with _quiet(), torch.device("meta"):
+        with _quiet(), torch.device("meta"), _plain_lora_dispatch():
             peft_model = get_peft_model(model, LoraConfig(**kwargs))
     except Exception as exc:
         raise ConfigError(None, f"[lora] is rejected by peft for this model: {_first_line(exc)}") from None
