@@ -1,5 +1,6 @@
-"""Activation measurement cadence: every new input shape is measured; a repeated shape is
-re-measured every `activations_every` forwards and carried (and marked so) in between."""
+"""Activation measurement cadence: a new input shape larger than every measured one is measured at
+once; a repeated shape, or one no larger than a measured shape, is carried (and marked so) and
+re-measured every `activations_every` forwards."""
 
 from __future__ import annotations
 
@@ -65,3 +66,22 @@ def test_a_new_shape_is_measured_at_once(tmp_path):
 def test_every_one_measures_every_forward(tmp_path):
     snaps = _train(tmp_path, [(3, 4)] * 4, every=1)
     assert all(s.get("activations_measured", True) for s in snaps)
+
+
+def test_a_smaller_new_shape_carries_the_smallest_larger_measurement(tmp_path):
+    # padded batches change shape at every step: only a new largest shape is measured at once
+    shapes = [(4, 9), (2, 5), (4, 6), (3, 9), (4, 12), (4, 10)]
+    snaps = _train(tmp_path, shapes, every=100)
+    by_step = {s["step"]: s for s in snaps}
+    measured = [step for step, s in by_step.items() if s.get("activations_measured", True)]
+    assert measured == [1, 5]  # (4, 9) and (4, 12): no measured shape was as large
+    acts = {step: s["categories"]["activations"] for step, s in by_step.items()}
+    assert acts[2] == acts[3] == acts[4] == expected_activations(4, 9)  # an upper bound of each
+    assert acts[6] == expected_activations(4, 12)  # (4, 10): only (4, 12) is as large in both
+    assert all(acts[step] >= expected_activations(*shape) for step, shape in enumerate(shapes, 1))
+
+
+def test_a_shape_larger_in_one_dimension_only_is_measured(tmp_path):
+    snaps = _train(tmp_path, [(4, 5), (2, 9)], every=100)
+    assert all(s.get("activations_measured", True) for s in snaps)
+    assert snaps[1]["categories"]["activations"] == expected_activations(2, 9)

@@ -116,8 +116,9 @@ class Probe(RunSetup, ModelAttachment, StepSnapshots):
         self.budget = budget
         self.max_steps = max_steps
         self.track_activations = track_activations
-        #: Activations are measured on every forward of a new input shape, and on every
-        #: ``activations_every``-th forward of a shape already measured (1: every forward).
+        #: Activations are measured on every forward of an input shape larger than every measured
+        #: one, and on every ``activations_every``-th forward (1: every forward); in between a
+        #: forward carries the figure of its shape, or of a larger measured one (``_carried_figure``).
         self.activations_every = max(1, int(activations_every))
         self._activations_by_shape: dict[Any, int] = {}
         self._forwards_since_measured = 0
