@@ -2,18 +2,19 @@
 
 A 7B model's 30 decoder layers cost a meta forward of a quarter of a second, and ``ftwatch
 estimate`` traces one model for the estimate and one for nearly every fix it prices. When the
-layers repeat (:func:`~ftwatch.analysis.estimate.layer_repeat.repeat_start`), every repeating layer
-after the first two saves what the one before it saved, under its own path, and nothing outside
-the layers depends on how many there are; so the trace of the full model is that of a copy cut to
-the layers before the repetition and two repeating ones, with its last layer repeated
-(:func:`extend_trace`). The first repeating layer is not the model: the first of its kind may be
-the first to save what later layers share (a mask, the rotary tables), and layer 0's input (the
-embeddings' output) does not require grad, so it saves less.
+layers repeat (:func:`~ftwatch.analysis.estimate.layer_repeat.repeat_start`), each repeating layer
+from the third on saves what the one before it saved, under its own path, and nothing outside the
+layers depends on how many there are: the full model's trace is then that of a copy cut to the
+layers before the repetition and two repeating ones, its last layer repeated under each further
+layer's path (:func:`extend_trace`). The first repeating layer cannot stand for the others: it may
+be the first to save what later layers share (a mask, the rotary tables), and as layer 0 its input
+(the embeddings' output) does not require grad, so it saves less.
 
-That is checked, not assumed, on every model: the copy one layer shorter, carried one layer on,
-must give the longer copy's trace exactly (:func:`extended_trace`), and the full model's layers
-from the repetition on must be alike in config and structure. Otherwise, and whenever a copy
-cannot be built or traced, the full model is traced (:func:`cached_trace`).
+On every model (:func:`extended_trace`), what the copies cannot show is read from the full model:
+its layers from the repetition on must be alike in config and structure; and what they can show is
+checked: that copy carried one layer on must give the trace of the copy one layer longer exactly
+(the longer one is then carried to the full depth). Otherwise, and whenever a copy cannot be built
+or traced, the full model is traced (:func:`cached_trace`).
 """
 
 from __future__ import annotations
