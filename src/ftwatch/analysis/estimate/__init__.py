@@ -38,6 +38,8 @@ The package, one concern a module (everything public is re-exported here):
   what the device kernels run (``torch._grouped_mm`` in float32, in mixture-of-experts layers);
   :mod:`.meta_masks`: the one value transformers' mask creation reads, answered without data.
 - :mod:`.activation_trace`: the meta trace (``saved_tensors_hooks``) and its cache.
+- :mod:`.layer_repeat`, :mod:`.trace_extension`: where a model's layers start to repeat, and its trace
+  from short copies carried to the full depth (exact, else the full model's).
 - :mod:`.activation_formula`: the per-layer formula the trace falls back to.
 - :mod:`.activations`: trace or formula, with or without checkpointing; ``other`` from the step's peak.
 - :mod:`.fallbacks`: the formula and the approximation as last resorts: why, and their expected error.

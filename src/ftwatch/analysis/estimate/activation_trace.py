@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,12 @@ def decoder_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
+def decoder_layer_paths(model: Any) -> tuple[str, ...]:
+    """The module paths of :func:`decoder_layers`, as ``model.named_modules()`` names them."""
+    names = {id(m): name for name, m in model.named_modules()}
+    return tuple(names.get(id(m), "") for m in decoder_layers(model))
+
+
 class _SavedTensorTally:
     """Counts what autograd saves, by decoder layer and module (forward hooks) and storage (pack hook).
 
@@ -69,8 +75,7 @@ class _SavedTensorTally:
         self.model = model
         self.layers = decoder_layers(model)
         self.index = {id(m): i for i, m in enumerate(self.layers)}
-        names = {id(m): name for name, m in model.named_modules()}
-        self.layer_paths = tuple(names.get(id(m), "") for m in self.layers)
+        self.layer_paths = decoder_layer_paths(model)
         self.params = {p.untyped_storage()._cdata for p in model.parameters()}
         self.current: int | None = None
         self.inputs = [0] * len(self.layers)
@@ -206,14 +211,21 @@ _TRACE_LOCK = threading.Lock()
 _TRACE_CACHE: dict[tuple[str, int, int, str | None, bool], ActivationTrace] = {}
 
 
-def _cached_trace(inputs: EstimateInputs, model: Any) -> ActivationTrace:
+def _cached_trace(inputs: EstimateInputs, model: Any,
+                  shortcut: Callable[[], ActivationTrace | None] | None = None) -> ActivationTrace:
+    """The trace of these inputs, cached by what it depends on (the model, the batch's shape, the
+    autocast dtype, the device's kernels). A miss tries ``shortcut`` first when given (another way
+    to the same trace, called without the trace lock; ``None`` when it cannot stand in), else runs
+    :func:`trace_activations` on ``model``."""
     key = (_model_key(inputs), inputs.batch_size, inputs.max_length, inputs.autocast_dtype, inputs.on_gpu)
     with _CACHE_LOCK:
         if key in _TRACE_CACHE:
             return _TRACE_CACHE[key]
-    with _TRACE_LOCK:  # the trace hooks the (shared, cached) model
-        trace = trace_activations(model, inputs.batch_size, inputs.max_length, inputs.autocast_dtype,
-                                  inputs.on_gpu)
+    trace = shortcut() if shortcut is not None else None
+    if trace is None:
+        with _TRACE_LOCK:  # the trace hooks the (shared, cached) model
+            trace = trace_activations(model, inputs.batch_size, inputs.max_length, inputs.autocast_dtype,
+                                      inputs.on_gpu)
     with _CACHE_LOCK:
         if len(_TRACE_CACHE) >= 4 * _CACHE_SIZE:
             _TRACE_CACHE.pop(next(iter(_TRACE_CACHE)))

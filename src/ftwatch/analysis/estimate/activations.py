@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftwatch.analysis.estimate.activation_formula import formula_activations
-from ftwatch.analysis.estimate.activation_trace import ActivationTrace, _cached_trace
+from ftwatch.analysis.estimate.activation_trace import ActivationTrace
 from ftwatch.analysis.estimate.fallbacks import Fallback, first_line
 from ftwatch.analysis.estimate.inputs import EstimateInputs
 from ftwatch.analysis.estimate.meta_model import meta_peft_model
 from ftwatch.analysis.estimate.model_config import _config_get, _to_pretrained_config
 from ftwatch.analysis.estimate.step_trace import cached_step_peak
+from ftwatch.analysis.estimate.trace_extension import cached_trace
 from ftwatch.analysis.estimate.truncate import layer_count, truncate_config, unrepresented_kinds
 
 _log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def estimate_activations(inputs: EstimateInputs, model: Any | None = None) -> Ac
     model = model if model is not None else meta_peft_model(inputs)
     reason = ""
     try:
-        trace = _cached_trace(inputs, model)
+        trace = cached_trace(inputs, model)
     except Exception as exc:  # an architecture the meta trace cannot run
         _log.debug("meta trace failed, using the formula: %s", exc)
         trace, reason = formula_activations(inputs, model), first_line(exc)

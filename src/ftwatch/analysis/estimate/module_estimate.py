@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftwatch.analysis.estimate.activation_trace import ActivationTrace, _cached_trace
+from ftwatch.analysis.estimate.activation_trace import ActivationTrace
 from ftwatch.analysis.estimate.inputs import EstimateInputs
 from ftwatch.analysis.estimate.meta_model import meta_peft_model
 from ftwatch.analysis.estimate.model_config import _config_get, _to_pretrained_config
 from ftwatch.analysis.estimate.optimizer import optimizer_state_bytes
 from ftwatch.analysis.estimate.parameters import _quantized_weight_bytes
+from ftwatch.analysis.estimate.trace_extension import cached_trace
 from ftwatch.runlog.module_tree import build_modules
 
 ByPath = dict[str, dict[str, int]]
@@ -49,7 +50,7 @@ def modules_for_inputs(inputs: EstimateInputs, *, full: bool = False) -> dict[st
     ones); ``None`` when the meta trace cannot run this model."""
     model = meta_peft_model(inputs)
     try:
-        trace = _cached_trace(inputs, model)
+        trace = cached_trace(inputs, model)
     except Exception:  # noqa: BLE001 - an architecture the meta trace cannot run: the estimate used the formula
         return None
     if trace.method != "trace" or not trace.saved_by_path:
