@@ -159,15 +159,16 @@ def _estimate_both_ways(inputs: EstimateInputs, monkeypatch: pytest.MonkeyPatch)
     return (fast, fast_modules, depths), (old, old_modules)
 
 
-ESTIMATE_CASES = [(arch, extra) for arch, extra in
-                  [("llama", None), ("gpt2", None), ("qwen3_moe", None), ("gemma3", None),
-                   ("qwen2", WINDOWS[1][1])]]
+#: Each architecture in two opposite settings (attention, dtype, checkpointing), gemma3 (traced
+#: whole: its layers alternate) in one: the trace test above covers every architecture x attention.
+_SETTINGS = [("eager", "float32", False), ("sdpa", "bfloat16", True)]
+ESTIMATE_CASES = [(arch, extra, *setting) for arch, extra in
+                  [("llama", None), ("gpt2", None), ("qwen3_moe", None), ("qwen2", WINDOWS[1][1])]
+                  for setting in _SETTINGS] + [("gemma3", None, "sdpa", "bfloat16", True)]
 
 
-@pytest.mark.parametrize(("arch", "extra"), ESTIMATE_CASES, ids=[a for a, _ in ESTIMATE_CASES])
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+@pytest.mark.parametrize(("arch", "extra", "attn", "dtype", "checkpointing"), ESTIMATE_CASES,
+                         ids=[f"{c[0]}-{c[2]}-{c[3]}-{'ckpt' if c[4] else 'plain'}" for c in ESTIMATE_CASES])
 def test_the_whole_estimate_is_the_same_to_the_byte(arch: str, extra: dict[str, Any] | None, attn: str,
                                                     dtype: str, checkpointing: bool,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
