@@ -14,6 +14,7 @@ from ftwatch.runlog.events import CATEGORIES
 from ftwatch.runlog.state import PhaseRecord, TimelinePoint
 from ftwatch.views.dashboard import fmt
 from ftwatch.views.dashboard.palette import DANGER, DIM, LOOKS, WATCH
+from ftwatch.views.dashboard.widgets.lines import ChangedLines
 
 USED_COLOUR = "#e4e4e4"
 TENSORS_COLOUR = "#5faf5f"
@@ -197,7 +198,7 @@ def legend_text(series: Series, capacity: int | None, mono: bool = False, width:
     return Text("\n", no_wrap=True, overflow="ellipsis").join(lines)
 
 
-class TimelinePlot(PlotextPlot):
+class TimelinePlot(ChangedLines, PlotextPlot):
     """A plotext chart of the timeline; redrawn only when :meth:`show` gets new data."""
 
     DEFAULT_CSS = """
@@ -211,9 +212,10 @@ class TimelinePlot(PlotextPlot):
         self.theme = "clear"
 
     def show(self, series: Series, mono: bool = False) -> None:
-        """Draw ``series`` (the app throttles how often this is called)."""
+        """Draw ``series`` (the app throttles how often this is called); only the rows that changed
+        are repainted."""
         self.series, self.mono = series, mono
-        self.refresh()
+        self.redraw()
 
     def _configure(self) -> None:
         plt = self.plt
