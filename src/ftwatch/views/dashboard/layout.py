@@ -17,6 +17,7 @@ from textual.widgets import Footer, Static
 
 from ftwatch.views.dashboard.widgets.alerts import AlertsPanel
 from ftwatch.views.dashboard.widgets.membar import Legend, MemoryBar, ZoomBar
+from ftwatch.views.dashboard.widgets.panel import Panel
 from ftwatch.views.dashboard.widgets.phases import PhaseStrip
 from ftwatch.views.dashboard.widgets.ranks import RanksBox, RanksList
 from ftwatch.views.dashboard.widgets.status import StatusLine
@@ -49,15 +50,15 @@ class DashboardLayout(App[str]):
         yield StatusLine(id="status")
         with RanksBox(id="ranks-box", classes="panel"):
             yield RanksList(id="ranks")
-        with Vertical(id="memory", classes="panel"):
+        with Panel(id="memory", classes="panel"):
             yield MemoryBar(id="bar")
             yield ZoomBar(id="zoom")
             yield Legend(id="legend")
-        with Vertical(id="phase-box", classes="panel"):
+        with Panel(id="phase-box", classes="panel"):
             yield PhaseStrip(id="phases")
             yield Static(id="notice")
         with Horizontal(id="middle"):
-            with Vertical(id="timeline-box", classes="panel"):
+            with Panel(id="timeline-box", classes="panel"):
                 yield Static(id="timeline-legend")
                 yield TimelinePlot(id="timeline")
             with VerticalScroll(id="alerts-box", classes="panel"):
@@ -73,9 +74,9 @@ class DashboardLayout(App[str]):
         self.w_bar = self.query_one(MemoryBar)
         self.w_zoom = self.query_one(ZoomBar)
         self.w_legend = self.query_one(Legend)
-        self.w_memory = self.query_one("#memory")
+        self.w_memory = self.query_one("#memory", Panel)
         self.w_phases = self.query_one(PhaseStrip)
-        self.w_phase_box = self.query_one("#phase-box")
+        self.w_phase_box = self.query_one("#phase-box", Panel)
         self.w_notice = self.query_one("#notice", Static)
         self.w_alerts_box = self.query_one("#alerts-box")
         self.w_alerts = self.query_one(AlertsPanel)
@@ -83,7 +84,7 @@ class DashboardLayout(App[str]):
         self.w_log = self.query_one(WorkerLog)
         self.w_plot = self.query_one(TimelinePlot)
         self.w_plot_legend = self.query_one("#timeline-legend", Static)
-        self.w_timeline_box = self.query_one("#timeline-box")
+        self.w_timeline_box = self.query_one("#timeline-box", Panel)
         self.w_ranks_box = self.query_one(RanksBox)
         self.w_ranks = self.query_one(RanksList)
         self.main_screen = self.screen

@@ -19,6 +19,7 @@ from ftwatch.views.dashboard.run_view import RunView
 from ftwatch.views.dashboard.titles import alerts_title, memory_title, rank_suffix
 from ftwatch.views.dashboard.widgets.alerts import alerts_text
 from ftwatch.views.dashboard.widgets.outside import outside_notice
+from ftwatch.views.dashboard.widgets.panel import Panel
 from ftwatch.views.dashboard.widgets.phases import phase_cells
 from ftwatch.views.dashboard.widgets.ranks import ranks_title
 from ftwatch.views.dashboard.widgets.status import status_lines
@@ -202,6 +203,9 @@ class DashboardRefresh(DashboardLayout):
 
 
 def _set_title(widget: Widget, title: str) -> None:
-    """Set a border title only when it changes (setting it repaints the whole panel)."""
-    if widget.border_title != title:
+    """Set a border title only when it changes (a :class:`Panel` repaints its title row alone; any
+    other widget, the whole of itself)."""
+    if isinstance(widget, Panel):
+        widget.set_title(title)
+    elif widget.border_title != title:
         widget.border_title = title
