@@ -126,8 +126,11 @@ def render_markers(bd: Breakdown, width: int) -> Text:
     if note and free(0, note):
         put(0, note, Style(color=DIM))
     out = Text(no_wrap=True, overflow="crop")
-    for ch, style in zip(line, styles, strict=True):
-        out.append(ch, style or Style())
+    start = 0
+    for end in range(1, width + 1):  # one span per run of cells in the same style, not one per cell
+        if end == width or styles[end] is not styles[start]:
+            out.append("".join(line[start:end]), styles[start])
+            start = end
     return out
 
 

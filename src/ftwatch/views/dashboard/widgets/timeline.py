@@ -118,6 +118,19 @@ def build_series(points: list[TimelinePoint], phases: list[PhaseRecord], capacit
     return s
 
 
+def without_flat_interiors(x: list[float], y: list[float]) -> tuple[list[float], list[float]]:
+    """The points of a line without those inside a run of equal values: the first and the last point
+    of the run draw the same cells (plotext joins consecutive points with every cell between them),
+    and each point left out is a segment plotext does not walk. Memory that holds still (the weights,
+    the optimizer states between steps) is most of a chart's points."""
+    if len(y) < 3:
+        return x, y
+    keep = [0, *(i for i in range(1, len(y) - 1) if not y[i - 1] == y[i] == y[i + 1]), len(y) - 1]
+    if len(keep) == len(y):
+        return x, y
+    return [x[i] for i in keep], [y[i] for i in keep]
+
+
 def nice_ticks(top: float, count: int = 4) -> list[float]:
     """Round tick values from 0 to about ``top`` (steps of 1, 2, 2.5 or 5 times a power of ten)."""
     if top <= 0:
@@ -228,7 +241,8 @@ class TimelinePlot(ChangedLines, PlotextPlot):
         markers = iter(("•", "x", "+", "o", "*"))
         for name, ys in s.lines.items():
             colour = _colour(name)
-            plt.plot(s.x, ys, color=_rgb(colour), marker=next(markers, ".") if self.mono else marker)
+            xs, ys = without_flat_interiors(s.x, ys)
+            plt.plot(xs, ys, color=_rgb(colour), marker=next(markers, ".") if self.mono else marker)
         if s.capacity is not None:
             plt.hline(s.capacity, color=_rgb(DANGER))
         if s.limit is not None:
