@@ -35,13 +35,13 @@ WIDE_FROM = 110
 class DashboardLayout(App[str]):
     """The panels of the dashboard and the size classes of its screen."""
 
-    # Set by the app's constructor (FtwatchApp.__init__); ``_tick`` is the render timer.
+    # Set by the app's constructor (FtwatchApp.__init__); ``_tick`` draws, ``_start_drawing`` sets it going.
     feed: RunFeed
     multi: bool
-    render_interval: float
     _shown_version: int
     _plot_width: int
     _tick: Callable[[], None]
+    _start_drawing: Callable[[], None]
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -68,7 +68,7 @@ class DashboardLayout(App[str]):
         yield Footer()
 
     def on_mount(self) -> None:
-        """Start following the run and the render timer."""
+        """Start following the run, and drawing it."""
         # Keep the widgets: while a question is on screen, queries would search the question's screen.
         self.w_status = self.query_one(StatusLine)
         self.w_bar = self.query_one(MemoryBar)
@@ -98,9 +98,8 @@ class DashboardLayout(App[str]):
         self.w_alerts_box.border_title = "Warnings"
         self.w_log_box.border_title = f"Worker log · {WORKER_LOG}  (l: more)"
         self._apply_size_classes()
+        self._start_drawing()
         self.feed.start()
-        self.set_interval(self.render_interval, self._tick)
-        self.call_after_refresh(self._tick)
 
     def on_unmount(self) -> None:
         """Stop the reader thread."""
@@ -111,6 +110,7 @@ class DashboardLayout(App[str]):
         self._apply_size_classes()
         self._shown_version = -1
         self._plot_width = -1
+        self.call_after_refresh(self._tick)
 
     def _apply_size_classes(self) -> None:
         width, height = self.size
