@@ -1,5 +1,6 @@
 """Following a live run costs little: a change that is only device samples (ten a second) is drawn at
-most every ``SAMPLES_ONLY_INTERVAL``; a step, a phase, a warning or an end is drawn at the next tick."""
+most every ``SAMPLES_ONLY_INTERVAL``; a step, a phase, a warning or an end is drawn at once. The feed's
+thread tells the app when there is something to draw (once for a batch), instead of a fast timer."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from conftest import wait_for
 from ftwatch.runlog.events import encode
 from ftwatch.views.dashboard import refresh
+from ftwatch.views.dashboard.draw_notice import DrawNotice
 from ftwatch.views.dashboard.feed import RunFeed
 from ftwatch.views.dashboard.multi_feed import MultiRunFeed
 from ftwatch.views.dashboard.refresh import SAMPLES_ONLY_INTERVAL, DashboardRefresh
@@ -204,3 +207,94 @@ def test_a_live_multi_rank_dashboard_draws_samples_alone_at_the_slower_cadence(t
         assert fake.drawn[-1] == feed.version and len(fake.drawn) == 2
     finally:
         feed.stop()
+
+
+# -- the feed tells the app what to draw -------------------------------------------------------
+def test_news_is_told_at_once_and_once_until_the_next_view():
+    notice = DrawNotice(samples_every=0.5)
+    assert notice.due(3, only_samples=False, now=10.0)  # never viewed: everything is news
+    assert not notice.due(4, only_samples=False, now=10.0)  # told already: the app draws the latest
+    notice.viewed(4, now=10.0)
+    assert not notice.due(4, only_samples=False, now=10.1)  # nothing new since the view
+    assert notice.due(5, only_samples=False, now=10.1)
+
+
+def test_samples_alone_are_told_once_their_interval_has_passed_and_news_at_once_still():
+    notice = DrawNotice(samples_every=0.5)
+    notice.viewed(7, now=20.0)
+    assert not notice.due(8, only_samples=True, now=20.2)  # too soon after the last view
+    assert not notice.due(9, only_samples=True, now=20.4)
+    assert notice.due(10, only_samples=True, now=20.5)
+    assert not notice.due(11, only_samples=True, now=20.9)  # told: the app draws them when it can
+    assert notice.due(12, only_samples=False, now=20.9)  # a step after samples: told at once
+    assert not notice.due(13, only_samples=False, now=21.0)
+
+
+def test_the_feed_thread_tells_a_batch_of_news_once(tmp_path: Path):
+    log = tmp_path / "events.jsonl"
+    log.write_text(encode("header", {"run_id": "r", "name": "n", "pid": 1}, 1.0)
+                   + encode("phase", {"name": "training"}, 1.0))
+    feed = RunFeed(log, AliveHandle(), poll_interval=0.01)  # type: ignore[arg-type]  # live: never read to an end
+    told: list[int] = []
+    feed.watch(lambda: told.append(feed.version), samples_every=SAMPLES_ONLY_INTERVAL)
+    feed.start()
+    try:
+        wait_for(lambda: len(told) == 1)  # the header and the phase
+        feed.view()
+        rounds = feed.rounds
+        _append(log, *(_sample(2.0 + i / 10) for i in range(5)),
+                encode("snapshot", {"phase": "training", "step": 1, "categories": {"weights": 5}}, 2.5))
+        wait_for(lambda: len(told) == 2 and feed.rounds > rounds + 20)  # and twenty rounds more
+        assert told[1] == feed.version  # one call for the whole batch, with everything read
+    finally:
+        feed.stop()
+
+
+async def test_a_live_dashboard_draws_when_told_not_on_a_fast_timer(tmp_path: Path):
+    """Nothing new for twenty rounds of the feed: the app is not asked to draw at every one of
+    them, nor eight times a second (its clock runs once a second); a step is drawn when it comes."""
+    from ftwatch.views.dashboard.app import FtwatchApp
+
+    log = tmp_path / "events.jsonl"
+    log.write_text(encode("header", {"run_id": "r", "name": "n", "pid": 1}, 1.0)
+                   + encode("phase", {"name": "training"}, 1.0))
+    feed = RunFeed(log, AliveHandle(), poll_interval=0.05)  # type: ignore[arg-type]
+    app = FtwatchApp(log, AliveHandle(), feed=feed)  # type: ignore[arg-type]
+    ticks: list[float] = []
+    tick = app._tick
+
+    def counted() -> None:
+        ticks.append(time.monotonic())
+        tick()
+
+    app._tick = counted  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _until(pilot, lambda: "LIVE" in app.w_status.render().plain)
+        settled = feed.rounds
+        await _until(pilot, lambda: feed.rounds >= settled + 5)  # what the start asked for is drawn
+        rounds, before, start = feed.rounds, len(ticks), time.monotonic()
+        await _until(pilot, lambda: feed.rounds >= rounds + 20)  # 1 s of rounds or more
+        quiet, spent = len(ticks) - before, time.monotonic() - start
+        assert quiet <= 2 + spent / refresh.CLOCK_INTERVAL, (quiet, spent)  # not 8 a second
+        _append(log, encode("snapshot", {"phase": "training", "step": 7, "categories": {"weights": 5}}, 2.0))
+        await _until(pilot, lambda: "step 7" in app.w_status.render().plain)
+
+
+class AliveHandle:
+    """A worker that runs for ever and is never asked anything."""
+
+    pid = 424242
+
+    def is_alive(self) -> bool:
+        return True
+
+    def returncode(self) -> None:
+        return None
+
+
+async def _until(pilot, predicate, timeout: float = 30.0) -> None:  # noqa: ANN001 - a Pilot, a zero-argument callable
+    """Until ``predicate()`` holds (a generous deadline: a loaded machine draws late, never wrong)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await pilot.pause(0.02)

@@ -17,7 +17,12 @@ from ftwatch.views.dashboard.feed import RunFeed
 from ftwatch.views.dashboard.palette import PROCESS_REST
 from ftwatch.views.dashboard.widgets.membar import layout_legend, legend_entries, render_bar, render_markers
 from ftwatch.views.dashboard.widgets.status import badge_for, model_label, status_lines
-from ftwatch.views.dashboard.widgets.timeline import build_series, downsample, nice_ticks
+from ftwatch.views.dashboard.widgets.timeline import (
+    build_series,
+    downsample,
+    nice_ticks,
+    without_flat_interiors,
+)
 from ftwatch.views.dashboard.worker_tail import TextTail, clean_line
 
 FIXTURES = FIXTURES_ROOT / "logs"
@@ -316,3 +321,64 @@ def test_timeline_lines_stay_inside_the_axes_whatever_the_log_says() -> None:
     assert s.x_unit == "s" and all(0.0 <= x <= x_max for x in s.x)
     assert s.lines and all(0.0 <= v <= s.y_max for values in s.lines.values() for v in values)
     assert max(s.lines["activations"]) == s.y_max  # the extreme point sits at the top, not beyond
+
+
+def test_markers_take_one_span_per_run_of_cells_in_one_style() -> None:
+    """The marker line is drawn at every step: a span per cell made its conversion to strips cost a
+    segment per cell. The cells keep their styles."""
+    from ftwatch.views.dashboard.breakdown import Breakdown
+
+    bd = Breakdown(scale=1000, peak=500, threshold=900, threshold_label="90%")
+    line = render_markers(bd, 100)
+    assert len(line.spans) == 2  # the peak's glyph and label, the threshold's
+    peak = next(span for span in line.spans if span.start == 49)
+    assert line.plain[peak.start:peak.end].startswith("▲ peak") and peak.style.bold
+    limit = next(span for span in line.spans if line.plain[span.start] == "◆")
+    assert "90%" in line.plain[limit.start:limit.end]
+    assert not any(line.plain[i] != " " for i in range(100) if not any(s.start <= i < s.end for s in line.spans))
+
+
+def test_a_flat_run_of_a_timeline_line_keeps_its_first_and_last_point() -> None:
+    x = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert without_flat_interiors(x, [1, 1, 1, 2, 2, 2, 2, 3]) == ([0.0, 2.0, 3.0, 6.0, 7.0], [1, 1, 2, 2, 3])
+    assert without_flat_interiors(x[:3], [5, 5, 5]) == ([0.0, 2.0], [5, 5])
+    rising = [float(v) for v in range(8)]
+    assert without_flat_interiors(x, rising) == (x, rising)
+    assert without_flat_interiors([], []) == ([], [])
+
+
+async def test_the_chart_draws_the_same_cells_without_the_flat_interiors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """plotext joins consecutive points through every cell between them: the chart of a run whose
+    weights hold still is the same with the points inside the flat runs left out, and plotext gets
+    far fewer points."""
+    from textual.app import App, ComposeResult
+
+    from ftwatch.views.dashboard.widgets import timeline
+
+    view = feed_of(FIXTURES / "cuda-finished" / "events.jsonl").view()
+    series = build_series(view.timeline, view.phases, view.capacity, None, True, 100)
+    handed: list[int] = []
+
+    class Chart(App[None]):
+        def compose(self) -> ComposeResult:
+            yield timeline.TimelinePlot()
+
+    app = Chart()
+    async with app.run_test(size=(110, 24)) as pilot:
+        chart = app.query_one(timeline.TimelinePlot)
+        chart.show(series)
+        await pilot.pause()
+        thinned = chart.render()
+        original = timeline.without_flat_interiors
+
+        def counted(x: list[float], y: list[float]) -> tuple[list[float], list[float]]:
+            kept = original(x, y)
+            handed.append(len(kept[0]))
+            return kept
+
+        monkeypatch.setattr(timeline, "without_flat_interiors", counted)
+        chart.render()
+        monkeypatch.setattr(timeline, "without_flat_interiors", lambda x, y: (x, y))
+        full = chart.render()
+    assert thinned.plain == full.plain and thinned.spans == full.spans
+    assert sum(handed) < 0.8 * len(series.x) * len(series.lines), (sum(handed), len(series.x) * len(series.lines))

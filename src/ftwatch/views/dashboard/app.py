@@ -3,14 +3,15 @@
 :func:`run_dashboard` is what the command line calls; :class:`FtwatchApp` is the app (tests drive
 it with ``App.run_test()``). A background thread (:class:`~ftwatch.views.dashboard.feed.RunFeed`) reads the
 files and folds the events (for a replay, :class:`~ftwatch.views.dashboard.replay.ReplayFeed` releases them by
-their time instead); a timer redraws at most ``render_hz`` times a second, and only what changed (a live run's
-device samples alone at most twice a second; the timeline chart every ``1 / plot_hz`` seconds).
+their time instead). The feed tells the app when there is something to draw (a replay is drawn by a timer at
+``render_hz``), and only what changed is redrawn (a live run's device samples alone at most twice a second; the
+timeline chart every ``1 / plot_hz`` seconds; a widget repaints only its rows that changed).
 A multi-process (torchrun) run directory is followed by :class:`~ftwatch.views.dashboard.multi_feed.MultiRunFeed`:
 the ranks panel lists every rank, the other panels show the focused rank (``[``/``]``/``w``).
 Nothing here can slow the training: the training process only appends to its log.
 
 The app is built in parts, one concern each: :mod:`~ftwatch.views.dashboard.layout` (the panels and
-their size classes), :mod:`~ftwatch.views.dashboard.refresh` (the render timer that draws a
+their size classes), :mod:`~ftwatch.views.dashboard.refresh` (what draws a
 :class:`~ftwatch.views.dashboard.run_view.RunView`) and :mod:`~ftwatch.views.dashboard.keys` (the
 bindings and their actions, the stop confirmation included); this module holds the app's state and
 :func:`run_dashboard`.

@@ -2,19 +2,24 @@
 
 The UI thread never reads a file. :class:`RunFeed` polls the run log (``events.jsonl``) and the
 worker's output (``worker.log``) from its own thread, folds the events into a
-:class:`~ftwatch.runlog.state.RunState` under a lock and bumps a version number. The app's render timer
-takes a :class:`~ftwatch.views.dashboard.run_view.RunView` (a consistent copy of what it needs) only
-when the version moved, so the screen refreshes at a fixed cadence whatever the sample rate. The
-training side never waits for any of this: it only appends to its files. The worker's output is
-followed by a :class:`~ftwatch.views.dashboard.worker_tail.TextTail`.
+:class:`~ftwatch.runlog.state.RunState` under a lock and bumps a version number. The app takes a
+:class:`~ftwatch.views.dashboard.run_view.RunView` (a consistent copy of what it needs) only when the
+version moved. A live dashboard asks to be told (:meth:`RunFeed.watch`): after a round that
+changed something worth drawing, the thread calls it back (see
+:class:`~ftwatch.views.dashboard.draw_notice.DrawNotice`), so the screen follows at once without a
+fast timer, whatever the sample rate. The training side never waits for any of this: it only
+appends to its files. The worker's output is followed by a
+:class:`~ftwatch.views.dashboard.worker_tail.TextTail`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ from ftwatch.runlog.endings import record_vanished_worker, signal_name
 from ftwatch.runlog.event_reader import ReadStats, SchemaVersionError
 from ftwatch.runlog.sources import LogFollower, WorkerHandle
 from ftwatch.runlog.state import RunState
+from ftwatch.views.dashboard.draw_notice import DrawNotice
 from ftwatch.views.dashboard.run_view import ReplayInfo, RunView
 from ftwatch.views.dashboard.worker_tail import WORKER_LOG, TextTail
 
@@ -61,6 +67,10 @@ class RunFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._finished_reading = False
+        self._notice: DrawNotice | None = None
+        self._on_change: Callable[[], None] | None = None
+        #: Polling rounds done by the thread so far.
+        self.rounds = 0
 
     # -- the thread --------------------------------------------------------------------------
     def start(self) -> None:
@@ -77,6 +87,14 @@ class RunFeed:
         self.follower.close()
         self.worker_log.close()
 
+    def watch(self, on_change: Callable[[], None], samples_every: float) -> None:
+        """Call ``on_change()`` from the feed's thread when there is something new to draw: news at
+        once, device samples alone ``samples_every`` seconds after the last :meth:`view`, each once
+        until the next view (:class:`~ftwatch.views.dashboard.draw_notice.DrawNotice`)."""
+        with self.lock:
+            self._notice = DrawNotice(samples_every)
+            self._on_change = on_change
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -85,9 +103,23 @@ class RunFeed:
                 with self.lock:
                     self.error = f"reading the run stopped: {type(exc).__name__}: {exc}"
                     self.version += 1
+                self._tell()
                 return
+            self.rounds += 1
+            self._tell()
             if not busy:
                 self._stop.wait(self.poll_interval)
+
+    def _tell(self) -> None:
+        """Call the watcher back when the changes since its last view are due to be drawn."""
+        notice, on_change = self._notice, self._on_change
+        if notice is None or on_change is None:
+            return
+        with self.lock:
+            due = notice.due(self.version, self.only_samples_since(notice.viewed_version), time.monotonic())
+        if due:
+            with contextlib.suppress(Exception):  # an app that is closing: this thread is being stopped
+                on_change()
 
     # -- one round ---------------------------------------------------------------------------
     def pump(self) -> bool:
@@ -230,6 +262,8 @@ class RunFeed:
     def view(self, log_lines: int = 200) -> RunView:
         """A consistent copy of the state for one render."""
         with self.lock:
+            if self._notice is not None:
+                self._notice.viewed(self.version, time.monotonic())
             s = self.state
             stats = self.read_stats()
             return RunView(

@@ -166,6 +166,7 @@ class DashboardKeys(DashboardRefresh):
         self.user_stopped = True
         self.feed.request_stop()
         self._shown_version = -1
+        self._tick()
 
     def action_toggle_pause(self, _label: str = "") -> None:
         """Freeze the display (the data keeps being read, the training is untouched), or resume."""
@@ -228,6 +229,7 @@ class DashboardKeys(DashboardRefresh):
             screen.set_focus(None)
         self.w_alerts_box.scroll_home(animate=False)
         self._shown_version = -1
+        self.call_after_refresh(self._tick)
         self.refresh_bindings()
 
     def action_toggle_log(self) -> None:

@@ -17,6 +17,7 @@ from textual.widgets import Footer, Static
 
 from ftwatch.views.dashboard.widgets.alerts import AlertsPanel
 from ftwatch.views.dashboard.widgets.membar import Legend, MemoryBar, ZoomBar
+from ftwatch.views.dashboard.widgets.panel import Panel
 from ftwatch.views.dashboard.widgets.phases import PhaseStrip
 from ftwatch.views.dashboard.widgets.ranks import RanksBox, RanksList
 from ftwatch.views.dashboard.widgets.status import StatusLine
@@ -34,13 +35,13 @@ WIDE_FROM = 110
 class DashboardLayout(App[str]):
     """The panels of the dashboard and the size classes of its screen."""
 
-    # Set by the app's constructor (FtwatchApp.__init__); ``_tick`` is the render timer.
+    # Set by the app's constructor (FtwatchApp.__init__); ``_tick`` draws, ``_start_drawing`` sets it going.
     feed: RunFeed
     multi: bool
-    render_interval: float
     _shown_version: int
     _plot_width: int
     _tick: Callable[[], None]
+    _start_drawing: Callable[[], None]
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -49,15 +50,15 @@ class DashboardLayout(App[str]):
         yield StatusLine(id="status")
         with RanksBox(id="ranks-box", classes="panel"):
             yield RanksList(id="ranks")
-        with Vertical(id="memory", classes="panel"):
+        with Panel(id="memory", classes="panel"):
             yield MemoryBar(id="bar")
             yield ZoomBar(id="zoom")
             yield Legend(id="legend")
-        with Vertical(id="phase-box", classes="panel"):
+        with Panel(id="phase-box", classes="panel"):
             yield PhaseStrip(id="phases")
             yield Static(id="notice")
         with Horizontal(id="middle"):
-            with Vertical(id="timeline-box", classes="panel"):
+            with Panel(id="timeline-box", classes="panel"):
                 yield Static(id="timeline-legend")
                 yield TimelinePlot(id="timeline")
             with VerticalScroll(id="alerts-box", classes="panel"):
@@ -67,15 +68,15 @@ class DashboardLayout(App[str]):
         yield Footer()
 
     def on_mount(self) -> None:
-        """Start following the run and the render timer."""
+        """Start following the run, and drawing it."""
         # Keep the widgets: while a question is on screen, queries would search the question's screen.
         self.w_status = self.query_one(StatusLine)
         self.w_bar = self.query_one(MemoryBar)
         self.w_zoom = self.query_one(ZoomBar)
         self.w_legend = self.query_one(Legend)
-        self.w_memory = self.query_one("#memory")
+        self.w_memory = self.query_one("#memory", Panel)
         self.w_phases = self.query_one(PhaseStrip)
-        self.w_phase_box = self.query_one("#phase-box")
+        self.w_phase_box = self.query_one("#phase-box", Panel)
         self.w_notice = self.query_one("#notice", Static)
         self.w_alerts_box = self.query_one("#alerts-box")
         self.w_alerts = self.query_one(AlertsPanel)
@@ -83,7 +84,7 @@ class DashboardLayout(App[str]):
         self.w_log = self.query_one(WorkerLog)
         self.w_plot = self.query_one(TimelinePlot)
         self.w_plot_legend = self.query_one("#timeline-legend", Static)
-        self.w_timeline_box = self.query_one("#timeline-box")
+        self.w_timeline_box = self.query_one("#timeline-box", Panel)
         self.w_ranks_box = self.query_one(RanksBox)
         self.w_ranks = self.query_one(RanksList)
         self.main_screen = self.screen
@@ -97,9 +98,8 @@ class DashboardLayout(App[str]):
         self.w_alerts_box.border_title = "Warnings"
         self.w_log_box.border_title = f"Worker log · {WORKER_LOG}  (l: more)"
         self._apply_size_classes()
+        self._start_drawing()
         self.feed.start()
-        self.set_interval(self.render_interval, self._tick)
-        self.call_after_refresh(self._tick)
 
     def on_unmount(self) -> None:
         """Stop the reader thread."""
@@ -110,6 +110,7 @@ class DashboardLayout(App[str]):
         self._apply_size_classes()
         self._shown_version = -1
         self._plot_width = -1
+        self.call_after_refresh(self._tick)
 
     def _apply_size_classes(self) -> None:
         width, height = self.size

@@ -1,7 +1,10 @@
-"""The dashboard's refresh: the render timer (:meth:`DashboardRefresh._tick`) takes a
+"""The dashboard's refresh: :meth:`DashboardRefresh._tick` takes a
 :class:`~ftwatch.views.dashboard.run_view.RunView` from the feed when its version moved, and
 :meth:`DashboardRefresh.render_view` draws it on every widget (the timeline at its own, slower
-cadence). A drawing bug is reported once and never takes the dashboard (or the run) down.
+cadence). A live feed tells the app when it has something to draw (:class:`FeedChanged`, posted from
+its thread); a clock once a second keeps the status line's clocks moving. A replay, whose keys move
+the feed from this thread, is drawn by a timer at ``render_hz``. A drawing bug is reported once and
+never takes the dashboard (or the run) down.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
+from textual import on
+from textual.message import Message
 from textual.widget import Widget
 
 from ftwatch.views.dashboard.breakdown import Breakdown, compute_breakdown
@@ -19,6 +24,7 @@ from ftwatch.views.dashboard.run_view import RunView
 from ftwatch.views.dashboard.titles import alerts_title, memory_title, rank_suffix
 from ftwatch.views.dashboard.widgets.alerts import alerts_text
 from ftwatch.views.dashboard.widgets.outside import outside_notice
+from ftwatch.views.dashboard.widgets.panel import Panel
 from ftwatch.views.dashboard.widgets.phases import phase_cells
 from ftwatch.views.dashboard.widgets.ranks import ranks_title
 from ftwatch.views.dashboard.widgets.status import status_lines
@@ -32,6 +38,20 @@ if TYPE_CHECKING:
 #: a phase, a warning or an end is drawn at the next tick. (Most of a redraw's cost is Textual composing
 #: the changed lines: at 8 redraws a second, following a 10 Hz run took 5% of a core; see benchmarks/dashboard.py.)
 SAMPLES_ONLY_INTERVAL = 0.5
+#: A live dashboard's clock: what it shows that moves by itself (elapsed time, "no data for", "stop
+#: requested ... ago") is redrawn this often; the rest is drawn when the feed tells it.
+CLOCK_INTERVAL = 1.0
+#: A screen with nothing new is redrawn when this long has passed since the last redraw (for those clocks).
+REDRAW_AFTER = 0.9
+
+
+class FeedChanged(Message):
+    """The feed has something new to draw (posted from the feed's thread). One waiting in the queue
+    stands for any number: a newer one replaces it."""
+
+    def can_replace(self, message: Message) -> bool:
+        """Another change of the feed supersedes this one (the app draws the feed as it is then)."""
+        return isinstance(message, FeedChanged)
 
 
 class DashboardRefresh(DashboardLayout):
@@ -39,6 +59,8 @@ class DashboardRefresh(DashboardLayout):
 
     # Set by the app's constructor (FtwatchApp.__init__), or its properties.
     handle: WorkerHandle | None
+    replay: bool
+    render_interval: float
     run_title: str | None
     plot_interval: float
     paused: bool
@@ -62,8 +84,23 @@ class DashboardRefresh(DashboardLayout):
     live: bool
 
     # -- rendering ---------------------------------------------------------------------------
+    def _start_drawing(self) -> None:
+        """Once mounted: a live feed tells the app what to draw (the clock keeps the clocks moving); a
+        replay's feed is drawn by a timer at ``render_hz``."""
+        if self.replay:
+            self.set_interval(self.render_interval, self._tick)
+        else:
+            self.feed.watch(lambda: self.post_message(FeedChanged()), SAMPLES_ONLY_INTERVAL)
+            self.set_interval(CLOCK_INTERVAL, self._tick)
+        self.call_after_refresh(self._tick)
+
+    @on(FeedChanged)
+    def _feed_changed(self) -> None:
+        self._tick()
+
     def _tick(self) -> None:
-        """The render timer: redraw what changed, at most ``render_hz`` times a second."""
+        """Redraw what changed (told by the feed, or on a timer): a live run's device samples alone at
+        most every ``SAMPLES_ONLY_INTERVAL``, an unchanged screen every ``REDRAW_AFTER``."""
         if self.quit_when_stopped and (self.feed.ended or self.feed.worker_alive is False):
             self.exit("stopped")
             return
@@ -72,7 +109,7 @@ class DashboardRefresh(DashboardLayout):
         now = time.monotonic()
         version = self.feed.version
         since = now - self._last_render
-        if version == self._shown_version and since < 1.0:
+        if version == self._shown_version and since < REDRAW_AFTER:
             return
         if since < SAMPLES_ONLY_INTERVAL and self.handle is not None and self._only_samples(version):
             return  # a live run's samples alone: coalesced to a few redraws a second (a step shows at once)
@@ -202,6 +239,9 @@ class DashboardRefresh(DashboardLayout):
 
 
 def _set_title(widget: Widget, title: str) -> None:
-    """Set a border title only when it changes (setting it repaints the whole panel)."""
-    if widget.border_title != title:
+    """Set a border title only when it changes (a :class:`Panel` repaints its title row alone; any
+    other widget, the whole of itself)."""
+    if isinstance(widget, Panel):
+        widget.set_title(title)
+    elif widget.border_title != title:
         widget.border_title = title

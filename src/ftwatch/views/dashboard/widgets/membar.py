@@ -10,11 +10,11 @@ from __future__ import annotations
 from rich.style import Style
 from rich.text import Text
 from textual.geometry import Size
-from textual.widget import Widget
 
 from ftwatch.views.dashboard import fmt
 from ftwatch.views.dashboard.breakdown import BarSegment, Breakdown, Part, layout_segments
 from ftwatch.views.dashboard.palette import DANGER, DIM, LOOKS, TRACK, WATCH
+from ftwatch.views.dashboard.widgets.lines import ChangedLines
 
 PEAK_GLYPH = "▲"
 LIMIT_GLYPH = "◆"
@@ -126,12 +126,15 @@ def render_markers(bd: Breakdown, width: int) -> Text:
     if note and free(0, note):
         put(0, note, Style(color=DIM))
     out = Text(no_wrap=True, overflow="crop")
-    for ch, style in zip(line, styles, strict=True):
-        out.append(ch, style or Style())
+    start = 0
+    for end in range(1, width + 1):  # one span per run of cells in the same style, not one per cell
+        if end == width or styles[end] is not styles[start]:
+            out.append("".join(line[start:end]), styles[start])
+            start = end
     return out
 
 
-class MemoryBar(Widget):
+class MemoryBar(ChangedLines):
     """The stacked bar of one device against its capacity, with the peak and limit markers below."""
 
     DEFAULT_CSS = """
@@ -153,7 +156,7 @@ class MemoryBar(Widget):
             return
         resized = rows != self.rows
         self.breakdown, self.rows, self.mono, self._key = bd, rows, mono, key
-        self.refresh(layout=resized)
+        self.redraw(layout=resized)
 
     @property
     def segments(self) -> list[BarSegment]:
@@ -177,7 +180,7 @@ class MemoryBar(Widget):
         return bar
 
 
-class ZoomBar(Widget):
+class ZoomBar(ChangedLines):
     """The tensor categories alone, scaled to their total: readable when they are a sliver of the card."""
 
     DEFAULT_CSS = """
@@ -195,7 +198,7 @@ class ZoomBar(Widget):
         key = (tuple(bd.tensor_parts), bd.true_peak, bd.true_peak_step, mono)
         if key != self._key:
             self.breakdown, self.mono, self._key = bd, mono, key
-            self.refresh()
+            self.redraw()
 
     def render(self) -> Text:
         """A caption and the zoomed bar (with a CPU true peak: its split, and at which step)."""
@@ -254,7 +257,7 @@ def layout_legend(entries: list[Text], width: int, gap: int = 3) -> list[Text]:
     return lines
 
 
-class Legend(Widget):
+class Legend(ChangedLines):
     """Each category's colour, size and share, in as many columns as the width allows."""
 
     DEFAULT_CSS = """
@@ -276,7 +279,7 @@ class Legend(Widget):
             return
         old_count = len(self.breakdown.parts)
         self.breakdown, self.peaks, self.mono, self.max_rows, self._key = bd, peaks, mono, max_rows, key
-        self.refresh(layout=old_count != len(bd.parts))
+        self.redraw(layout=old_count != len(bd.parts))
 
     def _lines(self, width: int) -> list[Text]:
         lines: list[Text] = []

@@ -5,13 +5,13 @@ from __future__ import annotations
 from rich.style import Style
 from rich.text import Text
 from textual.geometry import Size
-from textual.widget import Widget
 
 from ftwatch.runlog.events import PHASES
 from ftwatch.runlog.phases import unwatched_phases
 from ftwatch.runlog.state import PhaseRecord
 from ftwatch.views.dashboard import fmt
 from ftwatch.views.dashboard.palette import ACCENT, DANGER, DIM, GOOD, WATCH
+from ftwatch.views.dashboard.widgets.lines import ChangedLines
 
 SHORT = {"loading_model": "loading", "applying_lora": "LoRA", "preparing_trainer": "setup", "training": "training"}
 
@@ -81,7 +81,7 @@ def render_strip(cells: list[tuple[str, str, str, float | None, Style]], width: 
     return Text("\n").join(lines)
 
 
-class PhaseStrip(Widget):
+class PhaseStrip(ChangedLines):
     """Which phase the run is in, and the memory and time each phase took."""
 
     DEFAULT_CSS = """
@@ -100,7 +100,7 @@ class PhaseStrip(Widget):
         if key != self._key:
             resized = rows != self.rows
             self.cells, self.rows, self._key = cells, rows, key
-            self.refresh(layout=resized)
+            self.redraw(layout=resized)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         """Two lines, three with the mini bars."""

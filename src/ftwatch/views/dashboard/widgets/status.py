@@ -8,12 +8,12 @@ from typing import Any
 
 from rich.style import Style
 from rich.text import Text
-from textual.widget import Widget
 
 from ftwatch.common.safe_text import safe
 from ftwatch.views.dashboard import fmt
 from ftwatch.views.dashboard.palette import ACCENT, DANGER, DIM, GOOD, WATCH
 from ftwatch.views.dashboard.run_view import ReplayInfo, RunView
+from ftwatch.views.dashboard.widgets.lines import ChangedLines
 
 PHASE_LABELS = {
     "loading_model": "loading model",
@@ -214,7 +214,7 @@ def status_lines(view: RunView, width: int, *, paused: bool = False, live: bool 
     return Text("\n").join([_join(line1, width), _join(line2, width)])
 
 
-class StatusLine(Widget):
+class StatusLine(ChangedLines):
     """Two lines at the top of the screen: the run and its progress."""
 
     DEFAULT_CSS = """
@@ -227,10 +227,10 @@ class StatusLine(Widget):
         self._plain = ""
 
     def show(self, text: Text) -> None:
-        """Show prepared status lines (refresh only on change)."""
+        """Show prepared status lines (only a line that changed is repainted)."""
         if text.plain != self._plain or text != self._text:
             self._text, self._plain = text, text.plain
-            self.refresh()
+            self.redraw()
 
     def render(self) -> Text:
         """The status lines."""

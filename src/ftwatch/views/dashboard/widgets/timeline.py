@@ -14,6 +14,7 @@ from ftwatch.runlog.events import CATEGORIES
 from ftwatch.runlog.state import PhaseRecord, TimelinePoint
 from ftwatch.views.dashboard import fmt
 from ftwatch.views.dashboard.palette import DANGER, DIM, LOOKS, WATCH
+from ftwatch.views.dashboard.widgets.lines import ChangedLines
 
 USED_COLOUR = "#e4e4e4"
 TENSORS_COLOUR = "#5faf5f"
@@ -117,6 +118,19 @@ def build_series(points: list[TimelinePoint], phases: list[PhaseRecord], capacit
     return s
 
 
+def without_flat_interiors(x: list[float], y: list[float]) -> tuple[list[float], list[float]]:
+    """The points of a line without those inside a run of equal values: the first and the last point
+    of the run draw the same cells (plotext joins consecutive points with every cell between them),
+    and each point left out is a segment plotext does not walk. Memory that holds still (the weights,
+    the optimizer states between steps) is most of a chart's points."""
+    if len(y) < 3:
+        return x, y
+    keep = [0, *(i for i in range(1, len(y) - 1) if not y[i - 1] == y[i] == y[i + 1]), len(y) - 1]
+    if len(keep) == len(y):
+        return x, y
+    return [x[i] for i in keep], [y[i] for i in keep]
+
+
 def nice_ticks(top: float, count: int = 4) -> list[float]:
     """Round tick values from 0 to about ``top`` (steps of 1, 2, 2.5 or 5 times a power of ten)."""
     if top <= 0:
@@ -197,7 +211,7 @@ def legend_text(series: Series, capacity: int | None, mono: bool = False, width:
     return Text("\n", no_wrap=True, overflow="ellipsis").join(lines)
 
 
-class TimelinePlot(PlotextPlot):
+class TimelinePlot(ChangedLines, PlotextPlot):
     """A plotext chart of the timeline; redrawn only when :meth:`show` gets new data."""
 
     DEFAULT_CSS = """
@@ -211,9 +225,10 @@ class TimelinePlot(PlotextPlot):
         self.theme = "clear"
 
     def show(self, series: Series, mono: bool = False) -> None:
-        """Draw ``series`` (the app throttles how often this is called)."""
+        """Draw ``series`` (the app throttles how often this is called); only the rows that changed
+        are repainted."""
         self.series, self.mono = series, mono
-        self.refresh()
+        self.redraw()
 
     def _configure(self) -> None:
         plt = self.plt
@@ -226,7 +241,8 @@ class TimelinePlot(PlotextPlot):
         markers = iter(("•", "x", "+", "o", "*"))
         for name, ys in s.lines.items():
             colour = _colour(name)
-            plt.plot(s.x, ys, color=_rgb(colour), marker=next(markers, ".") if self.mono else marker)
+            xs, ys = without_flat_interiors(s.x, ys)
+            plt.plot(xs, ys, color=_rgb(colour), marker=next(markers, ".") if self.mono else marker)
         if s.capacity is not None:
             plt.hline(s.capacity, color=_rgb(DANGER))
         if s.limit is not None:
