@@ -30,6 +30,18 @@ def _toml_value(value: object) -> str:
     return repr(value)
 
 
+class AliveHandle:
+    """A stand-in worker handle for a live dashboard: it runs for ever and is never asked anything."""
+
+    pid = 424242
+
+    def is_alive(self) -> bool:
+        return True
+
+    def returncode(self) -> None:
+        return None
+
+
 def load_benchmark(name: str) -> Any:
     """The module ``benchmarks/NAME.py`` (tests reuse a benchmark's independent measurements)."""
     import importlib.util

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from conftest import wait_for
+from test_dashboard_app import wait_for as _until
+
+from conftest import AliveHandle, wait_for
 from ftwatch.runlog.events import encode
 from ftwatch.views.dashboard import refresh
 from ftwatch.views.dashboard.draw_notice import DrawNotice
@@ -278,23 +280,3 @@ async def test_a_live_dashboard_draws_when_told_not_on_a_fast_timer(tmp_path: Pa
         assert quiet <= 2 + spent / refresh.CLOCK_INTERVAL, (quiet, spent)  # not 8 a second
         _append(log, encode("snapshot", {"phase": "training", "step": 7, "categories": {"weights": 5}}, 2.0))
         await _until(pilot, lambda: "step 7" in app.w_status.render().plain)
-
-
-class AliveHandle:
-    """A worker that runs for ever and is never asked anything."""
-
-    pid = 424242
-
-    def is_alive(self) -> bool:
-        return True
-
-    def returncode(self) -> None:
-        return None
-
-
-async def _until(pilot, predicate, timeout: float = 30.0) -> None:  # noqa: ANN001 - a Pilot, a zero-argument callable
-    """Until ``predicate()`` holds (a generous deadline: a loaded machine draws late, never wrong)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await pilot.pause(0.02)

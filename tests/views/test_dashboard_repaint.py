@@ -4,32 +4,23 @@ would show (tests/views/paint_terminal.py paints the updates)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from paint_terminal import PaintedTerminal
 from rich.style import Style
 from rich.text import Text
+from test_dashboard_app import wait_for
 from textual.app import App, ComposeResult
-from textual.pilot import Pilot
 from textual.widget import Widget
 from textual.widgets import Static
 
+from conftest import AliveHandle
 from ftwatch.views.dashboard.app import FtwatchApp
 from ftwatch.views.dashboard.demo import iter_lines
 from ftwatch.views.dashboard.feed import RunFeed
 from ftwatch.views.dashboard.widgets.lines import ChangedLines
 from ftwatch.views.dashboard.widgets.panel import Panel
 from ftwatch.views.dashboard.widgets.status import StatusLine
-
-
-async def wait_for(pilot: Pilot, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Until ``predicate()`` holds (a generous deadline: a loaded machine draws late, never wrong)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await pilot.pause(0.02)
 
 
 class PlainText(Widget):
@@ -145,18 +136,6 @@ async def test_a_new_panel_title_repaints_the_title_row_alone() -> None:
         assert terminal.rows_since(sent) == {0}
         assert "Memory · 2.00 GiB" in terminal.grid.text()[0]
         assert terminal.grid.cells == terminal.full_redraw().cells
-
-
-class AliveHandle:
-    """A worker that runs for ever and is never asked anything."""
-
-    pid = 424242
-
-    def is_alive(self) -> bool:
-        return True
-
-    def returncode(self) -> None:
-        return None
 
 
 async def test_following_a_run_sends_the_changed_rows_and_ends_on_the_full_screen(tmp_path: Path) -> None:
