@@ -281,6 +281,27 @@ async def test_k_asks_then_calls_request_stop(tmp_path: Path) -> None:
         assert app.is_running and handle.alive
 
 
+async def test_the_stop_question_follows_the_run_and_closes_when_it_ends(tmp_path: Path) -> None:
+    lines, rest = training_lines(20)
+    more, _ = training_lines(30)
+    run = live_dir(tmp_path, lines)
+    handle = FakeHandle(run)
+    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    async with app.run_test(size=BIG) as pilot:
+        await wait_for(pilot, lambda: "step 20/60" in screen_text(app))
+        await pilot.press("k")
+        assert isinstance(app.screen, ConfirmStopScreen)
+        assert "It is at step 20 of 60" in screen_text(app)
+        append(run, more[len(lines):])
+        await wait_for(pilot, lambda: "It is at step 30 of 60" in screen_text(app))
+        append(run, rest[len(more) - len(lines):])
+        append(run, [exit_line(run, "finished", 60)])
+        handle.alive = False
+        await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmStopScreen))
+        await wait_for(pilot, lambda: "FINISHED" in screen_text(app))
+        assert handle.stop_requests == 0 and handle.terminations == 0
+
+
 async def test_d_detaches_and_leaves_the_worker_alone(tmp_path: Path) -> None:
     lines, _ = training_lines(10)
     run = live_dir(tmp_path, lines)

@@ -21,6 +21,7 @@ from textual.widget import Widget
 from ftwatch.views.dashboard.breakdown import Breakdown, compute_breakdown
 from ftwatch.views.dashboard.layout import TALL_FROM, WIDE_FROM, DashboardLayout
 from ftwatch.views.dashboard.run_view import RunView
+from ftwatch.views.dashboard.screens import ConfirmStopScreen
 from ftwatch.views.dashboard.titles import alerts_title, memory_title, rank_suffix
 from ftwatch.views.dashboard.widgets.alerts import alerts_text
 from ftwatch.views.dashboard.widgets.outside import outside_notice
@@ -140,6 +141,8 @@ class DashboardRefresh(DashboardLayout):
         self.w_status.show(status_lines(view, max(width - 2, 20), paused=self.paused,
                                                      live=self.handle is not None, title=self.run_title,
                                                      now=now, mono=self.mono))
+        if isinstance(self.screen, ConfirmStopScreen):
+            self.screen.follow(view.step, view.max_steps, view.run_ended)
         if view.ranks is not None:
             self._show_ranks(view, compact=not (tall and width >= WIDE_FROM))
         bd = compute_breakdown(view)

@@ -90,9 +90,9 @@ class ConfirmStopScreen(ModalScreen[bool]):
     def __init__(self, step: int, max_steps: int | None) -> None:
         super().__init__()
         self.step, self.max_steps = step, max_steps
+        self._question = Static(self._text())
 
-    def compose(self) -> ComposeResult:
-        """The question."""
+    def _text(self) -> Text:
         where = f"It is at step {self.step}" + (f" of {self.max_steps}" if self.max_steps else "")
         text = Text()
         text.append("Stop the training at the next step boundary?\n\n", Style(bold=True))
@@ -101,8 +101,23 @@ class ConfirmStopScreen(ModalScreen[bool]):
         text.append("  stop      ")
         text.append(" n ", Style(reverse=True, bold=True))
         text.append("  keep training")
+        return text
+
+    def compose(self) -> ComposeResult:
+        """The question."""
         with Vertical(id="dialog"):
-            yield Static(text)
+            yield self._question
+
+    def follow(self, step: int, max_steps: int | None, ended: bool) -> None:
+        """The run moved on while the question is open: show its step; once it has ended there is
+        nothing left to stop, and the question closes as a "no"."""
+        if ended:
+            if self.is_current:
+                self.dismiss(False)
+            return
+        if (step, max_steps) != (self.step, self.max_steps):
+            self.step, self.max_steps = step, max_steps
+            self._question.update(self._text())
 
     def action_answer(self, yes: bool) -> None:
         """Answer the question."""
