@@ -73,6 +73,17 @@ def edit_config_json(**changes: Any) -> Callable[[Path], None]:
     return edit
 
 
+def model_asking(attention: str, **changes: Any) -> Build:
+    """A copy of the tiny model with these config.json changes, run with this attention."""
+    def build(tmp: Path) -> Path:
+        model = tmp / "model"
+        shutil.copytree(TINY_MODEL, model)
+        edit_config_json(**changes)(model)
+        return write_config(tmp / "bad.toml", tiny_sections(tmp, model={"name": str(model),
+                                                                        "attn_implementation": attention}))
+    return build
+
+
 def write_file(name: str, content: bytes) -> Callable[[Path], None]:
     def edit(model: Path) -> None:
         (model / name).write_bytes(content)
@@ -284,6 +295,9 @@ RUN_ONLY: list[tuple[str, Build, list[str]]] = [
      ["[training].output_dir", "not writable"]),
     ("attention_unknown", config_with(model={"attn_implementation": "sdpaa"}),
      ["[model].attn_implementation", '"sdpaa"', "not supported"]),
+    # transformers refuses SDPA for the classes that lack it (gemma2, bloom) when it loads the model
+    ("sdpa_on_a_class_without_it", model_asking("sdpa", model_type="gemma2", architectures=["Gemma2ForCausalLM"]),
+     ["[model].attn_implementation", '"sdpa"', "Gemma2ForCausalLM"]),
 ]
 if importlib.util.find_spec("flash_attn") is None:
     RUN_ONLY.append(("flash_attention_not_installed", config_with(model={"attn_implementation": "flash_attention_2"}),

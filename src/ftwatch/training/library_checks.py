@@ -46,19 +46,27 @@ def check_model(cfg: Config, files: ModelFiles) -> Any:
 
 def attention_need(cfg: Config, inputs: Any) -> str | None:
     """Why ``[model] attn_implementation`` cannot be used here (a kernel package not installed, a name
-    transformers does not know), or ``None``; built on the ``meta`` device as the worker will load it."""
+    transformers does not know, SDPA asked of a class without it), or ``None``; built on the ``meta``
+    device as the worker will load it."""
     import copy
 
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ftwatch.analysis.estimate.fused_attention import causal_lm_class
     from ftwatch.analysis.estimate.model_config import _to_pretrained_config
     from ftwatch.analysis.estimate.quiet import _quiet
 
     wanted = cfg.model.attn_implementation
-    if not wanted or wanted in ("eager", "sdpa"):
+    if not wanted or wanted == "eager":
         return None
     config = copy.deepcopy(_to_pretrained_config(inputs.model_config, inputs.trust_remote_code))
+    model_class = causal_lm_class(config)
+    if wanted == "sdpa" and model_class is not None:  # the class says whether it takes SDPA: no build
+        if getattr(model_class, "_supports_sdpa", False):
+            return None
+        return (f'[model].attn_implementation "sdpa" cannot be used: {model_class.__name__} has no SDPA '
+                f'attention in transformers; use "eager" or leave the key out (its default)')
     try:
         with _quiet(), torch.device("meta"):
             AutoModelForCausalLM.from_config(config, dtype=getattr(torch, inputs.model_dtype),
