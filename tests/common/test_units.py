@@ -54,3 +54,13 @@ def test_parse_size_is_exact_and_bounded():
     assert parse_size("0") == 0 and parse_size("-0") == 0
     with pytest.raises(ValueError, match="positive"):
         parse_size("0", positive=True)
+
+
+def test_a_size_a_user_types_needs_a_unit():
+    with pytest.raises(ValueError, match='needs a unit: "24GiB"'):
+        parse_size("24", unit_required=True)
+    with pytest.raises(ValueError, match="needs a unit"):
+        parse_size(" 1.5 ", unit_required=True)
+    assert parse_size("24B", unit_required=True) == 24
+    assert parse_size("24 GiB", unit_required=True) == 24 * 1024**3
+    assert parse_size("24") == 24  # the log's and the parsers' own figures stay byte counts

@@ -30,6 +30,8 @@ ARGUMENT_CASES: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("estimate", CONFIG, "--gpu-memory", DIGITS_400), ("--gpu-memory", "8 EiB")),
     (("estimate", CONFIG, "--gpu-memory", DIGITS_400 + "GiB"), ("--gpu-memory", "8 EiB")),
     (("estimate", CONFIG, "--gpu-memory", "0"), ("--gpu-memory", "zero")),
+    (("estimate", CONFIG, "--gpu-memory", "24"), ("--gpu-memory", "needs a unit", '"24GiB"', "'24'")),
+    (("fit", CONFIG, "--gpu-memory", "24"), ("ftwatch fit: --gpu-memory", "needs a unit")),
     (("estimate", CONFIG, "--gpu-memory", "x"), ("--gpu-memory", "expected a size", "'x'")),
     (("estimate", CONFIG, "--gpu-memory", ""), ("--gpu-memory",)),
     (("estimate", CONFIG, "--gpu-memory", "5 parsecs"), ("--gpu-memory", "unit")),

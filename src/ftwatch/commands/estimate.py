@@ -166,7 +166,7 @@ def resolve_capacity(cfg: Config, gpu_memory: str | None, *,
     Raises ``ValueError`` for a size that does not parse or is not positive.
     """
     if gpu_memory is not None:
-        size = parse_size(gpu_memory)
+        size = parse_size(gpu_memory, unit_required=True)
         if size <= 0:
             raise ValueError(f"must be larger than zero, got {gpu_memory!r}")
         return size, "--gpu-memory", device != "cpu"

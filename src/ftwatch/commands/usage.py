@@ -28,6 +28,6 @@ def size_argument(text: str) -> int:
     from ftwatch.common.units import parse_size
 
     try:
-        return parse_size(text, positive=True)
+        return parse_size(text, positive=True, unit_required=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

@@ -33,6 +33,9 @@ from ftwatch.common.config_sections import _COMMON_KEYS, _check_common, _Section
 from ftwatch.common.safe_text import safe
 from ftwatch.common.units import parse_size
 
+#: A ``[monitor] budget`` given as a TOML integer is a byte count; below this it is a forgotten unit.
+SMALLEST_INTEGER_BUDGET = 1 << 10
+
 SECTIONS = ("model", "lora", "training", "data", "monitor", "launch")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 #: ``[monitor] modules``: no module attribution, the blocks and layers, or the whole module tree too.
@@ -233,9 +236,11 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
     budget = None
     if "budget" in mon.table:
         try:
-            budget = parse_size(mon.table["budget"])
+            budget = parse_size(mon.table["budget"], unit_required=True)
         except (ValueError, OverflowError) as exc:
             raise mon.err("budget", f"is not a size: {exc}") from None
+        if isinstance(mon.table["budget"], int) and 0 < budget < SMALLEST_INTEGER_BUDGET:
+            raise mon.err("budget", f'is {budget} bytes (an integer is a byte count): write a unit, like "{budget}GiB"')
         if budget <= 0:
             raise mon.err("budget", "must be larger than zero")
     sample_hz = mon.get_positive_number("sample_hz", 10.0)

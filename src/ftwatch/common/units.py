@@ -36,8 +36,11 @@ def _shown(text: object) -> str:
     return shown if len(shown) <= 40 else f"{shown[:30]}…' ({len(str(text))} characters)"
 
 
-def parse_size(text: str | int | float, *, positive: bool = False) -> int:
+def parse_size(text: str | int | float, *, positive: bool = False, unit_required: bool = False) -> int:
     """Parse a size such as ``"20GiB"``, ``"22.3GB"``, ``"512 MiB"`` or a plain byte count.
+
+    ``unit_required``: a text without a unit (``"24"``) is refused, for what a user types: nobody
+    means 24 bytes of GPU memory (``"24B"`` still says bytes). Zero is refused as zero.
 
     Decimal units (kB, MB, GB, TB) are powers of 1000, binary units (KiB, MiB, GiB, TiB) powers
     of 1024, as on a GPU's spec sheet and in ``nvidia-smi`` respectively. The figure is read
@@ -69,6 +72,9 @@ def parse_size(text: str | int | float, *, positive: bool = False) -> int:
         value = int(Fraction(number) * factor)
         if sign == "-" and Fraction(number) != 0:
             raise ValueError(f"a size must be positive, got {_shown(raw)}")
+        if unit_required and not unit and value != 0:
+            raise ValueError(f'a size needs a unit: "{number}GiB" or "{number}GB" ("{number}B" for bytes), '
+                             f"got {_shown(raw)}")
     if value > MAX_SIZE:
         raise ValueError(f"a size must be below 8 EiB, got {_shown(text)}")
     if positive and value <= 0:
