@@ -60,6 +60,24 @@ def test_write_changes_only_those_lines_and_keeps_comments(tmp_path: Path, tiny_
     assert out_path.read_text() == written
 
 
+def test_written_elsewhere_the_relative_paths_still_name_the_same_files(tmp_path: Path) -> None:
+    from ftwatch.common.config import load_config
+
+    home = tmp_path / "example"
+    assert cli("example", str(home)).code == 0
+    cfg = home / "tiny-lora.toml"
+    cfg.write_text(cfg.read_text().replace("[monitor]\n", f"[monitor]\nbudget = {BUDGET}\n"))
+    (tmp_path / "elsewhere").mkdir()
+    out_path = tmp_path / "elsewhere" / "fitted.toml"
+    out = cli("fit", str(cfg), "--write", str(out_path))
+    assert out.code == 0, out.stderr
+    assert "[model] name and [data] path were rewritten" in out.stdout
+    written, original = load_config(out_path), load_config(cfg)
+    assert written.model.name == original.model.name and written.data.path == original.data.path
+    assert 'name = "../example/tiny-llama"' in out_path.read_text()
+    assert written.training["per_device_train_batch_size"] == 2
+
+
 def test_bad_input_is_one_line_before_any_estimate(tmp_path: Path, tiny_config,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import ftwatch.analysis.fit as search

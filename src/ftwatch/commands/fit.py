@@ -28,6 +28,11 @@ from ftwatch.common.safe_text import safe
 from ftwatch.common.units import format_bytes
 from ftwatch.training.config_checks import check_config
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib  # type: ignore[no-redef]
+
 #: The share of the capacity kept free at the peak unless ``--headroom`` says otherwise.
 DEFAULT_HEADROOM = 0.10
 
@@ -84,16 +89,19 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"--write: {out} already exists; fit never overwrites a file (give a new name)")
         if not out.parent.is_dir():
             raise UsageError(f"--write: no such directory: {out.parent}")
-    found = search(cfg, args.gpu_memory, args.device, headroom, calibrate=bool(getattr(args, "calibrate", False)))
+    moved = moved_paths(cfg, out.parent) if out is not None else []
+    found = search(cfg, args.gpu_memory, args.device, headroom, extra=moved,
+                   calibrate=bool(getattr(args, "calibrate", False)))
     result, source, device, why = found.result, found.source, found.device, found.why
     if out is not None and not result.fitted:
         result.notes.append(f"nothing written to {out}: no config that fits was found")
     fitted_text, diff = found.text, found.diff
     if out is not None and result.fitted and fitted_text is not None:
         _write_new(out, fitted_text)
-        if out.resolve().parent != cfg.path.resolve().parent:
-            result.notes.append(f"{out} is in another directory than {cfg.path}: relative paths in it "
-                                "([model] name, [data] path) now resolve from its own directory")
+        if moved:
+            result.notes.append(f"{out} is in another directory than {cfg.path}: its "
+                                + " and ".join(f"[{section}] {key}" for section, key, _ in moved)
+                                + " were rewritten to name the same files from there")
     if args.json:
         print(json.dumps({**result.to_json(), "capacity_source": source, "device": {"type": device, "reason": why},
                           "calibrated": bool(getattr(args, "calibrate", False)),
@@ -156,6 +164,20 @@ def search(cfg: Config, gpu_memory: str | None, device: str | None, headroom: fl
         fitted_text, diff = None, [(None, setting_line(s)) for s in result.settings]
         result.notes.append(f"cannot write the fitted config: {exc}; change these lines by hand")
     return Found(result, source, device, why, fitted_text, diff)
+
+
+def moved_paths(cfg: Config, directory: Path) -> list[Setting]:
+    """The settings that keep a config's relative paths (``[model] name`` of a local model, ``[data]
+    path``; they resolve from the config's directory) pointing at the same files from ``directory``.
+    Absolute and ``~`` paths stay as written; nothing changes when the directory is the config's."""
+    if directory.resolve() == cfg.path.resolve().parent:
+        return []
+    raw = tomllib.loads(cfg.path.read_text(encoding="utf-8"))
+    written = [("model", "name", raw.get("model", {}).get("name"), cfg.model.name if cfg.model.is_local else None),
+               ("data", "path", raw.get("data", {}).get("path"), cfg.data.path if cfg.data is not None else None)]
+    return [(section, key, os.path.relpath(target, directory.resolve()))
+            for section, key, value, target in written
+            if target is not None and isinstance(value, str) and not value.startswith(("/", "~"))]
 
 
 def _write_new(out: Path, text: str) -> None:
