@@ -122,3 +122,20 @@ async def test_the_true_peak_and_other_are_on_screen(tmp_path: Path, size) -> No
         memory = region_text(app, app.w_memory)
         assert re.search(rf"other +{re.escape(OTHER_TEXT)}", memory), memory
         assert re.search(r"grads +0 B", memory), memory
+
+
+def test_the_report_gives_the_estimates_other_a_row_so_both_columns_add_up(tmp_path: Path) -> None:
+    events = [json.loads(line) for line in measured_log(tmp_path).read_text().splitlines()]
+    state = RunState()
+    state.apply_all(events)
+    peaks = state.summary()["peak_bytes"]
+    guess = {name: peaks[name] for name in ("weights", "lora", "grads", "optimizer", "activations")}
+    guess["other"] = 3 * 2**20
+    guess["total"] = sum(guess.values())
+    state.apply({"v": 1, "t": events[1]["t"], "kind": "estimate", "verdict": "fits", "estimate_bytes": guess})
+    rows = {line.split()[0]: line for line in summary_text(state).splitlines()
+            if line.startswith("  ") and line.split()[0] in guess}
+    assert list(rows) == [*guess]  # other before the total, as in the estimate
+    assert rows["other"].split()[1] == "–" and "in the true peak below" in rows["other"]
+    assert rows["other"].endswith("3.0 MiB")
+    assert rows["total"].endswith(f"{guess['total'] / 2**20:.1f} MiB")

@@ -125,9 +125,19 @@ def summary_text(state: RunState, stats: Any = None) -> str:
                  f"({s.get('capacity_source')})")
     estimated = (state.estimate or {}).get("estimate_bytes") or {}
     lines.append("peak by category:" + ("                          pre-flight estimate" if estimated else ""))
-    for name, value in s["peak_bytes"].items():
-        share = f" ({100.0 * value / s['capacity_bytes']:.2f}% of capacity)" if s["capacity_bytes"] else ""
+    peaks = s["peak_bytes"]
+    # The estimate's parts that no snapshot measures (``other``; on CUDA, what it allows for the
+    # context) get their rows too, before the totals, so that each column adds up to its total.
+    unmeasured = [name for name in estimated if name not in peaks and name != "total"]
+    names = [n for n in peaks if n != "total"] + unmeasured + (["total"] if "total" in peaks else [])
+    for name in names:
+        value = peaks.get(name)
         guess = f"{format_bytes(estimated[name]):>12}" if name in estimated else ""
+        if value is None:
+            where = " (in the true peak below)" if name == "other" and s.get("tensor_peak_bytes") else ""
+            lines.append(f"  {name:<16}{'–':>12}{where:<24}{guess}")
+            continue
+        share = f" ({100.0 * value / s['capacity_bytes']:.2f}% of capacity)" if s["capacity_bytes"] else ""
         lines.append(f"  {name:<16}{format_bytes(value):>12}{share:<24}{guess}")
     if s.get("peak_rss_bytes"):
         lines.append(f"  {'process RSS':<16}{format_bytes(s['peak_rss_bytes']):>12}")
