@@ -168,3 +168,15 @@ def test_when_micro_batch_one_does_not_fit_it_applies_the_mildest_fix(tmp_path: 
             == 4)
     text = cli("fit", str(cfg), "--headroom", "0").stdout
     assert "even a micro-batch of 1 does not fit" in text and '+ [model] dtype = "bfloat16"' in text
+
+
+def test_a_card_smaller_than_the_context_allowance_says_no_change_can_fit(tiny_config) -> None:
+    cfg = tiny_config()
+    fitted = json.loads(cli("fit", str(cfg), "--gpu-memory", "64MiB", "--json").stdout)
+    assert fitted["fits"] is False
+    because = "alone are more than the 57.6 MiB it has to fit in: no change to the config can make it fit"
+    assert any(because in note for note in fitted["notes"]), fitted["notes"]  # 64 MiB less 10% headroom
+    estimated = json.loads(cli("estimate", str(cfg), "--gpu-memory", "64MiB", "--json").stdout)
+    assert any("more than the 64.0 MiB" in note for note in estimated["notes"]), estimated["notes"]
+    roomy = json.loads(cli("estimate", str(cfg), "--gpu-memory", "1GiB", "--json").stdout)
+    assert not any("no change to the config" in note for note in roomy["notes"])

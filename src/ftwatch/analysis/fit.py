@@ -21,6 +21,7 @@ from typing import Any
 from ftwatch.analysis import advice
 from ftwatch.analysis.advice_candidates import GRADED_CHANGES, SINGLE_CHANGES, Candidate, Setting
 from ftwatch.analysis.estimate import Estimate, EstimateInputs, estimate_inputs, with_changes
+from ftwatch.analysis.estimate.core import context_fills, context_note
 
 #: ``estimator(inputs, capacity_bytes)`` -> an :class:`Estimate` (its ``total`` is the peak).
 Estimator = Callable[..., Estimate]
@@ -188,7 +189,8 @@ def _apply_fixes(inputs: EstimateInputs, result: FitResult, estimator: Estimator
     before = estimator(one, result.limit_bytes)
     picked = next((s for s in advice.suggest(before) if s.resolves), None)
     if picked is None:
-        result.notes.append("no change advice knows makes even a micro-batch of 1 fit")
+        result.notes.append(context_note(result.limit_bytes) if context_fills(before, result.limit_bytes)
+                            else "no change advice knows makes even a micro-batch of 1 fit")
         return None
     fixed, peak, settings = one, before.total, tuple(picked.settings)
     while settings:

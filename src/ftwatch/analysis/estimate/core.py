@@ -17,6 +17,7 @@ from ftwatch.analysis.estimate.parameters import count_parameters
 from ftwatch.analysis.estimate.result import Estimate, judge
 from ftwatch.common.config import Config
 from ftwatch.common.config_errors import ConfigError
+from ftwatch.common.units import format_bytes
 
 MiB = 1024**2
 
@@ -59,8 +60,23 @@ def estimate_inputs(inputs: EstimateInputs, capacity_bytes: int | None = None,
                       activations=activations, inputs=inputs, fallbacks=[fallback] if fallback else [])
     result.verdict, result.fails_at = judge(result.total, result.loading_bytes, capacity_bytes)
     result.notes.extend(_notes(inputs))
+    if context_fills(result, capacity_bytes):
+        result.notes.append(context_note(capacity_bytes))
     result.notes.extend(f.note() for f in result.fallbacks)
     return result
+
+
+def context_fills(result: Estimate, limit_bytes: int | None) -> bool:
+    """True when the fixed allowance for the CUDA context alone reaches ``limit_bytes``: no change
+    to the config can make the run fit."""
+    return limit_bytes is not None and result.categories.get("non_torch", 0) >= limit_bytes
+
+
+def context_note(limit_bytes: int | None) -> str:
+    """Why nothing fits a GPU smaller than the context allowance."""
+    return (f"the CUDA context and its libraries' workspaces (an allowance of {format_bytes(NON_TORCH_BYTES)}, "
+            f"whatever the model) alone are more than the {format_bytes(limit_bytes)} it has to fit in: no "
+            "change to the config can make it fit")
 
 
 def _notes(inputs: EstimateInputs) -> list[str]:
