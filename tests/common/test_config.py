@@ -52,6 +52,18 @@ def test_errors_name_the_key(tmp_path, section, table, message):
     assert str(info.value).startswith(str(path))
 
 
+@pytest.mark.parametrize(("section", "key", "written", "where"), [
+    ("model", "name", "./no-model", True), ("model", "name", "/nowhere/no-model", False),
+    ("data", "path", "no-data.jsonl", True), ("data", "path", "/nowhere/no-data.jsonl", False),
+])
+def test_a_missing_path_says_where_it_was_looked_for_only_when_relative(tmp_path, section, key, written, where):
+    path = write_config(tmp_path / "c.toml", tiny_sections(tmp_path, **{section: {key: written}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"[{section}].{key} no such" in str(info.value) and written in str(info.value)
+    assert (f"(paths are relative to {tmp_path})" in str(info.value)) is where, str(info.value)
+
+
 def test_library_check_catches_what_the_light_check_cannot(tmp_path):
     path = write_config(tmp_path / "c.toml", tiny_sections(tmp_path, lora={"use_rslroa": True}))
     cfg = load_config(path)

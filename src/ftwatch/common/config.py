@@ -186,7 +186,7 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
         raise m.err("dtype", f"must be one of {', '.join(DTYPES)}, got {_show(dtype)}")
     local = _resolve_local_model(base, name)
     if local is None and _looks_like_path(name):
-        raise m.err("name", f"no such model directory: {name} (paths are relative to {base or '.'})")
+        raise m.err("name", f"no such model directory: {name}{_relative_to(base, name)}")
     device_map = m.table.get("device_map")
     if device_map is not None and not isinstance(device_map, (str, dict)):
         raise m.err("device_map", f"must be a string such as \"auto\" or a table, got {_show(device_map)}")
@@ -217,7 +217,7 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
         d.check_keys(list(DataConfig.__dataclass_fields__))
         data_path = (base / d.get_str("path", required=True)).resolve()
         if not data_path.exists():
-            raise d.err("path", f"no such data file: {d.table['path']} (paths are relative to {base or '.'})")
+            raise d.err("path", f"no such data file: {d.table['path']}{_relative_to(base, d.table['path'])}")
         if data_path.is_dir():
             raise d.err("path", f"{data_path} is a directory, expected a .jsonl or .txt file")
         if not data_path.is_file():  # a FIFO or a device: a read could block or never end
@@ -284,6 +284,13 @@ def _parse_launch(section: _Section) -> LaunchConfig:
 def _looks_like_path(name: str) -> bool:
     """Names that start like a path are paths; anything else may be a hub id ("org/model")."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def _relative_to(base: Path, written: str) -> str:
+    """Where a relative path in the config was looked for (nothing to add for an absolute one)."""
+    if written.startswith(("/", "~")):
+        return ""
+    return f" (paths are relative to {base or '.'})"
 
 
 def _resolve_local_model(base: Path, name: str) -> Path | None:
