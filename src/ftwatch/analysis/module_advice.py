@@ -139,10 +139,12 @@ def _layers_snippet(every: int) -> str:
 
 
 def _savings(saving: int, recompute: int) -> str:
-    """The title's figures: the saved activations, and what is left of it at the peak once the
-    backward has brought the recomputed piece back (the figure the estimate's own advice prices)."""
+    """The title's figures: the saved activations, and the least of it left at the peak once the
+    backward has brought the recomputed piece back (a bound: where the step's peak falls outside the
+    recomputation, in the loss's backward say, all of it comes off, as the estimate's own advice,
+    which traces the step, prices it)."""
     net = saving - recompute
-    at_peak = f"about {format_bytes(net)} off the peak" if net > 0 else "nothing off the peak"
+    at_peak = f"at least {format_bytes(net)} off the peak" if net > 0 else "no saving at the peak for certain"
     return f"saves {format_bytes(saving)} of activations, {at_peak} (the recomputed piece returns in the backward)"
 
 
