@@ -33,8 +33,8 @@ from ftwatch.common.config_sections import _COMMON_KEYS, _check_common, _Section
 from ftwatch.common.safe_text import safe
 from ftwatch.common.units import parse_size
 
-#: A ``[monitor] budget`` given as a TOML integer is a byte count; below this it is a forgotten unit.
-SMALLEST_INTEGER_BUDGET = 1 << 10
+#: A ``[monitor] budget`` given as a TOML number is a byte count; below this it is a forgotten unit.
+SMALLEST_NUMBER_BUDGET = 1 << 10
 
 SECTIONS = ("model", "lora", "training", "data", "monitor", "launch")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -239,8 +239,9 @@ def parse_config(raw: dict[str, Any], cfg_path: Path) -> Config:
             budget = parse_size(mon.table["budget"], unit_required=True)
         except (ValueError, OverflowError) as exc:
             raise mon.err("budget", f"is not a size: {exc}") from None
-        if isinstance(mon.table["budget"], int) and 0 < budget < SMALLEST_INTEGER_BUDGET:
-            raise mon.err("budget", f'is {budget} bytes (an integer is a byte count): write a unit, like "{budget}GiB"')
+        written = mon.table["budget"]
+        if isinstance(written, (int, float)) and 0 < budget < SMALLEST_NUMBER_BUDGET:
+            raise mon.err("budget", f'is a number, so a byte count: {budget} B; write a unit, like "{written}GiB"')
         if budget <= 0:
             raise mon.err("budget", "must be larger than zero")
     sample_hz = mon.get_positive_number("sample_hz", 10.0)
