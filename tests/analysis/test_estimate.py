@@ -359,9 +359,9 @@ def test_fits_and_tight_verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     _, out, _ = run_estimate(capsys, config, "--gpu-memory", "80GB", "--json")
     total = json.loads(out)["estimate_bytes"]["total"]
     assert json.loads(out)["verdict"] == "fits"
-    _, out, _ = run_estimate(capsys, config, "--gpu-memory", str(int(total / 0.95)), "--json")
+    _, out, _ = run_estimate(capsys, config, "--gpu-memory", f"{int(total / 0.95)}B", "--json")
     assert json.loads(out)["verdict"] == "tight"
-    _, out, _ = run_estimate(capsys, config, "--gpu-memory", str(total - 1), "--json")
+    _, out, _ = run_estimate(capsys, config, "--gpu-memory", f"{total - 1}B", "--json")
     assert (json.loads(out)["verdict"], json.loads(out)["fails_at"]) == ("does_not_fit", "training")
 
 
