@@ -4,6 +4,7 @@ never fatal, free until a training library is imported; the post-import hooks th
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -98,6 +99,21 @@ def test_a_hook_runs_once_after_the_module_executed(module_dir):
         importlib.reload(module)
         assert seen == [41]
         assert module.__loader__.exec_module.__self__ is module.__loader__  # the loader is left as it was
+    finally:
+        sys.meta_path.remove(finder)
+
+
+def test_a_spec_asked_for_and_not_loaded_leaves_the_hook_for_the_import(module_dir):
+    """transformers asks ``importlib.util.find_spec("peft")`` whether peft is installed, long before
+    the script imports it: the hook must still run at the import."""
+    (module_dir / "ftw_fake_lib.py").write_text("VALUE = 42\n")
+    seen: list[int] = []
+    finder = _finder({"ftw_fake_lib": lambda module: seen.append(module.VALUE)})
+    try:
+        assert importlib.util.find_spec("ftw_fake_lib") is not None
+        assert seen == [] and "ftw_fake_lib" not in sys.modules
+        importlib.import_module("ftw_fake_lib")
+        assert seen == [42]
     finally:
         sys.meta_path.remove(finder)
 

@@ -48,21 +48,23 @@ class PostImportFinder(importlib.abc.MetaPathFinder):
             self._busy.discard(fullname)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        self.hooks.pop(fullname, None)
-        _wrap_loader(spec.loader, fullname, hook)
+        # The hook stays until the module runs: a spec asked for and never loaded (transformers'
+        # ``importlib.util.find_spec("peft")`` to see whether peft is installed) must not use it up.
+        self._wrap_loader(spec.loader, fullname)
         return spec
 
+    def _wrap_loader(self, loader: Any, name: str) -> None:
+        original = loader.exec_module
 
-def _wrap_loader(loader: Any, name: str, hook: Hook) -> None:
-    original = loader.exec_module
+        def exec_module(module: ModuleType) -> None:
+            original(module)
+            with contextlib.suppress(Exception):
+                del loader.exec_module  # the loader is this module's own: back to its class's method
+            hook = self.hooks.pop(name, None)
+            if hook is not None:
+                run_hook(name, hook, module)
 
-    def exec_module(module: ModuleType) -> None:
-        original(module)
-        with contextlib.suppress(Exception):
-            del loader.exec_module  # the loader is this module's own: back to its class's method
-        run_hook(name, hook, module)
-
-    loader.exec_module = exec_module
+        loader.exec_module = exec_module
 
 
 def run_hook(name: str, hook: Hook, module: ModuleType) -> None:
