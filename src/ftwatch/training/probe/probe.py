@@ -68,6 +68,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+
+def _wrapped_process_probe(model_name: str | None) -> Probe | None:
+    """The probe of ``ftwatch run -- COMMAND``'s process, for a script's own ``Probe.for_script``
+    (``None`` outside such a process, and for the session's own call). Looked up, not imported:
+    the session's module is loaded only where the command's bootstrap installed it."""
+    session = sys.modules.get("ftwatch.training.wrapped.session")
+    if session is None:
+        return None
+    return session.SESSION.adopt_for_script(model_name)
+
+
 class Probe(RunSetup, ModelAttachment, StepSnapshots):
     """Measures one training process and writes its run log.
 
@@ -180,7 +191,14 @@ class Probe(RunSetup, ModelAttachment, StepSnapshots):
 
         Under ``torchrun`` every rank writes ``<run dir>/rank<N>/events.jsonl`` in one run
         directory, named after the launcher process (``FTWATCH_RUN_DIR`` names it instead: give
-        every node the same one on shared storage)."""
+        every node the same one on shared storage).
+
+        Inside ``ftwatch run -- COMMAND`` the process has one probe already (or makes it now),
+        writing to that run's log: a script's own call gets it, so the run has one log and one
+        account of its steps (``name`` and ``log_dir`` are then the command's)."""
+        adopted = _wrapped_process_probe(kwargs.get("model_name"))
+        if adopted is not None:
+            return adopted
         name = name or Path(sys.argv[0] or "python").stem or "run"
         log_dir = log_dir or os.environ.get("FTWATCH_LOG_DIR", "ftwatch-runs")
         kwargs.setdefault("reset_peak_each_step", False)

@@ -94,4 +94,5 @@ def install() -> None:
             run_hook(name, hook, module)
             del hooks[name]
     sys.meta_path.insert(0, PostImportFinder(hooks))
+    session.SESSION.installed = True
     session.watch_exit_code()

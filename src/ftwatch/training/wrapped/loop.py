@@ -30,7 +30,7 @@ class HandLoop:
 
     def before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Gradients exist now; the first step enters ``training``."""
-        if SESSION.trainers_running:
+        if SESSION.trainers_running or SESSION.script_drives:
             return
         probe = SESSION.ensure_probe()
         if probe is None:
@@ -52,7 +52,7 @@ class HandLoop:
 
     def after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """The optimizer state exists now: the step's snapshot; a stop asked for is raised here."""
-        if SESSION.trainers_running or optimizer is not self.optimizer:
+        if SESSION.trainers_running or SESSION.script_drives or optimizer is not self.optimizer:
             return
         probe = SESSION.probe
         if probe is None:

@@ -40,6 +40,12 @@ class Session:
         self.trainer_seen = False
         self.last_step: int | None = None
         self.exit_code: int | None = None
+        #: Set by the command's bootstrap (:func:`ftwatch.training.wrapped.bootstrap.install`).
+        self.installed = False
+        #: The script drives the probe itself (its own ``Probe.for_script``): the hand-loop hooks
+        #: stand aside, as they do while a Trainer trains.
+        self.script_drives = False
+        self._making = False
         from ftwatch.training.wrapped.rank_stop import RankStop
 
         #: A rank's stop request (under a launcher; see :mod:`.rank_stop`).
@@ -62,6 +68,16 @@ class Session:
                 self.failed = True
             return self.probe
 
+    def adopt_for_script(self, model_name: str | None) -> Any:
+        """The process's probe for a script's own ``Probe.for_script`` (``None``: not a wrapped
+        process, or the session making its probe): from now on the script drives its steps."""
+        if not self.installed or self._making:
+            return None
+        probe = self.ensure_probe(model_name)
+        if probe is not None:
+            self.script_drives = True
+        return probe
+
     def _make_probe(self, model_name: str | None) -> Any:
         from ftwatch.runlog.paths import distributed_rank, rank_dir
         from ftwatch.training.probe.probe import Probe
@@ -74,7 +90,11 @@ class Session:
         name = os.environ.get(NAME_ENV) or None
         kwargs: dict[str, Any] = {"name": name, "model_name": model_name}
         kwargs.update(_header_extras(Probe.for_script))
-        probe = Probe.for_script(**kwargs)
+        self._making = True
+        try:
+            probe = Probe.for_script(**kwargs)
+        finally:
+            self._making = False
         atexit.register(self.finish)  # after the probe's own hook: runs before it
         return probe
 
