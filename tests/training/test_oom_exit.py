@@ -48,6 +48,29 @@ def test_oom_exit_records_phase_figures_and_fixes(tmp_path):
     assert "OutOfMemoryError" in exit_event["traceback"] or exit_event["error_type"] == "OutOfMemoryError"
 
 
+def test_an_exit_without_its_step_takes_the_last_step_written(tmp_path):
+    from io import StringIO
+
+    from ftwatch.runlog.state import RunState
+    from ftwatch.views.headless.report import ProgressPrinter
+
+    probe = Probe(tmp_path, name="t", device="cpu")
+    probe.start()
+    probe.phase("training")
+    for step in (1, 2, 3):
+        probe.step_begin()
+        probe.step_end(step)
+    probe.finish_with_exception(ValueError("boom at step 4"))  # as an uncaught exception is recorded
+    events = list(read_events(tmp_path))
+    assert events[-1]["kind"] == "exit" and events[-1]["step"] == 3
+    out, state = StringIO(), RunState()
+    printer = ProgressPrinter(out, every=10)
+    for event in [*events[:-1], {**events[-1], "step": None}]:  # a log from before: no step
+        state.apply(event)
+        printer.handle(state, event)
+    assert "exit failed: ValueError: boom at step 4" in out.getvalue() and "None" not in out.getvalue()
+
+
 def test_worker_diagnosis_parses_the_message_and_skips_levers_in_use(tmp_path):
     from ftwatch.training.worker import Training
     from ftwatch.training.worker_stop import StopControl

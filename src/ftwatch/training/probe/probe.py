@@ -314,7 +314,9 @@ class Probe(RunSetup, ModelAttachment, StepSnapshots):
                     self.guard.record(part, exc)
         with contextlib.suppress(Exception):
             fields.setdefault("lost_events", self.writer.lost_events)
-        self.writer.emit("exit", status=status, step=fields.pop("step", None), by="worker", **fields)
+        step = fields.pop("step", None)
+        self.writer.emit("exit", status=status, step=step if step is not None else self.last_step, by="worker",
+                         **fields)
         self.writer.close()
 
     def finish_with_exception(self, exc: BaseException, step: int | None = None,

@@ -19,6 +19,9 @@ from ftwatch.training.probe.guard import guarded
 class StepSnapshots:
     """The per-step measurement and snapshots (a part of :class:`~ftwatch.training.probe.probe.Probe`)."""
 
+    #: The step of the last step snapshot written (the exit event's step when its caller has none).
+    last_step: int | None = None
+
     @guarded("step accounting")
     def step_begin(self) -> None:
         """Start an optimizer step: reset the per-step peaks."""
@@ -110,6 +113,8 @@ class StepSnapshots:
     @guarded("snapshots")
     def snapshot(self, step: int | None = None, **fields: Any) -> None:
         """Write a snapshot of every category now (phase ends pass ``step=None``)."""
+        if step is not None:
+            self.last_step = step
         if step is None and self.model is not None:
             self.refresh_model()
         cats = self.categories()

@@ -86,7 +86,8 @@ class ProgressPrinter:
         elif kind == "snapshot":
             self._snapshot(state, event)
         elif kind == "exit" and event.get("error_type") != "ConfigError":  # the CLI prints those alone
-            self._print(state, f"exit {event.get('status')} at step {event.get('step')}"
+            at = f" at step {event['step']}" if event.get("step") is not None else ""
+            self._print(state, f"exit {event.get('status')}{at}"
                                + (f": {event['message']}" if event.get("message") else ""))
 
     def _snapshot(self, state: RunState, event: dict[str, Any]) -> None:
@@ -213,7 +214,7 @@ def _count(n: int | None) -> str:
 def _word(value: Any) -> str:
     """A header field for a one-line progress message (the reader has taken control characters out
     already; newlines go too, so a crafted name cannot fake a line of its own)."""
-    return safe(str(value), one_line=True)
+    return "–" if value is None else safe(str(value), one_line=True)
 
 
 def corrupt_causes(stats: Any) -> str:
