@@ -62,7 +62,9 @@ def where_it_stands(log_path: os.PathLike[str] | str) -> dict[str, Any]:
         used = process_total(state.categories)
     if state.is_cuda and state.last_sample:
         used = sample_used(state.last_sample)
-    return {"phase": state.phase, "step": state.step, "max_steps": state.max_steps, "used_bytes": used,
+    # The phase event may be long out of the tail: every snapshot and sample names its phase too.
+    phase = state.phase or (state.last_snapshot or {}).get("phase") or (state.last_sample or {}).get("phase")
+    return {"phase": phase, "step": state.step, "max_steps": state.max_steps, "used_bytes": used,
             "capacity_bytes": state.capacity}
 
 
