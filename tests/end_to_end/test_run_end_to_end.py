@@ -77,8 +77,10 @@ def test_tiny_run_measures_every_category_exactly(tiny_config):
 def test_json_mode_keeps_stdout_for_the_summary_alone(tiny_config):
     result = run_cli("run", str(tiny_config(training={"max_steps": 2})), "--headless", "--json")
     assert result.returncode == 0
-    json.loads(result.stdout)  # nothing but the object
+    summary = json.loads(result.stdout)  # nothing but the object
     assert "phase training" in result.stderr
+    log = Path(summary["run_log"])  # where to replay or attach it
+    assert log.name == "events.jsonl" and json.loads(log.read_text().splitlines()[-1])["kind"] == "exit"
 
 
 def test_activations_scale_with_batch_and_drop_with_checkpointing(tiny_config):

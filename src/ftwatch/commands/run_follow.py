@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import sys
@@ -40,7 +41,7 @@ def _end_ranks(args: argparse.Namespace, run: RankedRun, stats: Any, run_dir: Pa
             sys.stdout.write(json.dumps(run.summary(), indent=2) + "\n")
         return 1
     if args.json:
-        sys.stdout.write(json.dumps(run.summary(), indent=2) + "\n")
+        sys.stdout.write(json.dumps({**run.summary(), "run_logs": os.path.abspath(run_dir)}, indent=2) + "\n")
     else:
         out.write(ranks_summary_text(run, stats))
         out.write(f"run logs: {run_dir}/rank*/{EVENTS_FILE}\n")
@@ -119,9 +120,11 @@ def write_summary(args: argparse.Namespace, state: RunState, stats: Any, run_dir
     summary and where the run log is (unless its directory was deleted under the follower)."""
     from ftwatch.runlog.endings import DIRECTORY_DELETED
 
+    kept = (state.exit or {}).get("error_type") != DIRECTORY_DELETED
     if args.json:
-        sys.stdout.write(json.dumps(state.summary(), indent=2) + "\n")
+        log = {"run_log": os.path.abspath(run_dir / EVENTS_FILE) if kept else None}
+        sys.stdout.write(json.dumps({**state.summary(), **log}, indent=2) + "\n")
         return
     out.write(summary_text(state, stats))
-    if (state.exit or {}).get("error_type") != DIRECTORY_DELETED:
+    if kept:
         out.write(f"run log: {run_dir / EVENTS_FILE}\n")
