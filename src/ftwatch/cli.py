@@ -9,7 +9,9 @@ errors too (:class:`Parser`), each naming the command and the option, e.g.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -121,6 +123,21 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
+def _output_closed(command: str) -> int:
+    """stdout's reader went away (``| head``): quiet for a listing; a training this command started
+    goes on, and stderr says how to get back to it."""
+    from ftwatch.commands.usage import EXIT_OUTPUT_CLOSED, STARTED
+
+    with contextlib.suppress(OSError):  # nothing more to write there: not even at the interpreter's exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    running = [handle for handle in STARTED if handle.is_alive()]
+    if not running:
+        return EXIT_OK
+    with contextlib.suppress(OSError):
+        print(f"ftwatch {command}: the output closed; {running[0].reattach_hint()}", file=sys.stderr)
+    return EXIT_OUTPUT_CLOSED
+
+
 def _say(command: str, message: object) -> int:
     print(f"ftwatch {command}: {safe(str(message), one_line=True)}", file=sys.stderr)
     return EXIT_USAGE
@@ -158,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_STOPPED
     except BrokenPipeError:  # `ftwatch ... | head`
-        return EXIT_OK
+        return _output_closed(args.command)
     except OSError as exc:  # an unreadable or unwritable path the user gave: one line, not a traceback
         where = f"{exc.filename}: " if exc.filename else ""
         return _say(args.command, f"{where}{exc.strerror or exc}")

@@ -151,3 +151,28 @@ def test_stop_request_ends_cleanly_at_a_step_boundary(tiny_config, tmp_path):
     last_step = max(e["step"] for e in events if e["kind"] == "snapshot" and e.get("step"))
     assert events[-1]["kind"] == "exit" and events[-1]["by"] == "worker"
     assert events[-1]["step"] == last_step  # stopped after a whole step, nothing half-done
+
+
+def test_a_closed_output_leaves_the_training_running_and_says_how_to_get_back(tiny_config, tmp_path):
+    """`ftwatch run CONFIG --headless | head -3`: the viewer's output goes, the training does not."""
+    config = tiny_config(training={"max_steps": 100000, "logging_steps": 1}, monitor={"print_every": 1})
+    viewer = subprocess.Popen([sys.executable, "-m", "ftwatch", "run", str(config), "--headless"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    pid = None
+    try:
+        for _ in range(3):
+            viewer.stdout.readline()
+        viewer.stdout.close()  # the reader goes away, as head's does
+        err = viewer.stderr.read()
+        viewer.wait(timeout=120)
+        assert viewer.returncode == 141, err[-2000:]
+        pid = next(e["pid"] for e in _events(tmp_path / "runs") if e["kind"] == "header")
+        assert f"training continues (pid {pid})" in err and "Traceback" not in err
+        step = max(e.get("step") or 0 for e in _events(tmp_path / "runs"))
+        wait_for(lambda: max(e.get("step") or 0 for e in _events(tmp_path / "runs")) > step)  # it trains on
+        assert all(e["kind"] != "exit" for e in _events(tmp_path / "runs"))
+    finally:
+        if viewer.poll() is None:
+            viewer.kill()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)

@@ -38,7 +38,7 @@ from ftwatch.commands.run_follow import (
     _watch_ranks_in_dashboard,
     write_summary,
 )
-from ftwatch.commands.usage import UsageError, show_value
+from ftwatch.commands.usage import STARTED, UsageError, show_value
 from ftwatch.common.config import load_config
 from ftwatch.common.config_errors import ConfigError
 from ftwatch.runlog import registry
@@ -251,7 +251,9 @@ def start_worker(config_path: Path, run_dir: Path, strict: bool = False,
             os.close(log_fd)
     with contextlib.suppress(OSError):  # visible to `ftwatch ls` before its probe starts
         registry.register(process.pid, run_dir, config_path.stem)
-    return WorkerHandle(process.pid, run_dir, process, group=torchrun is not None)
+    handle = WorkerHandle(process.pid, run_dir, process, group=torchrun is not None)
+    STARTED.append(handle)
+    return handle
 
 
 def _run_ranks(args: argparse.Namespace, cfg: Config, metrics: MetricsServer | None, run_dir: Path) -> int:

@@ -34,7 +34,7 @@ from ftwatch.commands.run_follow import (
     _watch_ranks_in_dashboard,
     write_summary,
 )
-from ftwatch.commands.usage import UsageError
+from ftwatch.commands.usage import STARTED, UsageError
 from ftwatch.runlog import registry
 from ftwatch.runlog.endings import EXIT_CODES
 from ftwatch.runlog.events import EVENTS_FILE
@@ -104,7 +104,9 @@ def start_command(command: list[str], run_dir: Path, name: str, group: bool = Fa
         os.close(log_fd)
     with contextlib.suppress(OSError):  # visible to `ftwatch ls` before its probe starts
         registry.register(process.pid, run_dir, name)
-    return WorkerHandle(process.pid, run_dir, process, group=group)
+    handle = WorkerHandle(process.pid, run_dir, process, group=group)
+    STARTED.append(handle)
+    return handle
 
 
 def _follow(args: argparse.Namespace, run_dir: Path, handle: WorkerHandle, name: str, metrics: Any,

@@ -5,8 +5,15 @@ behaviour; the commands raise them."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
+#: The viewer's output closed (``ftwatch run ... | head``) while the training it started goes on:
+#: 128 + SIGPIPE, what a shell reports for a writer whose reader went away.
+EXIT_OUTPUT_CLOSED = 141
+
+#: The training processes this command started and follows (what a closed output leaves running).
+STARTED: list[Any] = []
 
 #: Values longer than this are cut in messages (a 5,000-digit number needs not be printed whole).
 _SHOW_CHARS = 60
