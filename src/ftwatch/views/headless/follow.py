@@ -81,6 +81,7 @@ def follow_run(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int | No
     on_interrupt = detach if ctrl_c == "detach" else interrupt_handler(handle, out)
     previous = signal.signal(signal.SIGINT, on_interrupt)
     gone: str | None = None
+    caught_up = False
     try:
         while not detach.set:
             alive = handle.is_alive()
@@ -88,6 +89,9 @@ def follow_run(run_dir: Path, handle: WorkerHandle, out: TextIO, every: int | No
             for event in events:
                 state.apply(event)
                 printer.handle(state, event)
+            if not caught_up:  # the first poll read the log to its end: say where the run stands
+                caught_up = True
+                printer.catch_up(state)
             if events and publish is not None:
                 publish(state)
             now = time.monotonic()

@@ -48,6 +48,7 @@ class ProgressPrinter:
         self.prefix = prefix  # "rank 1: " when several ranks print to one stream
         self.steps = steps  # False: no step lines (many ranks: only the first prints them)
         self._last_step_printed = -1
+        self._unprinted: dict[str, Any] | None = None  # the last step snapshot without a line
 
     def _every(self, state: RunState) -> int:
         if self.every:
@@ -92,13 +93,27 @@ class ProgressPrinter:
 
     def _snapshot(self, state: RunState, event: dict[str, Any]) -> None:
         step = event.get("step")
-        cats = event.get("categories") or {}
-        used = sum(v for k, v in cats.items() if k not in ("other_processes", "free"))
         if step is None:
+            cats = event.get("categories") or {}
+            used = sum(v for k, v in cats.items() if k not in ("other_processes", "free"))
             self._print(state, f"  {event.get('phase')}: {breakdown_line(cats)} | {capacity_text(state, used)}")
             return
         if not self.steps or (step != 1 and step % self._every(state) != 0):
+            self._unprinted = event
             return
+        self._step_line(state, event)
+
+    def catch_up(self, state: RunState) -> None:
+        """The history is read (an attach to a running run): print the last step's line, unless it
+        was printed, so the first lines say where the run stands now, not only where it began."""
+        event, self._unprinted = self._unprinted, None
+        if event is not None and event.get("step") == state.step:
+            self._step_line(state, event)
+
+    def _step_line(self, state: RunState, event: dict[str, Any]) -> None:
+        self._unprinted = None
+        step, cats = event.get("step"), event.get("categories") or {}
+        used = sum(v for k, v in cats.items() if k not in ("other_processes", "free"))
         total = f"/{state.max_steps}" if state.max_steps else ""
         loss = f" loss {event['loss']:.4f}" if event.get("loss") is not None else ""
         true_peak = f" | true peak {format_bytes(event['tensor_peak'])}" if event.get("tensor_peak") else ""
