@@ -28,6 +28,7 @@ from ftwatch.views.dashboard.replay_speed import (
     next_rate,
     parse_speed,
 )
+from ftwatch.views.dashboard.widgets.status import status_lines
 
 FIXTURES = FIXTURES_ROOT / "logs"
 
@@ -206,6 +207,9 @@ def test_the_end_of_a_log_without_exit_reads_as_killed_but_the_steps_before_do_n
     lines = synthetic_lines("cpu", steps=20, ending="running")
     feed = drain(ReplayFeed(write_log(tmp_path / "events.jsonl", lines), "max"))
     assert feed.state.exit["by"] == "monitor" and "without an exit event" in feed.state.exit["message"]
+    assert feed.state.exit["error_type"] == "NoExitEvent"  # the status line says so, not "worker vanished"
+    text = status_lines(feed.view(), 120, live=False).plain
+    assert "no exit event in the log" in text and "vanished" not in text
     press(feed, "step", -1)
     assert feed.state.exit is None and feed.view().status == "running"
     press(feed, "jump", "end")

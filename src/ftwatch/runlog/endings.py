@@ -26,6 +26,10 @@ EXIT_CODES: dict[str, int] = {"finished": 0, "failed": 1, "oom": 1, "stopped": 1
 DIRECTORY_DELETED = "RunDirectoryDeleted"
 
 
+#: ``error_type`` of the end a replay gives a log that has no exit event (nothing says how it ended).
+NO_EXIT_EVENT = "NoExitEvent"
+
+
 def exit_code(status: str | None) -> int:
     """The exit code for a run that ended with ``status`` (:data:`EXIT_CODES`, else 1)."""
     return EXIT_CODES.get(status or "", 1)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ftwatch.runlog.endings import record_vanished_worker, signal_name
+from ftwatch.runlog.endings import NO_EXIT_EVENT, record_vanished_worker, signal_name
 from ftwatch.runlog.event_reader import ReadStats, SchemaVersionError
 from ftwatch.runlog.sources import LogFollower, WorkerHandle
 from ftwatch.runlog.state import RunState
@@ -31,8 +31,9 @@ from ftwatch.views.dashboard.draw_notice import DrawNotice
 from ftwatch.views.dashboard.run_view import ReplayInfo, RunView
 from ftwatch.views.dashboard.worker_tail import WORKER_LOG, TextTail
 
-#: What a replay says of a log that ends without an exit event.
-NO_EXIT = "the log ends without an exit event: the training process was killed"
+#: What a replay says of a log that ends without an exit event (``error_type`` of its in-memory end).
+NO_EXIT = ("the log ends without an exit event: the training process was killed, the log was cut, or the run "
+           "goes on elsewhere")
 
 
 class RunFeed:
@@ -231,9 +232,12 @@ class RunFeed:
             if self.state.exit is None and self.handle is not None:
                 record_vanished_worker(self.run_dir, self.handle, self.state, message)
             elif self.state.exit is None:
+                if self.read_stats().truncated_tail:
+                    message += " (its last line is cut off)"
                 self.state.apply({"v": 1, "t": self.state.last_t or time.time(), "kind": "exit",
                                   "status": "failed", "step": self.state.step, "by": "monitor",
-                                  "message": message, "last_event_t": self.state.last_t})
+                                  "error_type": NO_EXIT_EVENT, "message": message,
+                                  "last_event_t": self.state.last_t})
             self.version += 1
 
     @property

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ftwatch.runlog.endings import NO_EXIT_EVENT
 from ftwatch.runlog.event_reader import ReadStats, SchemaVersionError, resolve_log_path
 from ftwatch.runlog.state import RunState
 from ftwatch.views.dashboard.feed import NO_EXIT, RunFeed
@@ -204,8 +205,9 @@ class ReplayFeed(RunFeed):
     def _mark_end(self, state: RunState) -> None:
         """At the end of a log without an exit event, say so as a live view would (under the lock)."""
         if state.exit is None:
+            cut = " (its last line is cut off)" if self.read_stats().truncated_tail else ""
             state.apply({"v": 1, "t": state.last_t or time.time(), "kind": "exit", "status": "failed",
-                         "step": state.step, "by": "monitor", "message": NO_EXIT})
+                         "step": state.step, "by": "monitor", "error_type": NO_EXIT_EVENT, "message": NO_EXIT + cut})
 
     # -- playing -----------------------------------------------------------------------------
     def _play(self) -> bool:

@@ -77,6 +77,7 @@ def print_report(path: Path, as_json: bool, out: Any) -> int:
         state.notes.append({"code": "no_exit", "message": _no_exit_message(state)})
     if as_json:
         summary = state.summary()
+        summary["run_log"] = os.path.abspath(resolve_log_path(path))  # as `run --json` names it
         summary["log"] = log_stats_json(stats)
         out.write(json.dumps(summary, indent=2) + "\n")
     else:
@@ -105,4 +106,4 @@ def _no_exit_message(state: RunState) -> str:
         entry = registry.find(pid)
         if entry is not None and registry.is_alive(entry):
             return f"the run is still going (PID {pid}): watch it live with ftwatch attach {pid}"
-    return "the log ends without an exit event (the process was killed, or is still running elsewhere)"
+    return "the log ends without an exit event (the process was killed, the log was cut, or the run goes on elsewhere)"

@@ -131,8 +131,14 @@ def suggestion_text(s: dict[str, Any]) -> str:
 def summary_text(state: RunState, stats: Any = None) -> str:
     """The human report of a run: status, peaks by category, phases, warnings, OOM diagnosis."""
     s = state.summary()
-    lines = [f"{s['status']} after {s['steps']} steps in {format_duration(s['elapsed_seconds'])}"
+    # A log without an exit event (a replay: the process was killed, the log cut, or the run goes on
+    # elsewhere) says so rather than calling it failed; its summary's status stays "failed".
+    ended = s["status"] if state.exit is not None else "no exit event"
+    lines = [f"{ended} after {s['steps']} steps in {format_duration(s['elapsed_seconds'])}"
              + (f" (loss {s['loss']:.4f})" if s.get("loss") is not None else "")]
+    why = next((n.get("message") for n in state.notes if n.get("code") == "no_exit"), None)
+    if state.exit is None and why:
+        lines.append(f"  {safe(str(why), one_line=True)}")
     if s.get("error"):
         lines.append(f"error: {s['error']}")
     lines.append(f"model: {s.get('model')}  parameters {_count(s.get('params_total'))}, "

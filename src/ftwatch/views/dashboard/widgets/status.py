@@ -10,6 +10,7 @@ from rich.style import Style
 from rich.text import Text
 
 from ftwatch.common.safe_text import safe
+from ftwatch.runlog.endings import NO_EXIT_EVENT
 from ftwatch.views.dashboard import fmt
 from ftwatch.views.dashboard.palette import ACCENT, DANGER, DIM, GOOD, WATCH
 from ftwatch.views.dashboard.run_view import ReplayInfo, RunView
@@ -178,7 +179,8 @@ def status_lines(view: RunView, width: int, *, paused: bool = False, live: bool 
     if view.phase and not view.ended:
         line1.append(Text("phase " + PHASE_LABELS.get(view.phase, view.phase)))
     elif view.ended and view.exit and view.exit.get("by") == "monitor" and view.ranks is None:
-        line1.append(Text("worker vanished", Style(color=DANGER)))
+        recorded_end = view.exit.get("error_type") != NO_EXIT_EVENT  # a replay's log without an end
+        line1.append(Text("worker vanished" if recorded_end else "no exit event in the log", Style(color=DANGER)))
     if device.get("name"):
         kind = "GPU" if device.get("type") == "cuda" else "CPU"
         line1.append(Text(f"{kind} {device['name']}", Style(color=DIM)))
