@@ -141,7 +141,7 @@ def test_an_empty_log_is_refused_clearly(tmp_path: Path, content: str, mode: lis
 def test_a_log_of_garbage_says_what_it_skipped(tmp_path: Path) -> None:
     log = write_log(tmp_path / "events.jsonl", ["garbage\n", "{\"kind\": 1}\n", encode("hologram", {}, 1.0)])
     assert_one_line_error(replay(str(log), "--json"), "not an ftwatch run log", "no valid event", "2 corrupt lines",
-                          "1 events of unknown kinds")
+                          "1 event of unknown kind")
 
 
 def test_a_missing_file_is_one_line(tmp_path: Path) -> None:

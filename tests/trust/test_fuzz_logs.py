@@ -162,7 +162,7 @@ def test_an_event_with_a_field_of_the_wrong_type_is_skipped_and_counted(tmp_path
     for mode in MODES:
         assert_clean(cli("replay", str(log), *mode))
     report = cli("replay", str(log), "--headless").stdout
-    assert "log: 1 corrupt lines skipped" in report
+    assert "log: 1 corrupt line skipped" in report
 
 
 # -- whole files that are no run log --------------------------------------------------------------

@@ -18,7 +18,7 @@ from ftwatch.runlog.event_reader import EventDecoder, ReadStats, read_events, re
 from ftwatch.runlog.log_fold import fold_log
 from ftwatch.runlog.ranks import MultiLogFollower, RankedRun, read_launch
 from ftwatch.runlog.state import RunState
-from ftwatch.views.headless.report import corrupt_causes, summary_text
+from ftwatch.views.headless.report import corrupt_causes, counted, summary_text
 
 
 class LogUnreadable(Exception):
@@ -47,7 +47,8 @@ def no_events_message(stats: ReadStats) -> str:
 def skipped_text(stats: ReadStats) -> str:
     """``3 corrupt lines (1 with fields of the wrong type: snapshot.loss), 0 events of unknown kinds``."""
     detail = corrupt_causes(stats)
-    return (f"{stats.corrupt_lines} corrupt lines{detail}, {stats.unknown_kinds} events of unknown kinds"
+    return (f"{counted(stats.corrupt_lines, 'corrupt line')}{detail}, "
+            f"{counted(stats.unknown_kinds, 'event of unknown kind', 'events of unknown kinds')}"
             + (", a cut last line" if stats.truncated_tail else ""))
 
 

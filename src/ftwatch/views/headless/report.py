@@ -168,8 +168,9 @@ def summary_text(state: RunState, stats: Any = None) -> str:
         split = {k: v for k, v in measured.items() if k not in ("total", "step")}
         lines.append(f"true peak of live tensors (step {measured.get('step')}): "
                      f"{format_bytes(measured['total'])} = {breakdown_line(split, (*TENSOR_CATEGORIES, 'other'))}")
-    lines.append("phases (process memory: peak, added):")
     unwatched = unwatched_phases(state.phases)
+    if unwatched or s["phases"]:
+        lines.append("phases (process memory: peak, added):")
     for name in (n for n in PHASES if n in unwatched):
         lines.append(f"  {name:<18} {UNWATCHED.get(state.origin or '', UNWATCHED_DEFAULT)}")
     for p in s["phases"]:
@@ -188,10 +189,15 @@ def summary_text(state: RunState, stats: Any = None) -> str:
         lines.append(f"log: {s['lost_events']} events could not be written (a full or read-only disk); "
                      "training went on")
     if stats is not None and (stats.corrupt_lines or stats.unknown_kinds or stats.truncated_tail):
-        lines.append(f"log: {stats.corrupt_lines} corrupt lines skipped{corrupt_causes(stats)}, "
-                     f"{stats.unknown_kinds} events of unknown kinds skipped"
+        lines.append(f"log: {counted(stats.corrupt_lines, 'corrupt line')} skipped{corrupt_causes(stats)}, "
+                     f"{counted(stats.unknown_kinds, 'event of unknown kind', 'events of unknown kinds')} skipped"
                      + (", last line cut off" if stats.truncated_tail else ""))
-    return "\n".join(lines) + "\n"
+    return "".join(line.rstrip() + "\n" for line in lines)
+
+
+def counted(count: int, one: str, many: str | None = None) -> str:
+    """``1 corrupt line``, ``3 corrupt lines`` (``many``: the plural when it is not ``one`` + s)."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def ranks_summary_text(run: RankedRun, stats: Any = None) -> str:
