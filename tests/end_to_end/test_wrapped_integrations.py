@@ -34,8 +34,8 @@ def test_trl_sft_trainer_with_a_peft_config(tmp_path):
     assert f"{AFTER_TRAIN} 3" in err
 
 
-def test_hand_written_loop_counts_steps_at_optimizer_step(tmp_path):
-    code, out, err = finished(ftwatch_run(tmp_path, sys.executable, str(SCRIPTS / "loop_script.py"), "4"))
+def check_four_hand_loop_steps(code: int, out: str, err: str, tmp_path) -> list[dict]:  # noqa: ANN001
+    """A hand-written loop's run of 4 steps on the tiny model: its exact figures, each step once; its events."""
     assert code == 0, err[-3000:]
     summary = json.loads(out)
     expected = expected_tiny_bytes(8, ("q_proj", "v_proj"))
@@ -45,30 +45,26 @@ def test_hand_written_loop_counts_steps_at_optimizer_step(tmp_path):
     assert summary["peak_bytes"]["activations"] > 0  # the forwards of the model the optimizer trains
     assert summary["params_trainable"] == expected["params_trainable"]
     events = events_of(tmp_path)
-    assert [e["name"] for e in events if e["kind"] == "phase"] == [p for p in PHASES if p != "preparing_trainer"]
-    steps = [e["step"] for e in events if e["kind"] == "snapshot" and e.get("step")]
-    assert steps == [1, 2, 3, 4]
+    assert [e["step"] for e in events if e["kind"] == "snapshot" and e.get("step")] == [1, 2, 3, 4]
     assert f"{AFTER_TRAIN} 4" in err
+    return events
+
+
+def test_hand_written_loop_counts_steps_at_optimizer_step(tmp_path):
+    events = check_four_hand_loop_steps(*finished(ftwatch_run(tmp_path, sys.executable,
+                                                              str(SCRIPTS / "loop_script.py"), "4")), tmp_path)
+    assert [e["name"] for e in events if e["kind"] == "phase"] == [p for p in PHASES if p != "preparing_trainer"]
 
 
 def test_a_script_with_its_own_probe_gets_the_runs_one_probe_and_one_log(tmp_path):
     own = tmp_path / "own-runs"
-    code, out, err = finished(ftwatch_run(tmp_path, sys.executable, str(SCRIPTS / "probe_loop_script.py"), "4",
-                                          str(own)))
-    assert code == 0, err[-3000:]
-    summary = json.loads(out)
-    expected = expected_tiny_bytes(8, ("q_proj", "v_proj"))
-    assert summary["status"] == "finished" and summary["steps"] == 4
-    for category in ("weights", "lora", "grads", "optimizer"):
-        assert summary["peak_bytes"][category] == expected[category], category
-    events = events_of(tmp_path)
+    events = check_four_hand_loop_steps(*finished(ftwatch_run(tmp_path, sys.executable,
+                                                              str(SCRIPTS / "probe_loop_script.py"), "4", str(own))),
+                                        tmp_path)
     assert [e["kind"] for e in events].count("header") == 1 and [e["kind"] for e in events].count("exit") == 1
     # transformers imported before peft: the LoRA is still its own phase
     assert [e["name"] for e in events if e["kind"] == "phase"][:2] == ["loading_model", "applying_lora"]
-    steps = [e["step"] for e in events if e["kind"] == "snapshot" and e.get("step")]
-    assert steps == [1, 2, 3, 4]
     assert not own.exists() or not any(own.iterdir())
-    assert f"{AFTER_TRAIN} 4" in err
 
 
 def test_k_stops_a_hand_loop_between_steps(tmp_path):
