@@ -233,6 +233,10 @@ def test_needed_bytes_picks_the_mildest_plan() -> None:
     assert [p.layers for p in too_much] == [tuple(range(8))] and too_much[0].reaches is False
     listed = _by_kind(module_advice(payload), "checkpoint_layers")
     assert [p.layers for p in listed] == [tuple(range(8)), (0, 2, 4, 6), (0, 4)]
+    # 8 x 900 = 7200 B saved when the forward ends; 7200 - 1000 recomputed = 6200 B, a lower bound at the peak
+    assert listed[0].title.startswith("checkpoint every layer: saves 7.0 KiB of activations, at least 6.1 KiB off "
+                                      "the peak")
+    assert "at least 800 B off the peak" in listed[2].title  # 2 x 900 - 1000
     parts = {a.kind: a.saving_bytes for a in module_advice(payload)}
     assert parts["checkpoint_attention"] == 8 * (400 - 100) and parts["checkpoint_mlp"] == 8 * (500 - 100)
 
