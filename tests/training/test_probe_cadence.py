@@ -85,3 +85,32 @@ def test_a_shape_larger_in_one_dimension_only_is_measured(tmp_path):
     snaps = _train(tmp_path, [(4, 5), (2, 9)], every=100)
     assert all(s.get("activations_measured", True) for s in snaps)
     assert snaps[1]["categories"]["activations"] == expected_activations(2, 9)
+
+
+def test_the_bounds_kept_between_measurements_are_those_a_full_search_finds():
+    """The bound a forward carries is kept per shape and brought up to date at each measurement
+    (the search over every measured shape would run on every forward): random shapes and figures,
+    re-measured shapes with higher and lower figures among them, against the plain search."""
+    import random
+
+    from ftwatch.training.probe.attach import ModelAttachment
+
+    class Shapes(ModelAttachment):
+        def __init__(self) -> None:
+            self._activations_by_shape: dict = {}
+            self._carried_bounds: dict = {}
+
+    shapes, rnd = Shapes(), random.Random(0)
+
+    def searched(key: tuple[int, int]) -> int | None:
+        figures = shapes._activations_by_shape
+        if key in figures:
+            return figures[key]
+        larger = [figure for shape, figure in figures.items() if shape[0] >= key[0] and shape[1] >= key[1]]
+        return min(larger) if larger else None
+
+    for _ in range(20_000):
+        key = (rnd.choice([1, 2, 4]), rnd.randint(1, 60))
+        if rnd.random() < 0.1:
+            shapes._record_figure(key, rnd.randint(1, 10_000))
+        assert shapes._carried_figure(key) == searched(key), key

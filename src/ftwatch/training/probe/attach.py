@@ -39,6 +39,7 @@ class ModelAttachment:
         self.model = model
         self._base_only = base_only
         self._activations_by_shape.clear()
+        self._carried_bounds.clear()
         # The true peak on CPU (CUDA has max_memory_allocated): measured on the measured steps.
         self._peak_meter = PeakMeter() if self.device.type == "cpu" and self.track_activations else None
         self.meter.on_saved = self._peak_saved if self._peak_meter is not None else None
@@ -138,9 +139,27 @@ class ModelAttachment:
         figures = self._activations_by_shape
         if key in figures or key is None:
             return figures.get(key)
-        larger = [figure for shape, figure in figures.items()
-                  if shape is not None and len(shape) == len(key) and all(a >= b for a, b in zip(shape, key, strict=True))]
-        return min(larger) if larger else None
+        bounds = self._carried_bounds  # the search runs over every measured shape: once per shape (kept
+        # up to date by _record_figure)
+        if key not in bounds:
+            larger = [figure for shape, figure in figures.items() if shape is not None and len(shape) == len(key)
+                      and all(a >= b for a, b in zip(shape, key, strict=True))]
+            bounds[key] = min(larger) if larger else None
+        return bounds[key]
+
+    def _record_figure(self, key: Any, figure: int) -> None:
+        """A forward of input shape ``key`` was measured: keep its figure, and bring the bounds found
+        for smaller shapes up to date (a figure that is new or lower can only lower them; a shape
+        measured again at a higher figure may raise them, and they are found again)."""
+        figures, bounds = self._activations_by_shape, self._carried_bounds
+        before = figures.get(key)
+        figures[key] = figure
+        if key is None or (before is not None and figure > before):
+            bounds.clear()
+            return
+        for shape, bound in bounds.items():
+            if len(shape) == len(key) and all(a >= b for a, b in zip(key, shape, strict=True)):
+                bounds[shape] = figure if bound is None else min(bound, figure)
 
     # -- the CPU peak meter (peak_meter.PeakMeter): a measured step, from its first measured forward
     def _peak_start(self) -> None:
@@ -209,7 +228,7 @@ class ModelAttachment:
     def _measure_forward_post(self, output: Any) -> None:
         self._in_forward = False
         if self.meter.active:
-            self._activations_by_shape[self._forward_key] = self.meter.stop()
+            self._record_figure(self._forward_key, self.meter.stop())
             self._forwards_since_measured = 0
             self._modules_end()
         loss = getattr(output, "loss", None)

@@ -68,7 +68,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-
 def _wrapped_process_probe(model_name: str | None) -> Probe | None:
     """The probe of ``ftwatch run -- COMMAND``'s process, for a script's own ``Probe.for_script``
     (``None`` outside such a process, and for the session's own call). Looked up, not imported:
@@ -132,6 +131,8 @@ class Probe(RunSetup, ModelAttachment, StepSnapshots):
         #: forward carries the figure of its shape, or of a larger measured one (``_carried_figure``).
         self.activations_every = max(1, int(activations_every))
         self._activations_by_shape: dict[Any, int] = {}
+        #: Bounds found for unmeasured shapes (``_carried_figure``), until the next measurement.
+        self._carried_bounds: dict[Any, int | None] = {}
         self._forwards_since_measured = 0
         self._forward_key: Any = None
         self._in_forward = False
