@@ -16,6 +16,7 @@ from test_dashboard_app import (
     append,
     eventually,
     exit_line,
+    live_app,
     live_dir,
     make_app,
     region_text,
@@ -198,9 +199,7 @@ async def test_space_says_resume_while_the_display_is_paused(tmp_path: Path) -> 
 
 async def test_in_the_quit_question_k_stops_as_on_the_dashboard(tmp_path: Path) -> None:
     lines, _ = training_lines(10)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "step 10/60" in screen_text(app))
         await pilot.press("q")
@@ -222,9 +221,7 @@ async def finish(pilot, app, run: Path, handle: FakeHandle) -> str | None:
 
 async def test_s_in_the_quit_question_stops_nothing(tmp_path: Path) -> None:
     lines, _ = training_lines(10)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "step 10/60" in screen_text(app))
         await pilot.press("q")

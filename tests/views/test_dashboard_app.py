@@ -157,6 +157,13 @@ def live_dir(tmp_path: Path, lines: list[str], log: str = "starting\n") -> Path:
     return run
 
 
+def live_app(tmp_path: Path, lines: list[str]) -> tuple[Path, FakeHandle, FtwatchApp]:
+    """A live run whose log holds ``lines`` so far, the fake worker it has, and a dashboard following it."""
+    run = live_dir(tmp_path, lines)
+    handle = FakeHandle(run)
+    return run, handle, make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+
+
 def append(run: Path, lines: list[str]) -> None:
     with (run / "events.jsonl").open("a") as f:
         f.write("".join(lines))
@@ -265,9 +272,7 @@ async def test_no_color_draws_the_bar_with_glyphs(tmp_path: Path, monkeypatch: p
 # -- keys ----------------------------------------------------------------------------------------
 async def test_k_asks_then_calls_request_stop(tmp_path: Path) -> None:
     lines, _ = training_lines(20)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     async with app.run_test(size=BIG) as pilot:
         await wait_for(pilot, lambda: "step 20/60" in screen_text(app))
         await pilot.press("k")
@@ -284,9 +289,7 @@ async def test_k_asks_then_calls_request_stop(tmp_path: Path) -> None:
 async def test_the_stop_question_follows_the_run_and_closes_when_it_ends(tmp_path: Path) -> None:
     lines, rest = training_lines(20)
     more, _ = training_lines(30)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     async with app.run_test(size=BIG) as pilot:
         await wait_for(pilot, lambda: "step 20/60" in screen_text(app))
         await pilot.press("k")
@@ -304,9 +307,7 @@ async def test_the_stop_question_follows_the_run_and_closes_when_it_ends(tmp_pat
 
 async def test_d_detaches_and_leaves_the_worker_alone(tmp_path: Path) -> None:
     lines, _ = training_lines(10)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     async with app.run_test(size=SMALL) as pilot:
         await wait_for(pilot, lambda: "step 10/60" in screen_text(app))
         await pilot.press("d")
@@ -316,9 +317,7 @@ async def test_d_detaches_and_leaves_the_worker_alone(tmp_path: Path) -> None:
 
 async def test_q_asks_and_can_detach(tmp_path: Path) -> None:
     lines, _ = training_lines(10)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     async with app.run_test(size=SMALL) as pilot:
         await wait_for(pilot, lambda: "step 10/60" in screen_text(app))
         await pilot.press("q")
@@ -335,9 +334,7 @@ async def test_q_asks_and_can_detach(tmp_path: Path) -> None:
 
 async def test_quit_twice_detaches_and_never_stops_the_training(tmp_path: Path) -> None:
     lines, _ = training_lines(10)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     async with app.run_test(size=SMALL) as pilot:
         await wait_for(pilot, lambda: "step 10/60" in screen_text(app))
         await pilot.press("ctrl+c", "ctrl+c")
@@ -347,9 +344,7 @@ async def test_quit_twice_detaches_and_never_stops_the_training(tmp_path: Path) 
 
 async def test_q_then_stop_waits_for_the_worker_and_ends_stopped(tmp_path: Path) -> None:
     lines, rest = training_lines(10)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     async with app.run_test(size=BIG) as pilot:
         await wait_for(pilot, lambda: "step 10/60" in screen_text(app))
         await pilot.press("q")
@@ -380,9 +375,7 @@ async def test_q_in_a_replay_quits_at_once(tmp_path: Path) -> None:
 
 async def test_space_pauses_the_display_not_the_data(tmp_path: Path) -> None:
     lines, rest = training_lines(10)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     async with app.run_test(size=BIG) as pilot:
         await wait_for(pilot, lambda: "step 10/60" in screen_text(app))
         await pilot.press("space")
@@ -405,9 +398,7 @@ async def test_space_pauses_the_display_not_the_data(tmp_path: Path) -> None:
 
 async def test_the_final_state_stays_after_the_worker_exits(tmp_path: Path) -> None:
     lines, rest = training_lines(30)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     async with app.run_test(size=BIG) as pilot:
         await wait_for(pilot, lambda: "LIVE" in screen_text(app))
         append(run, rest)
@@ -430,9 +421,7 @@ async def test_the_final_state_stays_after_the_worker_exits(tmp_path: Path) -> N
 
 async def test_a_worker_that_vanishes_is_reported(tmp_path: Path) -> None:
     lines, _ = training_lines(5)
-    run = live_dir(tmp_path, lines)
-    handle = FakeHandle(run)
-    app = make_app(run / "events.jsonl", handle)  # type: ignore[arg-type]
+    run, handle, app = live_app(tmp_path, lines)
     app.feed.exit_grace = 0.2
     async with app.run_test(size=BIG) as pilot:
         await wait_for(pilot, lambda: "LIVE" in screen_text(app))
